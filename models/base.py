@@ -1,0 +1,48 @@
+"""The model contract shared by every architecture (see DESIGN.md, "Model")."""
+from typing import List
+
+import torch
+import torch.nn as nn
+
+
+class FeatureModel(nn.Module):
+    """Base class of every model in the zoo.
+
+    ``model(x)`` returns logits. ``model(x, is_feat=True, preact=False)`` returns
+    ``(feats, logits)`` where ``feats = [stem, stage_1, ..., stage_n, pooled]``; with
+    ``preact=True`` the stage outputs are taken before their last ReLU.
+
+    Subclasses implement ``forward`` and the three accessors below.
+    ``input_size`` is the (C, H, W) of one input sample, used for dummy forward passes.
+    """
+
+    input_size = (3, 32, 32)
+
+    def get_bn_before_relu(self) -> List[nn.Module]:
+        """The BatchNorm before each stage's last ReLU, one per stage (OFD/MGD margins)."""
+        raise NotImplementedError(f"{type(self).__name__} has no BN before its stage ReLUs")
+
+    def get_classifier(self) -> nn.Module:
+        """The final linear layer mapping the pooled feature to logits (SimKD, SRRL)."""
+        raise NotImplementedError
+
+    def get_feat_modules(self) -> nn.ModuleList:
+        """The modules that compute the features, in order (RepDistiller's API)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def feature_shapes(self, preact: bool = False):
+        """Shapes (without batch) of ``feats`` for one input of ``input_size``."""
+        was_training = self.training
+        self.eval()
+        try:
+            device = next(self.parameters()).device
+            x = torch.zeros(2, *self.input_size, device=device)
+            feats, _ = self(x, is_feat=True, preact=preact)
+        finally:
+            self.train(was_training)
+        return [tuple(f.shape[1:]) for f in feats]
+
+    def stage_channels(self) -> List[int]:
+        """Channel count of every entry of ``feats`` (the pooled one is its dimension)."""
+        return [s[0] for s in self.feature_shapes()]

@@ -1,0 +1,25 @@
+"""Model registry: every architecture is created by name, as in timm's ``create_model``."""
+from typing import Callable, Dict
+
+_MODELS: Dict[str, Callable] = {}
+
+
+def register_model(fn: Callable) -> Callable:
+    """Register a constructor ``fn(num_classes=...)`` under its function name."""
+    name = fn.__name__
+    if name in _MODELS:
+        raise ValueError(f"model {name!r} is registered twice")
+    _MODELS[name] = fn
+    return fn
+
+
+def model_names():
+    return sorted(_MODELS, key=str.lower)
+
+
+def create_model(name: str, num_classes: int, **kwargs):
+    if name not in _MODELS:
+        raise KeyError(f"unknown model {name!r}; choose one of: {', '.join(model_names())}")
+    model = _MODELS[name](num_classes=num_classes, **kwargs)
+    model.model_name = name
+    return model
