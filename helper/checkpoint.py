@@ -1,0 +1,152 @@
+"""Checkpoints: atomic writes, RNG state, and loading teachers from our own or foreign files."""
+import os
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from helper.errors import UserError
+from models import create_model, model_names
+
+FORMAT = "kd-toolbox/1"
+
+
+def atomic_save(obj, path):
+    """Write ``obj`` to ``path`` through a temporary file and a rename.
+
+    A crash or a full disk in the middle leaves the previous file untouched.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def load_file(path, what):
+    """``torch.load`` of a checkpoint with one clear error for each way it can be unusable."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} {path} does not exist; check the path")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for bad files; all mean the same here
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{what} {path} is not a readable PyTorch checkpoint (truncated, corrupt "
+                        f"or holding pickled objects): {first}") from e
+
+
+def rng_state():
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": _numpy_state_to_tensor(np.random.get_state())}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    random.setstate(_to_tuple(state["python"]))
+    np.random.set_state(_tensor_to_numpy_state(state["numpy"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _numpy_state_to_tensor(state):
+    name, keys, pos, has_gauss, cached = state
+    return {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos,
+            "has_gauss": has_gauss, "cached": cached}
+
+
+def _tensor_to_numpy_state(s):
+    return ("MT19937", s["keys"].numpy().astype(np.uint32), s["pos"], s["has_gauss"], s["cached"])
+
+
+def _to_tuple(x):
+    return tuple(_to_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def state_dict_of(checkpoint, path, what):
+    """The model weights inside a checkpoint: ours and RepDistiller/SimKD's keep them under
+    'model'; a bare state dict (torchvision files) is accepted as is."""
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("model"), dict):
+        return checkpoint["model"]
+    if isinstance(checkpoint, dict) and checkpoint and all(torch.is_tensor(v) for v in checkpoint.values()):
+        return checkpoint
+    raise UserError(f"{what} {path} holds no model weights (expected a dict with a 'model' "
+                    "state dict, as train_teacher.py, RepDistiller and SimKD write)")
+
+
+def model_name_from_path(path):
+    """The architecture named by RepDistiller/SimKD folder and file names, or None.
+
+    SimKD students live in ``S:<student>_T:<teacher>_...``; teachers in
+    ``<model>_vanilla_<dataset>_trial_<n>/<model>_best.pth`` (SimKD) or
+    ``<model>_<dataset>_lr_..._trial_<n>/ckpt_epoch_240.pth`` (RepDistiller). The longest
+    registered name that prefixes the folder (or file) name followed by '_' is taken.
+    """
+    path = Path(path)
+    folder = path.parent.name
+    match = re.match(r"S[:~](.+?)_T[:~]", folder)
+    if match and match.group(1) in model_names():
+        return match.group(1)
+    for candidate in (folder, path.stem):
+        hits = [n for n in model_names() if candidate == n or candidate.startswith(n + "_")]
+        if hits:
+            return max(hits, key=len)
+    return None
+
+
+def describe_mismatch(model, state):
+    """One line saying which keys or shapes differ between ``model`` and ``state``."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+              if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
+    if shapes:
+        parts.append(f"{len(shapes)} shape mismatches (checkpoint vs model: {'; '.join(shapes[:3])})")
+    return ", ".join(parts)
+
+
+def load_model_weights(model, state, path, what):
+    mismatch = describe_mismatch(model, state)
+    if mismatch:
+        raise UserError(f"{what} {path} does not fit {model.model_name}: {mismatch}")
+    model.load_state_dict(state, strict=True)
+
+
+def load_teacher(path, num_classes, model_name=None):
+    """Build the teacher named by ``model_name``, the checkpoint, or its path, and load it.
+
+    Returns ``(model, checkpoint)``. Every failure is a one-line UserError.
+    """
+    checkpoint = load_file(path, "teacher checkpoint")
+    state = state_dict_of(checkpoint, path, "teacher checkpoint")
+    stored = checkpoint.get("model_name") if isinstance(checkpoint, dict) else None
+    name = model_name or stored or model_name_from_path(path)
+    if name is None:
+        raise UserError(f"cannot tell the teacher's architecture from {path}; pass --model_t NAME")
+    if name not in model_names():
+        raise UserError(f"unknown teacher model {name!r}; choose one of: {', '.join(model_names())}")
+    stored_classes = checkpoint.get("num_classes") if isinstance(checkpoint, dict) else None
+    if stored_classes is not None and stored_classes != num_classes:
+        raise UserError(f"teacher checkpoint {path} has {stored_classes} classes but the data set "
+                        f"has {num_classes}; use a teacher trained on the same data set")
+    model = create_model(name, num_classes=num_classes)
+    load_model_weights(model, state, path, "teacher checkpoint")
+    model.eval()
+    return model, checkpoint

@@ -1,0 +1,65 @@
+"""The run folder (DESIGN.md, "Run folder"): TensorBoard events, last/best checkpoints and
+summary.json, all written atomically and by rank 0 only."""
+import json
+import os
+import sys
+from pathlib import Path
+
+from helper.checkpoint import atomic_save
+
+SEP = "~" if sys.platform.startswith("win") else ":"
+
+
+def teacher_run_name(args):
+    """SimKD's teacher folder name: ``<model>_vanilla_<dataset>_trial_<trial>``."""
+    return f"{args.model}_vanilla_{args.dataset}_trial_{args.trial}"
+
+
+def student_run_name(args, teacher_name):
+    """SimKD's student folder name: ``S:<s>_T:<t>_<dataset>_<method>_r:<c>_a:<d>_b:<b>_<trial>``."""
+    s = SEP
+    return (f"S{s}{args.model_s}_T{s}{teacher_name}_{args.dataset}_{args.distill}_"
+            f"r{s}{args.cls:g}_a{s}{args.div:g}_b{s}{args.beta:g}_{args.trial}")
+
+
+class RunFolder:
+    """Writes one run's files. On ranks other than 0 every method does nothing."""
+
+    def __init__(self, path, write=True, purge_step=None):
+        self.path = Path(path)
+        self.write = write
+        self.writer = None
+        if write:
+            self.path.mkdir(parents=True, exist_ok=True)
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(str(self.path), purge_step=purge_step)
+
+    @property
+    def last(self):
+        return self.path / "last.pth"
+
+    @property
+    def best(self):
+        return self.path / "best.pth"
+
+    def scalars(self, values, step):
+        if self.writer is None:
+            return
+        for tag, value in values.items():
+            self.writer.add_scalar(tag, value, step)
+        self.writer.flush()
+
+    def save(self, state, name):
+        if self.write:
+            atomic_save(state, self.path / name)
+
+    def summary(self, data):
+        if not self.write:
+            return
+        tmp = self.path / f".summary.json.tmp{os.getpid()}"
+        tmp.write_text(json.dumps(data, indent=2, default=str))
+        os.replace(tmp, self.path / "summary.json")
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.close()

@@ -1,0 +1,141 @@
+"""Set-up shared by both entry scripts, and ``fit``: epochs, validation, logs, checkpoints."""
+import random
+import sys
+import time
+import zlib
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+from helper.checkpoint import FORMAT, load_file, rng_state, set_rng_state
+from helper.errors import UserError
+from helper.loop import set_lr, step_lr, train_one_epoch, validate
+from helper.run_folder import RunFolder
+
+
+@contextmanager
+def user_errors():
+    """Turn a UserError into one line on stderr and exit code 2."""
+    try:
+        yield
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def trial_seed(args):
+    """``--seed`` plus the trial id, so that trials differ and reruns repeat."""
+    trial = str(args.trial)
+    offset = int(trial) if trial.isdigit() else zlib.crc32(trial.encode()) % 100003
+    return args.seed + offset
+
+
+def select_device(args):
+    """The one device decision: CUDA device ``--gpu_id`` when CUDA is present, else the CPU."""
+    if torch.cuda.is_available():
+        if args.gpu_id >= torch.cuda.device_count():
+            raise UserError(f"--gpu_id {args.gpu_id} does not exist: this machine has "
+                            f"{torch.cuda.device_count()} CUDA devices")
+        torch.cuda.set_device(args.gpu_id)
+        return torch.device("cuda", args.gpu_id)
+    return torch.device("cpu")
+
+
+def seed_everything(args):
+    seed = trial_seed(args)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if args.deterministic:
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
+    return seed
+
+
+def count_parameters(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+def resume_checkpoint(args, run_path, meta):
+    """The checkpoint ``--resume`` continues from, checked against this run; or None.
+
+    Without ``--resume`` an existing run in ``run_path`` is an error rather than being
+    silently overwritten.
+    """
+    last = run_path / "last.pth"
+    if args.resume is None:
+        if last.exists():
+            raise UserError(f"{run_path} already holds a run; pass --resume to continue it, "
+                            "or another --trial or --save_folder to start a new one")
+        return None
+    path = last if args.resume == "auto" else args.resume
+    if args.resume == "auto" and not last.exists():
+        raise UserError(f"nothing to resume: {last} does not exist; drop --resume to start the run")
+    checkpoint = load_file(path, "checkpoint to resume")
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT or "optimizer" not in checkpoint:
+        raise UserError(f"{path} is not a last.pth written by this toolbox; --resume needs one")
+    for key in ("model_name", "distill", "dataset"):
+        if checkpoint.get(key) != meta.get(key):
+            raise UserError(f"cannot resume from {path}: it was written for {key} "
+                            f"{checkpoint.get(key)!r}, this run uses {meta.get(key)!r}")
+    return checkpoint
+
+
+def fit(args, distiller, train_loader, val_loader, run_path, meta, *, device, resume=None,
+        rank=0, world_size=1, log=print):
+    """Train for ``args.epochs`` epochs; write the run folder. Returns the summary dict."""
+    optimizer = torch.optim.SGD(distiller.trainable_parameters(), lr=args.learning_rate,
+                                momentum=args.momentum, weight_decay=args.weight_decay)
+    start_epoch, best_acc, best_epoch, wall = 1, 0.0, 0, 0.0
+    if resume is not None:
+        distiller.student.load_state_dict(resume["model"], strict=True)
+        distiller.load_extra_state_dict(resume["extras"])
+        optimizer.load_state_dict(resume["optimizer"])
+        set_rng_state(resume["rng"])
+        start_epoch = resume["epoch"] + 1
+        best_acc, best_epoch, wall = resume["best_acc"], resume["best_epoch"], resume["wall_time"]
+        log(f"resumed from epoch {resume['epoch']} (best top-1 {best_acc:.2f})")
+    run = RunFolder(run_path, write=rank == 0, purge_step=start_epoch)
+    summary = {"args": vars(args), **meta, "parameters": {
+        "student": count_parameters(distiller.student),
+        "extras": count_parameters(distiller) - count_parameters(distiller.student),
+        "teacher": count_parameters(distiller.teacher) if distiller.teacher is not None else 0}}
+    try:
+        val = None
+        for epoch in range(start_epoch, args.epochs + 1):
+            lr = step_lr(epoch, args.learning_rate, args.lr_decay_epochs, args.lr_decay_rate)
+            set_lr(optimizer, lr)
+            train_loader.set_epoch(epoch)
+            t0 = time.time()
+            train = train_one_epoch(distiller, train_loader, optimizer, epoch,
+                                    print_freq=args.print_freq, log=log, world_size=world_size)
+            distiller.eval()
+            val = validate(distiller.forward_test, val_loader, device)
+            wall += time.time() - t0
+            log(f"Epoch {epoch}: lr {lr:g} train loss {train['loss']:.4f} acc@1 {train['acc']:.2f} | "
+                f"test loss {val['loss']:.4f} acc@1 {val['acc']:.2f} acc@5 {val['acc_top5']:.2f} "
+                f"| {wall:.0f}s")
+            run.scalars({"train/loss": train["loss"], "train/acc": train["acc"],
+                         **{f"train/loss_{k}": v for k, v in train["terms"].items()},
+                         "test/acc": val["acc"], "test/acc_top5": val["acc_top5"],
+                         "test/loss": val["loss"], "lr": lr}, epoch)
+            weights = {"format": FORMAT, **meta, "model": distiller.student.state_dict(),
+                       "extras": distiller.extra_state_dict(), "epoch": epoch,
+                       "accuracy": val["acc"]}
+            if val["acc"] > best_acc:
+                best_acc, best_epoch = val["acc"], epoch
+                run.save({**weights, "best_acc": best_acc}, "best.pth")
+            run.save({**weights, "best_acc": best_acc, "best_epoch": best_epoch, "wall_time": wall,
+                      "optimizer": optimizer.state_dict(), "rng": rng_state()}, "last.pth")
+            summary.update(epochs_done=epoch, finished=epoch == args.epochs, best_acc=best_acc,
+                           best_epoch=best_epoch, last_acc=val["acc"],
+                           last_acc_top5=val["acc_top5"], wall_time=wall)
+            run.summary(summary)
+    finally:
+        run.close()
+    log(f"best top-1 {best_acc:.2f} at epoch {best_epoch}; run folder {run_path}")
+    return summary

@@ -1,0 +1,73 @@
+"""Shared fixtures: small real data sets built from ../shared/data, tiny CIFAR-format files."""
+import pickle
+import struct
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+sys.path.insert(0, str(REPO))
+
+torch.set_num_threads(1)
+
+
+def _read_idx(path):
+    with open(path, "rb") as f:
+        magic, = struct.unpack(">i", f.read(4))
+        ndim = magic & 0xFF
+        dims = struct.unpack(">" + "i" * ndim, f.read(4 * ndim))
+        return np.frombuffer(f.read(), dtype=np.uint8).reshape(dims)
+
+
+def _write_idx(path, array):
+    magic = 0x0800 | array.ndim
+    with open(path, "wb") as f:
+        f.write(struct.pack(">i", magic))
+        f.write(struct.pack(">" + "i" * array.ndim, *array.shape))
+        f.write(np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+
+
+@pytest.fixture(scope="session")
+def mnist_small(tmp_path_factory):
+    """A data folder with the first 2,000 training and 500 test images of the real MNIST."""
+    src = SHARED_DATA / "MNIST" / "raw"
+    if not src.is_dir():
+        pytest.skip(f"real MNIST not found in {src}")
+    root = tmp_path_factory.mktemp("mnist_small")
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for prefix, n in (("train", 2000), ("t10k", 500)):
+        for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"):
+            name = f"{prefix}-{kind}"
+            _write_idx(raw / name, _read_idx(src / name)[:n])
+    return root
+
+
+def write_cifar100(root, n_train=320, n_test=160, seed=0, size=32):
+    """A CIFAR-100 in torchvision's exact pickle layout with learnable synthetic images:
+    each class has its own mean colour pattern plus noise."""
+    rng = np.random.default_rng(seed)
+    folder = Path(root) / "cifar-100-python"
+    folder.mkdir(parents=True, exist_ok=True)
+    patterns = rng.integers(0, 256, size=(100, 3 * size * size))
+    for name, n in (("train", n_train), ("test", n_test)):
+        labels = rng.integers(0, 100, size=n)
+        noise = rng.normal(0, 30, size=(n, 3 * size * size))
+        data = np.clip(patterns[labels] + noise, 0, 255).astype(np.uint8)
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"data": data, b"fine_labels": labels.tolist(),
+                         b"coarse_labels": (labels // 5).tolist(),
+                         b"filenames": [f"{i}.png".encode() for i in range(n)]}, f)
+    with open(folder / "meta", "wb") as f:
+        pickle.dump({b"fine_label_names": [f"c{i}".encode() for i in range(100)],
+                     b"coarse_label_names": [f"s{i}".encode() for i in range(20)]}, f)
+    return Path(root)
+
+
+@pytest.fixture(scope="session")
+def cifar100_small(tmp_path_factory):
+    return write_cifar100(tmp_path_factory.mktemp("cifar100_small"))

@@ -1,0 +1,87 @@
+"""Real runs on a small slice of the real MNIST: teacher, KD student, resume, run folder."""
+import json
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import train_student
+import train_teacher
+
+EPOCH_TAGS = {"train/loss", "train/acc", "test/acc", "test/acc_top5", "test/loss", "lr"}
+
+
+def _common(data, save, epochs=3):
+    return ["--dataset", "mnist", "--data_folder", str(data), "--save_folder", str(save),
+            "--batch_size", "64", "--epochs", str(epochs), "--lr_decay_epochs", "2",
+            "--print_freq", "10"]
+
+
+def _scalars(folder):
+    acc = EventAccumulator(str(folder))
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_teacher_then_kd_student_learn_and_write_the_run_folder(mnist_small, tmp_path):
+    save = tmp_path / "save"
+    train_teacher.main(["--model", "mlp_1200", "--learning_rate", "0.1", *_common(mnist_small, save)])
+    teacher_dir = save / "teachers" / "mlp_1200_vanilla_mnist_trial_0"
+    summary = json.loads((teacher_dir / "summary.json").read_text())
+    assert summary["finished"] and summary["epochs_done"] == 3
+    assert summary["best_acc"] > 85, summary  # chance is 10%
+    assert EPOCH_TAGS | {"train/loss_cls"} <= set(_scalars(teacher_dir))
+
+    train_student.main(["--model_s", "mlp_800", "--path_t", str(teacher_dir / "best.pth"),
+                        "--distill", "kd", "--kd_T", "4", *_common(mnist_small, save)])
+    student_dir = save / "students" / "S:mlp_800_T:mlp_1200_mnist_kd_r:1_a:1_b:0_0"
+    summary = json.loads((student_dir / "summary.json").read_text())
+    assert summary["best_acc"] > 85, summary
+    assert summary["teacher"] == "mlp_1200"
+    scalars = _scalars(student_dir)
+    assert EPOCH_TAGS | {"train/loss_cls", "train/loss_kd"} <= set(scalars)
+    assert [s for s, _ in scalars["test/acc"]] == [1, 2, 3]
+    assert [round(v, 6) for _, v in scalars["lr"]] == [0.05, 0.05, 0.005]
+    best = torch.load(student_dir / "best.pth", weights_only=True)
+    assert best["model_name"] == "mlp_800" and best["accuracy"] == summary["best_acc"]
+
+
+def test_resume_gives_the_same_weights_and_logs(mnist_small, tmp_path):
+    """Dropout in mlp_1200 draws from the global RNG, so this also checks the RNG restore."""
+    flags = ["--model", "mlp_1200", "--deterministic", "--trial", "7"]
+    train_teacher.main([*flags, *_common(mnist_small, tmp_path / "a", epochs=3)])
+    train_teacher.main([*flags, *_common(mnist_small, tmp_path / "b", epochs=2)])
+    train_teacher.main([*flags, *_common(mnist_small, tmp_path / "b", epochs=3), "--resume"])
+    run = "teachers/mlp_1200_vanilla_mnist_trial_7"
+    a = torch.load(tmp_path / "a" / run / "last.pth", weights_only=True)
+    b = torch.load(tmp_path / "b" / run / "last.pth", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 3
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    sa, sb = _scalars(tmp_path / "a" / run), _scalars(tmp_path / "b" / run)
+    assert sa["test/acc"] == sb["test/acc"] and sa["train/loss"] == sb["train/loss"]
+
+
+def test_trials_differ_and_same_trial_repeats(mnist_small, tmp_path):
+    flags = ["--model", "mlp_800", "--deterministic"]
+    for folder, trial in (("a", "0"), ("b", "0"), ("c", "1")):
+        train_teacher.main([*flags, "--trial", trial, *_common(mnist_small, tmp_path / folder, epochs=1)])
+    load = lambda f, t: torch.load(tmp_path / f / f"teachers/mlp_800_vanilla_mnist_trial_{t}/last.pth",
+                                   weights_only=True)["model"]
+    a, b, c = load("a", "0"), load("b", "0"), load("c", "1")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(mnist_small, tmp_path, capsys):
+    # lr 0.05 in epoch 1, then 5e10: the loss overflows during epoch 2.
+    args = ["--model", "mlp_800", *_common(mnist_small, tmp_path, epochs=3),
+            "--lr_decay_epochs", "1", "--lr_decay_rate", "1e12"]
+    with pytest.raises(SystemExit) as exit_info:
+        train_teacher.main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "non-finite at epoch 2, iteration" in err and "cls" in err
+    last = torch.load(tmp_path / "teachers/mlp_800_vanilla_mnist_trial_0/last.pth", weights_only=True)
+    assert last["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in last["model"].values())

@@ -1,0 +1,77 @@
+"""KD's loss against a value computed by hand, and the base distiller's contract."""
+import math
+from types import SimpleNamespace
+
+import torch
+
+from distillers import get_distiller, kd_loss
+from helper.loop import step_lr
+from models import create_model
+
+
+def _softmax(row, T):
+    e = [math.exp(v / T) for v in row]
+    return [v / sum(e) for v in e]
+
+
+def test_kd_loss_matches_hand_computation():
+    s = [[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]]
+    t = [[2.0, 1.0, 0.0], [1.0, 1.0, 1.5]]
+    T = 4.0
+    expected = 0.0
+    for rs, rt in zip(s, t):
+        ps, pt = _softmax(rs, T), _softmax(rt, T)
+        expected += sum(q * (math.log(q) - math.log(p)) for p, q in zip(ps, pt))
+    expected = expected / len(s) * T * T
+    got = kd_loss(torch.tensor(s), torch.tensor(t), T).item()
+    assert abs(got - expected) < 1e-6
+
+
+def test_kd_loss_is_zero_for_equal_logits_and_positive_otherwise():
+    x = torch.randn(5, 10)
+    assert kd_loss(x, x.clone(), 4.0).abs().item() < 1e-6
+    assert kd_loss(x, torch.randn(5, 10), 4.0).item() > 0
+
+
+def _args(**kw):
+    base = dict(cls=1.0, div=1.0, beta=0.0, kd_T=4.0)
+    base.update(kw)
+    return SimpleNamespace(**base)
+
+
+def test_kd_distiller_terms_gradients_and_frozen_teacher():
+    torch.manual_seed(0)
+    student, teacher = create_model("resnet8", 10), create_model("resnet14", 10)
+    distiller = get_distiller("kd")(student, teacher, _args(cls=0.5, div=2.0))
+    distiller.train()
+    assert not teacher.training and all(not p.requires_grad for p in teacher.parameters())
+    images, targets = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    logits, losses = distiller.forward_train(images, targets)
+    assert set(losses) == {"cls", "kd"}
+    with torch.no_grad():
+        logits_t = teacher(images)
+    expected_cls = 0.5 * torch.nn.functional.cross_entropy(logits, targets)
+    assert torch.allclose(losses["cls"], expected_cls)
+    assert torch.allclose(losses["kd"], 2.0 * kd_loss(logits, logits_t, 4.0))
+    sum(losses.values()).backward()
+    assert all(p.grad is not None for p in student.parameters())
+    assert all(p.grad is None for p in teacher.parameters())
+    # The teacher is not part of the trainable or saved state.
+    assert len(distiller.trainable_parameters()) == len(list(student.parameters()))
+    assert not any(k.startswith("teacher") for k in distiller.state_dict())
+
+
+def test_vanilla_uses_cross_entropy_only():
+    student = create_model("resnet8", 10)
+    distiller = get_distiller("vanilla")(student, None, _args())
+    distiller.train()
+    _, losses = distiller.forward_train(torch.randn(2, 3, 32, 32), torch.tensor([1, 2]))
+    assert set(losses) == {"cls"}
+
+
+def test_step_lr_follows_simkd_schedule():
+    base, steps = 0.05, [150, 180, 210]
+    assert step_lr(1, base, steps, 0.1) == base
+    assert step_lr(150, base, steps, 0.1) == base
+    assert abs(step_lr(151, base, steps, 0.1) - 0.005) < 1e-12
+    assert abs(step_lr(240, base, steps, 0.1) - 0.00005) < 1e-12
