@@ -5,6 +5,7 @@
 from pathlib import Path
 
 from dataset import build_loaders
+from dataset.batch_keys import add_batch_keys
 from distillers import get_distiller
 from helper.checkpoint import load_teacher
 from helper.errors import UserError
@@ -35,7 +36,8 @@ def main(argv=None):
             print(f"teacher {teacher_name} from {args.path_t}: test top-1 "
                   f"{validate(teacher, val_loader, device)['acc']:.2f}")
         student = create_model(args.model_s, num_classes=info["num_classes"])
-        distiller = method(student, teacher, args).to(device)
+        distiller = method(student, teacher, args, data_info=info).to(device)
+        train_loader = add_batch_keys(train_loader, method.batch_keys, args)
         run_path = Path(args.save_folder) / "students" / student_run_name(args, teacher_name)
         meta = {"model_name": args.model_s, "num_classes": info["num_classes"],
                 "dataset": args.dataset, "distill": args.distill, "teacher": teacher_name,

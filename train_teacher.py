@@ -22,7 +22,7 @@ def main(argv=None):
         train_loader, val_loader, info = build_loaders(
             args.dataset, args.data_folder, args.batch_size, device, seed=seed, jitter=args.jitter)
         model = create_model(args.model, num_classes=info["num_classes"])
-        distiller = get_distiller("vanilla")(model, None, args).to(device)
+        distiller = get_distiller("vanilla")(model, None, args, data_info=info).to(device)
         run_path = Path(args.save_folder) / "teachers" / teacher_run_name(args)
         meta = {"model_name": args.model, "num_classes": info["num_classes"],
                 "dataset": args.dataset, "distill": "vanilla", "teacher": None}

@@ -45,8 +45,10 @@ class Distiller(nn.Module):
     batch_keys: Tuple[str, ...] = ()
     default_weights = {"cls": 1.0, "div": 1.0, "beta": 0.0}  # -c, -d, -b when not given
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, args):
+    def __init__(self, student: nn.Module, teacher: nn.Module, args, data_info=None):
         super().__init__()
+        self.data_info = data_info or {}  # num_classes, input_size, train_size, val_size
+        self.epoch = 0
         if self.needs_teacher and teacher is None:
             raise UserError(f"--distill {self.name} needs a teacher; pass --path_t CHECKPOINT")
         self.student = student
@@ -81,6 +83,10 @@ class Distiller(nn.Module):
         if self.teacher is not None:
             self.teacher.eval()
         return self
+
+    def on_epoch_start(self, epoch: int, train_loader=None):
+        """Called by the loop before each epoch (warm-ups, re-matching, schedules)."""
+        self.epoch = epoch
 
     # ---- forward -----------------------------------------------------------------------
     def forward(self, images, targets=None, **batch):
@@ -133,6 +139,13 @@ class Distiller(nn.Module):
                             f"missing {missing[:5]}, unexpected {unexpected[:5]}")
         full = {**{"student." + k: v for k, v in self.student.state_dict().items()}, **state}
         self.load_state_dict(full, strict=True)
+
+    def deploy_state(self):
+        """A self-contained model for evaluation or later use as a teacher, or None when the
+        student alone is that model. Methods whose test-time model includes extras (SimKD)
+        return ``{"builder": name, "kwargs": {...}, "state_dict": ...}`` where ``name`` is
+        registered with ``models.register_deployed``."""
+        return None
 
     def trainable_parameters(self):
         return [p for p in self.parameters() if p.requires_grad]

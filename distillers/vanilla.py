@@ -11,6 +11,6 @@ class Vanilla(Distiller):
     student_feats = False
     default_weights = {"cls": 1.0, "div": 0.0, "beta": 0.0}
 
-    def __init__(self, student, teacher, args):
-        super().__init__(student, None, args)
+    def __init__(self, student, teacher, args, data_info=None):
+        super().__init__(student, None, args, data_info)
         self.div_weight = 0.0

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from helper.errors import UserError
-from models import create_model, model_names
+from models import create_deployed, create_model, model_names
 
 FORMAT = "kd-toolbox/1"
 
@@ -146,7 +146,14 @@ def load_teacher(path, num_classes, model_name=None):
     if stored_classes is not None and stored_classes != num_classes:
         raise UserError(f"teacher checkpoint {path} has {stored_classes} classes but the data set "
                         f"has {num_classes}; use a teacher trained on the same data set")
-    model = create_model(name, num_classes=num_classes)
+    deploy = checkpoint.get("deploy") if isinstance(checkpoint, dict) else None
+    if deploy and model_name is None:
+        # A student whose test-time model includes the method's extras (SimKD).
+        model = create_deployed(deploy["builder"], **deploy["kwargs"])
+        model.model_name = name
+        state = deploy["state_dict"]
+    else:
+        model = create_model(name, num_classes=num_classes)
     load_model_weights(model, state, path, "teacher checkpoint")
     model.eval()
     return model, checkpoint

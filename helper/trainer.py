@@ -110,6 +110,7 @@ def fit(args, distiller, train_loader, val_loader, run_path, meta, *, device, re
             lr = step_lr(epoch, args.learning_rate, args.lr_decay_epochs, args.lr_decay_rate)
             set_lr(optimizer, lr)
             train_loader.set_epoch(epoch)
+            distiller.on_epoch_start(epoch, train_loader)
             t0 = time.time()
             train = train_one_epoch(distiller, train_loader, optimizer, epoch,
                                     print_freq=args.print_freq, log=log, world_size=world_size)
@@ -125,7 +126,7 @@ def fit(args, distiller, train_loader, val_loader, run_path, meta, *, device, re
                          "test/loss": val["loss"], "lr": lr}, epoch)
             weights = {"format": FORMAT, **meta, "model": distiller.student.state_dict(),
                        "extras": distiller.extra_state_dict(), "epoch": epoch,
-                       "accuracy": val["acc"]}
+                       "accuracy": val["acc"], "deploy": distiller.deploy_state()}
             if val["acc"] > best_acc:
                 best_acc, best_epoch = val["acc"], epoch
                 run.save({**weights, "best_acc": best_acc}, "best.pth")

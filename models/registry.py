@@ -23,3 +23,24 @@ def create_model(name: str, num_classes: int, **kwargs):
     model = _MODELS[name](num_classes=num_classes, **kwargs)
     model.model_name = name
     return model
+
+
+_DEPLOYED: Dict[str, Callable] = {}
+
+
+def register_deployed(name: str):
+    """Register a builder of a self-contained test-time model that wraps a student with a
+    method's extras (e.g. SimKD's projector and reused classifier). Checkpoints name the
+    builder under ``deploy``, so such a student can be evaluated or serve as a teacher."""
+    def wrap(fn):
+        if name in _DEPLOYED:
+            raise ValueError(f"deployed model {name!r} is registered twice")
+        _DEPLOYED[name] = fn
+        return fn
+    return wrap
+
+
+def create_deployed(name: str, **kwargs):
+    if name not in _DEPLOYED:
+        raise KeyError(f"unknown deployed model {name!r}; known: {', '.join(sorted(_DEPLOYED))}")
+    return _DEPLOYED[name](**kwargs)
