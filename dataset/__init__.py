@@ -1,0 +1,112 @@
+"""Data loading: ``build_loaders(name, ...)`` for the small data sets held in memory.
+
+    train_loader, val_loader, info = build_loaders('cifar100', './data', 64, device)
+    for epoch in range(start_epoch, epochs):
+        train_loader.set_epoch(epoch)
+        for batch in train_loader:      # {'images', 'targets', 'index'}, all on `device`
+            ...
+
+See ``dataset/tensor_loader.py`` for how batches are made and why an epoch is reproducible from
+``(seed, epoch)`` alone.
+"""
+from pathlib import Path
+
+from helper.errors import UserError
+
+from . import cifar, mnist
+from .tensor_loader import RandomCropFlip, TensorLoader, crop_flip, epoch_seed, normalize
+
+DATASET_NAMES = ['cifar10', 'cifar100', 'mnist', 'fashion_mnist']
+
+__all__ = ['DATASET_NAMES', 'build_loaders', 'load_arrays', 'TensorLoader', 'RandomCropFlip',
+           'crop_flip', 'normalize', 'epoch_seed']
+
+
+def _canonical(name: str) -> str:
+    key = str(name).strip().lower().replace('-', '').replace('_', '')  # also 'CIFAR-100'
+    for known in DATASET_NAMES:
+        if key == known.replace('_', ''):
+            return known
+    raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASET_NAMES)}")
+
+
+def load_arrays(name: str, data_folder, download: bool = True):
+    """``(train_images, train_labels, test_images, test_labels, num_classes)`` of a data set,
+    images uint8 (N, C, H, W) and labels int64, on the CPU."""
+    name = _canonical(name)
+    if name.startswith('cifar'):
+        return cifar.load_cifar(name, data_folder, download=download)
+    return mnist.load_mnist(name, data_folder, download=download)
+
+
+def _load_rank0_first(name, data_folder, world_size, rank):
+    """Load the arrays; when a process group is up, rank 0 goes first (and downloads what is
+    missing) while the others wait, so that ranks never download into the same folder at once."""
+    import torch.distributed as dist
+    if world_size <= 1 or not (dist.is_available() and dist.is_initialized()):
+        return load_arrays(name, data_folder)
+    if rank == 0:
+        try:
+            arrays = load_arrays(name, data_folder)
+        finally:
+            dist.barrier()  # release the other ranks even when loading failed
+        return arrays
+    dist.barrier()
+    # Files rank 0 fetched are found here; a rank on another machine downloads its own copy.
+    return load_arrays(name, data_folder)
+
+
+def build_loaders(name, data_folder, batch_size, device, *, seed=0, rank=0, world_size=1,
+                  jitter=0, drop_last=False):
+    """Build the training and validation loaders of a data set.
+
+    Args:
+        name: one of ``DATASET_NAMES``.
+        data_folder: root folder in torchvision's layout (see ``dataset/cifar.py``,
+            ``dataset/mnist.py``); missing data is downloaded there with torchvision.
+        batch_size: samples per batch and per process (training and validation).
+        device: where batches are produced (augmentation and normalisation run there).
+        seed: with the epoch, seeds the shuffle and augmentation of that epoch.
+        rank, world_size: this process's shard; training pads the shared permutation to a
+            multiple of ``world_size`` (like ``DistributedSampler``), validation does not pad,
+            so each validation sample is counted exactly once over all ranks.
+        jitter: MNIST / Fashion-MNIST only: random translation of up to ``jitter`` pixels.
+        drop_last: drop the last, smaller training batch.
+
+    Returns:
+        ``(train_loader, val_loader, info)`` with ``info = {'num_classes', 'input_size'
+        (C, H, W), 'train_size', 'val_size'}`` (sizes of the whole data set, not of a shard).
+    """
+    name = _canonical(name)
+    jitter = int(jitter or 0)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise UserError(f"--batch_size must be a positive integer, got {batch_size!r}")
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise UserError(f"rank {rank} is not in 0..world_size-1 with world_size {world_size}; "
+                        f"check --rank and --world-size")
+    if jitter < 0:
+        raise UserError(f"--jitter must be >= 0 pixels, got {jitter}")
+
+    if name.startswith('cifar'):
+        if jitter:
+            raise UserError(f"--jitter applies to mnist and fashion_mnist only; {name} always "
+                            f"uses RepDistiller's random crop and flip: drop --jitter")
+        mean, std = cifar.MEAN, cifar.STD
+        transform = RandomCropFlip(cifar.PADDING, flip=True)
+    else:
+        mean, std = mnist.NORMALIZATION[name]
+        transform = RandomCropFlip(int(jitter), flip=False) if jitter else None
+
+    data_folder = Path(data_folder).expanduser()
+    train_x, train_y, test_x, test_y, num_classes = _load_rank0_first(
+        name, data_folder, world_size, rank)
+
+    common = dict(device=device, mean=mean, std=std, seed=seed, rank=rank,
+                  world_size=world_size)
+    train_loader = TensorLoader(train_x, train_y, batch_size, shuffle=True, transform=transform,
+                                pad=True, drop_last=drop_last, **common)
+    val_loader = TensorLoader(test_x, test_y, batch_size, shuffle=False, transform=None,
+                              pad=False, drop_last=False, **common)
+    info = {'num_classes': num_classes, 'input_size': tuple(train_x.shape[1:]),
+            'train_size': len(train_x), 'val_size': len(test_x)}
+    return train_loader, val_loader, info

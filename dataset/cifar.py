@@ -1,0 +1,131 @@
+"""CIFAR-10 and CIFAR-100 from torchvision's python pickle layout, held in memory as uint8.
+
+Layout (what ``torchvision.datasets.CIFAR10/100(root=data_folder, download=True)`` writes)::
+
+    <data_folder>/cifar-10-batches-py/{data_batch_1, ..., data_batch_5, test_batch, batches.meta}
+    <data_folder>/cifar-100-python/{train, test, meta}
+
+Each file is a pickled dict with ``data`` ((N, 3072) uint8, channel-major 3x32x32) and
+``labels`` (CIFAR-10) or ``fine_labels`` (CIFAR-100); keys may be ``str`` or ``bytes``
+depending on how the file was written and read, both are accepted.
+
+Augmentation and normalisation are RepDistiller's (``RandomCrop(32, padding=4)``,
+``RandomHorizontalFlip()``, ``Normalize`` with the CIFAR-100 mean and std, which RepDistiller
+and SimKD use for CIFAR-100 and which are used here for CIFAR-10 as well).
+"""
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from helper.errors import UserError
+
+MEAN = (0.5071, 0.4867, 0.4408)
+STD = (0.2675, 0.2565, 0.2761)
+PADDING = 4
+
+_SPECS = {
+    'cifar10': {
+        'title': 'CIFAR-10', 'folder': 'cifar-10-batches-py', 'num_classes': 10,
+        'train': ['data_batch_%d' % i for i in range(1, 6)], 'test': ['test_batch'],
+        'meta': 'batches.meta', 'label_key': 'labels', 'tv_class': 'CIFAR10',
+    },
+    'cifar100': {
+        'title': 'CIFAR-100', 'folder': 'cifar-100-python', 'num_classes': 100,
+        'train': ['train'], 'test': ['test'],
+        'meta': 'meta', 'label_key': 'fine_labels', 'tv_class': 'CIFAR100',
+    },
+}
+
+
+def _one_line(exc: BaseException) -> str:
+    text = ' '.join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _unpickle(path: Path) -> dict:
+    try:
+        with open(path, 'rb') as f:
+            obj = pickle.load(f, encoding='latin1')
+    except Exception as e:  # truncated or not a pickle
+        raise UserError(f"cannot read CIFAR file {path} ({_one_line(e)}); it is corrupt or "
+                        f"incomplete: delete it and download the data set again") from None
+    if not isinstance(obj, dict):
+        raise UserError(f"CIFAR file {path} holds a {type(obj).__name__}, not a dict as in "
+                        f"torchvision's layout; delete it and download the data set again")
+    return {k.decode('latin1') if isinstance(k, bytes) else k: v for k, v in obj.items()}
+
+
+def _read_split(folder: Path, files, label_key: str, num_classes: int):
+    images, labels = [], []
+    for name in files:
+        path = folder / name
+        entry = _unpickle(path)
+        if 'data' not in entry or label_key not in entry:
+            raise UserError(f"CIFAR file {path} lacks the keys 'data' and '{label_key}' of "
+                            f"torchvision's layout; delete it and download the data set again")
+        data = np.asarray(entry['data'])
+        lab = np.asarray(entry[label_key])
+        if (data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072
+                or lab.ndim != 1 or len(lab) != len(data)):
+            raise UserError(f"CIFAR file {path} has data {data.dtype} {data.shape} and "
+                            f"{lab.shape} labels, expected uint8 (N, 3072) and N labels; "
+                            f"delete it and download the data set again")
+        if len(lab) and (lab.min() < 0 or lab.max() >= num_classes):
+            raise UserError(f"CIFAR file {path} has labels outside 0..{num_classes - 1}; "
+                            f"is it the other CIFAR? Download the right data set again")
+        images.append(data.reshape(-1, 3, 32, 32))
+        labels.append(lab.astype(np.int64))
+    x = torch.from_numpy(np.ascontiguousarray(np.concatenate(images)))
+    y = torch.from_numpy(np.concatenate(labels))
+    return x, y
+
+
+def _download(name: str, root: Path) -> None:
+    import torchvision.datasets
+    cls = getattr(torchvision.datasets, _SPECS[name]['tv_class'])
+    cls(root=str(root), train=True, download=True)
+    cls(root=str(root), train=False, download=True)
+
+
+def load_cifar(name: str, data_folder, download: bool = True):
+    """Return ``(train_images, train_labels, test_images, test_labels, num_classes)``.
+
+    Images are uint8 (N, 3, 32, 32), labels int64. Missing files are downloaded with
+    torchvision when ``download`` is true; anything that still cannot be loaded is a
+    ``UserError`` naming the folder (or the bad file) and the expected layout.
+    """
+    spec = _SPECS[name]
+    root = Path(os.path.expanduser(str(data_folder)))
+    folder = root / spec['folder']
+    required = spec['train'] + spec['test'] + [spec['meta']]
+    expected = (f"expected {', '.join(required)} as in torchvision's layout")
+
+    missing = [f for f in required if not (folder / f).is_file()]
+    if missing:
+        if not download:
+            raise UserError(f"{spec['title']} not found in {folder} ({expected}); download it "
+                            f"or pass --data_folder")
+        existed = root.exists()
+        try:
+            _download(name, root)
+            reason = None
+        except Exception as e:  # offline, permission, corrupt archive, ...
+            reason = _one_line(e)
+            if not existed:  # leave nothing half-downloaded behind in a folder we created
+                shutil.rmtree(root, ignore_errors=True)
+        missing = [f for f in required if not (folder / f).is_file()]
+        if reason is None and missing:
+            reason = f"{', '.join(missing)} still missing after it"
+        if reason is not None:
+            raise UserError(f"{spec['title']} not found in {folder} ({expected}) and the "
+                            f"download failed: {reason}; download it or pass --data_folder")
+
+    _unpickle(folder / spec['meta'])  # verify the whole folder loads, meta included
+    n = spec['num_classes']
+    train_x, train_y = _read_split(folder, spec['train'], spec['label_key'], n)
+    test_x, test_y = _read_split(folder, spec['test'], spec['label_key'], n)
+    return train_x, train_y, test_x, test_y, n

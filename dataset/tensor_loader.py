@@ -1,0 +1,219 @@
+"""In-memory data loading for small image data sets (CIFAR, MNIST, Fashion-MNIST).
+
+A whole data set is one uint8 tensor ``(N, C, H, W)`` plus int64 labels. ``TensorLoader``
+yields whole batches: the uint8 batch is moved to the device first and augmented and
+normalised there, all samples at once (no per-image PIL work, no worker processes).
+
+Reproducibility: everything random in an epoch (the shuffle and every sample's augmentation)
+is drawn at the start of the epoch from one ``torch.Generator`` seeded with
+``seed * 100003 + epoch``, on the CPU, so an epoch is exactly reproducible from
+``(seed, epoch)`` alone, on any device and with any batch size. Call ``set_epoch(epoch)``
+before each epoch, as with torch's ``DistributedSampler``; without it every epoch repeats
+epoch 0.
+
+Distributed: the permutation is shared by all ranks (same generator), padded to a multiple
+of ``world_size`` by repeating its start (as ``DistributedSampler`` does), and rank ``r`` takes
+positions ``r::world_size``. The augmentation parameters are drawn for the whole padded
+permutation and sliced the same way, so ranks get different augmentations. Without padding
+(validation) each sample is seen by exactly one rank.
+"""
+import math
+from typing import Optional, Sequence
+
+import torch
+
+SEED_STRIDE = 100003
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Seed of the generator that draws everything random in ``epoch``."""
+    return int(seed) * SEED_STRIDE + int(epoch)
+
+
+def crop_flip(images: torch.Tensor, padding: int, params: torch.Tensor) -> torch.Tensor:
+    """Pad ``images`` (B, C, H, W) with ``padding`` zeros on each side, crop back to H x W.
+
+    ``params`` is an int64 tensor (B, 3) on the images' device: row offset, column offset
+    (each in ``0..2*padding`` of the padded image; ``padding`` means the original image) and a
+    horizontal flip flag (0/1), applied after the crop. This is torchvision's
+    ``RandomCrop(H, padding)`` followed by ``RandomHorizontalFlip``, for given draws. Works on
+    any dtype; done with two ``gather`` calls, no loop over samples.
+    """
+    b, c, h, w = images.shape
+    if b == 0:
+        return images.clone()
+    p = int(padding)
+    if p > 0:
+        padded = images.new_zeros((b, c, h + 2 * p, w + 2 * p))
+        padded[:, :, p:p + h, p:p + w] = images
+    else:
+        padded = images
+    rows = params[:, 0:1] + torch.arange(h, device=images.device)          # (B, H)
+    ar = torch.arange(w, device=images.device)
+    flip = params[:, 2:3].bool()
+    cols = torch.where(flip, params[:, 1:2] + (w - 1 - ar), params[:, 1:2] + ar)  # (B, W)
+    out = padded.gather(2, rows[:, None, :, None].expand(b, c, h, w + 2 * p))
+    return out.gather(3, cols[:, None, None, :].expand(b, c, h, w))
+
+
+class RandomCropFlip:
+    """Random crop from a zero-padded image, and optionally a random horizontal flip.
+
+    ``RandomCropFlip(4, flip=True)`` is RepDistiller's CIFAR augmentation
+    (``RandomCrop(32, padding=4)`` + ``RandomHorizontalFlip()``): offsets uniform in 0..8 in
+    each direction, flip with probability 0.5. ``RandomCropFlip(j, flip=False)`` is a random
+    translation of up to ``j`` pixels each way (the "jitter" of Hinton et al. 2015).
+    """
+
+    def __init__(self, padding: int, flip: bool):
+        if padding < 0:
+            raise ValueError(f"padding must be >= 0, got {padding}")
+        self.padding = int(padding)
+        self.flip = bool(flip)
+
+    def draw(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """Parameters for ``n`` samples: int64 (n, 3) = row offset, column offset, flip."""
+        offsets = torch.randint(0, 2 * self.padding + 1, (n, 2), generator=generator)
+        if self.flip:
+            flips = torch.randint(0, 2, (n, 1), generator=generator)
+        else:
+            flips = torch.zeros((n, 1), dtype=torch.int64)
+        return torch.cat([offsets, flips], dim=1)
+
+    def apply(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        return crop_flip(images, self.padding, params)
+
+    def __repr__(self):
+        return f"RandomCropFlip(padding={self.padding}, flip={self.flip})"
+
+
+def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> float32 ``(x / 255 - mean) / std``.
+
+    The same operations, in the same order, as torchvision's ``ToTensor`` + ``Normalize``, so
+    the result is bit-identical to theirs. ``mean`` and ``std`` are float32 of shape (1, C, 1, 1).
+    """
+    return images.float().div_(255).sub_(mean).div_(std)
+
+
+class TensorLoader:
+    """Batches of an in-memory uint8 image tensor, as dicts of device tensors.
+
+    Each batch is ``{'images': float32 (B, C, H, W), 'targets': int64 (B,), 'index': int64 (B,)}``
+    on ``device``; ``index`` holds the sample indices into the data set (CRD uses them).
+
+    Args:
+        images: uint8 (N, C, H, W) on the CPU.
+        targets: int64 (N,).
+        batch_size: samples per batch on this rank.
+        device: where batches are produced.
+        mean, std: per-channel normalisation constants.
+        shuffle: draw a new permutation each epoch (training).
+        transform: an augmentation with ``draw(n, generator)`` and ``apply(images, params)``
+            (e.g. ``RandomCropFlip``), or None.
+        seed: with the epoch, seeds everything random in an epoch.
+        rank, world_size: this process's shard.
+        pad: pad the permutation to a multiple of ``world_size`` (training, as
+            ``DistributedSampler``); without it each sample is on exactly one rank (validation).
+        drop_last: drop the last batch if it is smaller than ``batch_size``.
+    """
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor, batch_size: int, device,
+                 mean: Sequence[float], std: Sequence[float], *, shuffle: bool = False,
+                 transform=None, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 pad: bool = True, drop_last: bool = False):
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} "
+                             f"{tuple(images.shape)}")
+        if targets.dim() != 1 or len(targets) != len(images):
+            raise ValueError(f"targets must be (N,) with N={len(images)}, got {tuple(targets.shape)}")
+        if len(images) == 0:
+            raise ValueError("the data set is empty")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        if len(mean) != images.shape[1] or len(std) != images.shape[1]:
+            raise ValueError(f"mean and std need {images.shape[1]} values")
+
+        self.device = torch.device(device)
+        self._cuda = self.device.type == 'cuda'
+        self.images = images.contiguous()
+        self.targets_cpu = targets.to(torch.int64)
+        self.targets = self.targets_cpu.to(self.device)
+        self.batch_size = int(batch_size)
+        self.shuffle = bool(shuffle)
+        self.transform = transform
+        self.seed = int(seed)
+        self.rank = int(rank)
+        self.world_size = int(world_size)
+        self.pad = bool(pad)
+        self.drop_last = bool(drop_last)
+        self.epoch = 0
+        shape = (1, len(mean), 1, 1)
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(shape).to(self.device)
+        self.std = torch.tensor(std, dtype=torch.float32).view(shape).to(self.device)
+
+        self.dataset_size = len(images)
+        if self.pad:
+            self.num_samples = math.ceil(self.dataset_size / self.world_size)
+            self.total_size = self.num_samples * self.world_size
+        else:
+            self.num_samples = len(range(self.rank, self.dataset_size, self.world_size))
+            self.total_size = self.dataset_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.num_samples // self.batch_size
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def epoch_plan(self, epoch: Optional[int] = None):
+        """This rank's sample indices for ``epoch`` and their augmentation parameters (CPU)."""
+        epoch = self.epoch if epoch is None else int(epoch)
+        g = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
+        n = self.dataset_size
+        if self.shuffle:
+            indices = torch.randperm(n, generator=g)
+        else:
+            indices = torch.arange(n)
+        if self.total_size > n:
+            indices = indices.repeat(math.ceil(self.total_size / n))[:self.total_size]
+        params = None
+        if self.transform is not None:
+            params = self.transform.draw(self.total_size, g)[self.rank::self.world_size]
+        return indices[self.rank::self.world_size], params
+
+    def __iter__(self):
+        indices, params = self.epoch_plan()
+        index_dev = indices.to(self.device, non_blocking=self._cuda)
+        if params is not None:
+            params = params.to(self.device, non_blocking=self._cuda)
+        bs = self.batch_size
+        for i in range(len(self)):
+            sl = slice(i * bs, (i + 1) * bs)
+            images = self._fetch(indices[sl])
+            index = index_dev[sl]
+            if params is not None:
+                images = self.transform.apply(images, params[sl])
+            yield {'images': normalize(images, self.mean, self.std),
+                   'targets': self.targets[index],
+                   'index': index}
+
+    def _fetch(self, idx: torch.Tensor) -> torch.Tensor:
+        """The uint8 images at ``idx``, on the device."""
+        if not self._cuda:
+            return self.images.index_select(0, idx).to(self.device)
+        # Gather into page-locked memory (torch's caching host allocator keeps it alive until
+        # the asynchronous copy has finished), then copy without blocking.
+        staging = torch.empty((len(idx),) + tuple(self.images.shape[1:]), dtype=torch.uint8,
+                              pin_memory=True)
+        torch.index_select(self.images, 0, idx, out=staging)
+        return staging.to(self.device, non_blocking=True)
+
+    def __repr__(self):
+        return (f"TensorLoader(dataset_size={self.dataset_size}, num_samples={self.num_samples}, "
+                f"batch_size={self.batch_size}, shuffle={self.shuffle}, transform={self.transform}, "
+                f"rank={self.rank}/{self.world_size}, device={self.device})")
