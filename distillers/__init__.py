@@ -1,5 +1,5 @@
 """Distillation methods, one file each, created by name through the registry."""
-from .base import Distiller, kd_loss  # noqa: F401
+from .base import Distiller, Stage, kd_loss  # noqa: F401
 from .registry import distiller_classes, distiller_names, get_distiller, register_distiller  # noqa: F401
 
 # Importing the method files registers them.

@@ -1,5 +1,6 @@
 """The distiller contract (DESIGN.md, "Distiller") and the losses every method shares."""
-from typing import Dict, Tuple
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -17,6 +18,21 @@ def kd_loss(logits_s: torch.Tensor, logits_t: torch.Tensor, T: float) -> torch.T
     log_p_s = F.log_softmax(logits_s / T, dim=1)
     log_p_t = F.log_softmax(logits_t / T, dim=1)
     return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * T * T
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One training stage. Multi-stage methods (FT, AB, FSP, SSKD, ...) declare several; the
+    trainer runs them in order with a fresh optimizer over ``stage_parameters(stage)``.
+
+    ``lr`` and ``lr_decay_epochs`` (counted from the stage's start) default to the flags;
+    only epochs of stages with ``selects_best`` compete for best.pth.
+    """
+    name: str
+    epochs: int
+    lr: Optional[float] = None
+    lr_decay_epochs: Optional[Tuple[int, ...]] = None
+    selects_best: bool = True
 
 
 class Distiller(nn.Module):
@@ -48,7 +64,8 @@ class Distiller(nn.Module):
     def __init__(self, student: nn.Module, teacher: nn.Module, args, data_info=None):
         super().__init__()
         self.data_info = data_info or {}  # num_classes, input_size, train_size, val_size
-        self.epoch = 0
+        self.epoch = 0  # epoch within the current stage, from 1
+        self.stage = "main"
         if self.needs_teacher and teacher is None:
             raise UserError(f"--distill {self.name} needs a teacher; pass --path_t CHECKPOINT")
         self.student = student
@@ -84,9 +101,20 @@ class Distiller(nn.Module):
             self.teacher.eval()
         return self
 
-    def on_epoch_start(self, epoch: int, train_loader=None):
-        """Called by the loop before each epoch (warm-ups, re-matching, schedules)."""
+    def stages(self, args) -> List[Stage]:
+        """The stages this method trains in; one by default."""
+        return [Stage("main", args.epochs)]
+
+    def stage_parameters(self, stage: Stage):
+        """What the optimizer of ``stage`` trains."""
+        return self.trainable_parameters()
+
+    def on_epoch_start(self, epoch: int, train_loader=None, stage: Stage = None):
+        """Called before each epoch with the epoch counted within its stage, from 1
+        (warm-ups, re-matching, schedules)."""
         self.epoch = epoch
+        if stage is not None:
+            self.stage = stage.name
 
     # ---- forward -----------------------------------------------------------------------
     def forward(self, images, targets=None, **batch):

@@ -85,32 +85,59 @@ def resume_checkpoint(args, run_path, meta):
     return checkpoint
 
 
+def _stage_at(stages, epoch):
+    """The stage holding global ``epoch`` (from 1), and the epoch counted within it."""
+    for index, stage in enumerate(stages):
+        if epoch <= stage.epochs:
+            return index, stage, epoch
+        epoch -= stage.epochs
+    raise ValueError("epoch beyond the last stage")
+
+
+def _optimizer(args, distiller, stage):
+    return torch.optim.SGD(distiller.stage_parameters(stage), lr=stage.lr or args.learning_rate,
+                           momentum=args.momentum, weight_decay=args.weight_decay)
+
+
 def fit(args, distiller, train_loader, val_loader, run_path, meta, *, device, resume=None,
         rank=0, world_size=1, log=print):
-    """Train for ``args.epochs`` epochs; write the run folder. Returns the summary dict."""
-    optimizer = torch.optim.SGD(distiller.trainable_parameters(), lr=args.learning_rate,
-                                momentum=args.momentum, weight_decay=args.weight_decay)
+    """Train every stage of ``distiller`` and write the run folder. Returns the summary.
+
+    Epochs are counted over all stages (TensorBoard steps, checkpoints); each stage gets a
+    fresh optimizer and its own step schedule.
+    """
+    stages = distiller.stages(args)
+    total = sum(stage.epochs for stage in stages)
     start_epoch, best_acc, best_epoch, wall = 1, 0.0, 0, 0.0
+    optimizer, optimizer_stage = None, None
     if resume is not None:
         distiller.student.load_state_dict(resume["model"], strict=True)
         distiller.load_extra_state_dict(resume["extras"])
-        optimizer.load_state_dict(resume["optimizer"])
         set_rng_state(resume["rng"])
         start_epoch = resume["epoch"] + 1
         best_acc, best_epoch, wall = resume["best_acc"], resume["best_epoch"], resume["wall_time"]
+        optimizer_stage, stage, _ = _stage_at(stages, resume["epoch"])
+        distiller.stage = stage.name
+        optimizer = _optimizer(args, distiller, stage)
+        optimizer.load_state_dict(resume["optimizer"])
         log(f"resumed from epoch {resume['epoch']} (best top-1 {best_acc:.2f})")
     run = RunFolder(run_path, write=rank == 0, purge_step=start_epoch)
-    summary = {"args": vars(args), **meta, "parameters": {
+    summary = {"args": vars(args), **meta, "stages": [s.name for s in stages], "parameters": {
         "student": count_parameters(distiller.student),
         "extras": count_parameters(distiller) - count_parameters(distiller.student),
         "teacher": count_parameters(distiller.teacher) if distiller.teacher is not None else 0}}
     try:
-        val = None
-        for epoch in range(start_epoch, args.epochs + 1):
-            lr = step_lr(epoch, args.learning_rate, args.lr_decay_epochs, args.lr_decay_rate)
+        for epoch in range(start_epoch, total + 1):
+            index, stage, stage_epoch = _stage_at(stages, epoch)
+            if index != optimizer_stage:
+                optimizer, optimizer_stage = _optimizer(args, distiller, stage), index
+                if len(stages) > 1:
+                    log(f"stage {stage.name}: {stage.epochs} epochs")
+            decay = args.lr_decay_epochs if stage.lr_decay_epochs is None else stage.lr_decay_epochs
+            lr = step_lr(stage_epoch, stage.lr or args.learning_rate, decay, args.lr_decay_rate)
             set_lr(optimizer, lr)
             train_loader.set_epoch(epoch)
-            distiller.on_epoch_start(epoch, train_loader)
+            distiller.on_epoch_start(stage_epoch, train_loader, stage)
             t0 = time.time()
             train = train_one_epoch(distiller, train_loader, optimizer, epoch,
                                     print_freq=args.print_freq, log=log, world_size=world_size)
@@ -125,15 +152,15 @@ def fit(args, distiller, train_loader, val_loader, run_path, meta, *, device, re
                          "test/acc": val["acc"], "test/acc_top5": val["acc_top5"],
                          "test/loss": val["loss"], "lr": lr}, epoch)
             weights = {"format": FORMAT, **meta, "model": distiller.student.state_dict(),
-                       "extras": distiller.extra_state_dict(), "epoch": epoch,
+                       "extras": distiller.extra_state_dict(), "epoch": epoch, "stage": stage.name,
                        "accuracy": val["acc"], "deploy": distiller.deploy_state()}
-            if val["acc"] > best_acc:
+            if stage.selects_best and val["acc"] > best_acc:
                 best_acc, best_epoch = val["acc"], epoch
                 run.save({**weights, "best_acc": best_acc}, "best.pth")
             run.save({**weights, "best_acc": best_acc, "best_epoch": best_epoch, "wall_time": wall,
                       "optimizer": optimizer.state_dict(), "rng": rng_state()}, "last.pth")
-            summary.update(epochs_done=epoch, finished=epoch == args.epochs, best_acc=best_acc,
-                           best_epoch=best_epoch, last_acc=val["acc"],
+            summary.update(epochs_done=epoch, finished=epoch == total, stage=stage.name,
+                           best_acc=best_acc, best_epoch=best_epoch, last_acc=val["acc"],
                            last_acc_top5=val["acc_top5"], wall_time=wall)
             run.summary(summary)
     finally:

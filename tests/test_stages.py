@@ -1,0 +1,83 @@
+"""Multi-stage training: stages run in order with their own optimizer and schedule, and
+--resume continues exactly across a stage boundary."""
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+
+from dataset import build_loaders
+from distillers import Distiller, Stage
+from helper.trainer import fit
+from models import create_model
+
+
+class TwoStage(Distiller):
+    """An 'init' stage trains only the extra head on a toy loss, then the student trains."""
+    needs_teacher = False
+    name = "two_stage_test"
+
+    def __init__(self, student, args):
+        super().__init__(student, None, args)
+        self.head = torch.nn.Linear(10, 10)
+        self.seen = []
+
+    def stages(self, args):
+        return [Stage("init", 2, lr=0.01, lr_decay_epochs=(1,), selects_best=False),
+                Stage("main", args.epochs)]
+
+    def stage_parameters(self, stage):
+        return list(self.head.parameters()) if stage.name == "init" else self.trainable_parameters()
+
+    def on_epoch_start(self, epoch, train_loader=None, stage=None):
+        super().on_epoch_start(epoch, train_loader, stage)
+        self.seen.append((self.stage, epoch))
+
+    def method_losses(self, *, logits_s, targets, **_):
+        if self.stage == "init":
+            return {"init": F.cross_entropy(self.head(logits_s.detach()), targets)}
+        return {}
+
+
+def _args(**kw):
+    base = dict(cls=1.0, div=0.0, beta=0.0, kd_T=4.0, epochs=2, learning_rate=0.05,
+                lr_decay_epochs=[1], lr_decay_rate=0.1, momentum=0.9, weight_decay=5e-4,
+                print_freq=1000)
+    base.update(kw)
+    return SimpleNamespace(**base)
+
+
+def _run(mnist_small, folder, epochs_done=None, resume=None):
+    torch.manual_seed(0)
+    train, val, info = build_loaders("mnist", mnist_small, 256, "cpu", seed=1)
+    distiller = TwoStage(create_model("mlp_800", 10), _args())
+    if epochs_done is not None:  # stop early by shortening the main stage
+        distiller.stages = lambda args: [Stage("init", 2, lr=0.01, lr_decay_epochs=(1,), selects_best=False),
+                                         Stage("main", epochs_done - 2)][: 1 if epochs_done <= 2 else 2]
+    summary = fit(_args(), distiller, train, val, folder, {"model_name": "mlp_800"}, device="cpu",
+                  resume=resume, log=lambda *_: None)
+    return distiller, summary
+
+
+def test_stages_run_in_order_with_their_own_optimizer(mnist_small, tmp_path):
+    distiller, summary = _run(mnist_small, tmp_path)
+    assert distiller.seen == [("init", 1), ("init", 2), ("main", 1), ("main", 2)]
+    assert summary["epochs_done"] == 4 and summary["stages"] == ["init", "main"]
+    assert summary["best_epoch"] in (3, 4)  # init epochs do not compete for best.pth
+    last = torch.load(tmp_path / "last.pth", weights_only=True)
+    assert last["stage"] == "main" and last["epoch"] == 4
+    # The student changed only in the main stage: a run of the init stage alone leaves it as built.
+    init_only, _ = _run(mnist_small, tmp_path / "init_only", epochs_done=2)
+    torch.manual_seed(0)
+    fresh = create_model("mlp_800", 10).state_dict()
+    assert all(torch.equal(init_only.student.state_dict()[k], fresh[k]) for k in fresh)
+    assert not torch.equal(init_only.head.weight, TwoStage(create_model("mlp_800", 10), _args()).head.weight)
+
+
+def test_resume_across_the_stage_boundary(mnist_small, tmp_path):
+    full, _ = _run(mnist_small, tmp_path / "full")
+    _run(mnist_small, tmp_path / "part", epochs_done=2)
+    resume = torch.load(tmp_path / "part" / "last.pth", weights_only=False)
+    resumed, _ = _run(mnist_small, tmp_path / "part", resume=resume)
+    assert resumed.seen == [("main", 1), ("main", 2)]
+    for key, value in full.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
