@@ -6,28 +6,31 @@ from pathlib import Path
 
 from dataset import build_loaders
 from distillers import get_distiller
-from helper.options import finish, teacher_parser
+from helper.distributed import launch, per_process_batch
+from helper.options import parse_teacher_args
 from helper.run_folder import teacher_run_name
-from helper.trainer import fit, resume_checkpoint, seed_everything, select_device, user_errors
+from helper.trainer import fit, resume_checkpoint, seed_everything, user_errors
 from models import create_model
 
 
-def main(argv=None):
-    parser = teacher_parser()
-    args = parser.parse_args(argv)
-    args = finish(parser, args, args.model)
-    with user_errors():
-        device = select_device(args)
-        seed = seed_everything(args)
+def run(args, ctx):
+    with user_errors(ctx.rank):
+        batch_size = per_process_batch(args, ctx)
+        seed = seed_everything(args, ctx.rank)
         train_loader, val_loader, info = build_loaders(
-            args.dataset, args.data_folder, args.batch_size, device, seed=seed, jitter=args.jitter)
+            args.dataset, args.data_folder, batch_size, ctx.device, seed=seed, rank=ctx.rank,
+            world_size=ctx.world_size, jitter=args.jitter)
         model = create_model(args.model, num_classes=info["num_classes"])
-        distiller = get_distiller("vanilla")(model, None, args, data_info=info).to(device)
+        distiller = get_distiller("vanilla")(model, None, args, data_info=info).to(ctx.device)
         run_path = Path(args.save_folder) / "teachers" / teacher_run_name(args)
         meta = {"model_name": args.model, "num_classes": info["num_classes"],
                 "dataset": args.dataset, "distill": "vanilla", "teacher": None}
         resume = resume_checkpoint(args, run_path, meta)
-        fit(args, distiller, train_loader, val_loader, run_path, meta, device=device, resume=resume)
+        fit(args, distiller, train_loader, val_loader, run_path, meta, ctx=ctx, resume=resume)
+
+
+def main(argv=None):
+    launch(run, parse_teacher_args(argv))
 
 
 if __name__ == "__main__":

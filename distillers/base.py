@@ -84,6 +84,11 @@ class Distiller(nn.Module):
     def add_arguments(cls, parser):
         """Add the method's own flags to ``parser`` (an argparse group)."""
 
+    @classmethod
+    def requires_teacher(cls, args) -> bool:
+        """Whether this run needs ``--path_t`` (a method may decide from its flags)."""
+        return cls.needs_teacher
+
     # ---- teacher -----------------------------------------------------------------------
     @property
     def teacher(self):

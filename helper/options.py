@@ -2,6 +2,7 @@
 import argparse
 
 from dataset import DATASET_NAMES
+from helper import distributed
 from distillers import distiller_classes, distiller_names, get_distiller
 from models import model_names
 
@@ -58,6 +59,7 @@ def _common(parser):
     r.add_argument("--save_folder", "--save-folder", default="./save")
     r.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="continue from this run's last.pth, or from the given checkpoint")
+    distributed.add_arguments(parser)
 
 
 def teacher_parser():
@@ -87,8 +89,20 @@ def student_parser():
     return parser
 
 
-def finish(parser, args, model_name):
-    """Fill defaults that depend on other flags."""
+def parse_teacher_args(argv=None):
+    parser = teacher_parser()
+    return finish(parser, parser.parse_args(argv), "model")
+
+
+def parse_student_args(argv=None):
+    parser = student_parser()
+    return finish(parser, parser.parse_args(argv), "model_s")
+
+
+def finish(parser, args, model_flag):
+    """Check combinations and fill defaults that depend on other flags."""
+    distributed.check_arguments(parser, args)
+    model_name = getattr(args, model_flag)
     if args.learning_rate is None:
         args.learning_rate = 0.01 if model_name in SMALL_LR_MODELS else 0.05
     if args.jitter < 0:

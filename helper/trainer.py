@@ -9,18 +9,20 @@ import numpy as np
 import torch
 
 from helper.checkpoint import FORMAT, load_file, rng_state, set_rng_state
+from helper.distributed import Context, sync_buffers, wrap
 from helper.errors import UserError
 from helper.loop import set_lr, step_lr, train_one_epoch, validate
 from helper.run_folder import RunFolder
 
 
 @contextmanager
-def user_errors():
+def user_errors(rank=0):
     """Turn a UserError into one line on stderr and exit code 2."""
     try:
         yield
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        where = f" (rank {rank})" if rank else ""
+        print(f"error{where}: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
 
 
@@ -31,22 +33,13 @@ def trial_seed(args):
     return args.seed + offset
 
 
-def select_device(args):
-    """The one device decision: CUDA device ``--gpu_id`` when CUDA is present, else the CPU."""
-    if torch.cuda.is_available():
-        if args.gpu_id >= torch.cuda.device_count():
-            raise UserError(f"--gpu_id {args.gpu_id} does not exist: this machine has "
-                            f"{torch.cuda.device_count()} CUDA devices")
-        torch.cuda.set_device(args.gpu_id)
-        return torch.device("cuda", args.gpu_id)
-    return torch.device("cpu")
-
-
-def seed_everything(args):
+def seed_everything(args, rank=0):
+    """Seed the global RNGs (each process its own stream) and return the seed shared by all
+    processes, which drives the data order."""
     seed = trial_seed(args)
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    random.seed(seed + rank)
+    np.random.seed((seed + rank) % 2**32)
+    torch.manual_seed(seed + rank)
     if args.deterministic:
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.deterministic = True
@@ -99,13 +92,15 @@ def _optimizer(args, distiller, stage):
                            momentum=args.momentum, weight_decay=args.weight_decay)
 
 
-def fit(args, distiller, train_loader, val_loader, run_path, meta, *, device, resume=None,
-        rank=0, world_size=1, log=print):
+def fit(args, distiller, train_loader, val_loader, run_path, meta, *, ctx=None, resume=None,
+        log=None):
     """Train every stage of ``distiller`` and write the run folder. Returns the summary.
 
     Epochs are counted over all stages (TensorBoard steps, checkpoints); each stage gets a
     fresh optimizer and its own step schedule.
     """
+    ctx = ctx or Context()
+    log = log or ctx.log
     stages = distiller.stages(args)
     total = sum(stage.epochs for stage in stages)
     start_epoch, best_acc, best_epoch, wall = 1, 0.0, 0, 0.0
@@ -120,8 +115,13 @@ def fit(args, distiller, train_loader, val_loader, run_path, meta, *, device, re
         distiller.stage = stage.name
         optimizer = _optimizer(args, distiller, stage)
         optimizer.load_state_dict(resume["optimizer"])
+        if ctx.rank:  # every process continues its own random stream, not rank 0's
+            torch.manual_seed(trial_seed(args) + resume["epoch"] * ctx.world_size + ctx.rank)
         log(f"resumed from epoch {resume['epoch']} (best top-1 {best_acc:.2f})")
-    run = RunFolder(run_path, write=rank == 0, purge_step=start_epoch)
+    if getattr(args, "sync_bn", False):
+        distiller = torch.nn.SyncBatchNorm.convert_sync_batchnorm(distiller)
+    model = wrap(distiller, ctx, find_unused_parameters=len(stages) > 1)
+    run = RunFolder(run_path, write=ctx.is_main, purge_step=start_epoch)
     summary = {"args": vars(args), **meta, "stages": [s.name for s in stages], "parameters": {
         "student": count_parameters(distiller.student),
         "extras": count_parameters(distiller) - count_parameters(distiller.student),
@@ -139,10 +139,11 @@ def fit(args, distiller, train_loader, val_loader, run_path, meta, *, device, re
             train_loader.set_epoch(epoch)
             distiller.on_epoch_start(stage_epoch, train_loader, stage)
             t0 = time.time()
-            train = train_one_epoch(distiller, train_loader, optimizer, epoch,
-                                    print_freq=args.print_freq, log=log, world_size=world_size)
+            train = train_one_epoch(model, train_loader, optimizer, epoch,
+                                    print_freq=args.print_freq, log=log, world_size=ctx.world_size)
+            sync_buffers(distiller)
             distiller.eval()
-            val = validate(distiller.forward_test, val_loader, device)
+            val = validate(distiller.forward_test, val_loader, ctx.device)
             wall += time.time() - t0
             log(f"Epoch {epoch}: lr {lr:g} train loss {train['loss']:.4f} acc@1 {train['acc']:.2f} | "
                 f"test loss {val['loss']:.4f} acc@1 {val['acc']:.2f} acc@5 {val['acc_top5']:.2f} "

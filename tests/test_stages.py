@@ -53,7 +53,7 @@ def _run(mnist_small, folder, epochs_done=None, resume=None):
     if epochs_done is not None:  # stop early by shortening the main stage
         distiller.stages = lambda args: [Stage("init", 2, lr=0.01, lr_decay_epochs=(1,), selects_best=False),
                                          Stage("main", epochs_done - 2)][: 1 if epochs_done <= 2 else 2]
-    summary = fit(_args(), distiller, train, val, folder, {"model_name": "mlp_800"}, device="cpu",
+    summary = fit(_args(), distiller, train, val, folder, {"model_name": "mlp_800"},
                   resume=resume, log=lambda *_: None)
     return distiller, summary
 

@@ -1,0 +1,171 @@
+"""Process groups: ``--multiprocessing-distributed`` (PyTorch's ImageNet example: one process
+per GPU, or ``--nproc`` CPU processes, on each of ``--world-size`` nodes) and ``torchrun``
+(``env://``). NCCL on GPU, Gloo on CPU. Only rank 0 writes files and prints."""
+import os
+import sys
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from helper.errors import UserError
+
+
+@dataclass
+class Context:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def distributed(self):
+        return self.world_size > 1
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+    def log(self, *args, **kwargs):
+        if self.is_main:
+            print(*args, **kwargs, flush=True)
+
+
+def add_arguments(parser):
+    g = parser.add_argument_group("distributed")
+    g.add_argument("--multiprocessing-distributed", "--multiprocessing_distributed",
+                   dest="multiprocessing_distributed", action="store_true",
+                   help="spawn one process per GPU (or --nproc CPU processes) on this node")
+    g.add_argument("--world-size", "--world_size", dest="world_size", type=int, default=1,
+                   help="number of nodes taking part")
+    g.add_argument("--rank", type=int, default=0, help="rank of this node")
+    g.add_argument("--dist-url", "--dist_url", dest="dist_url", default="tcp://127.0.0.1:23451")
+    g.add_argument("--dist-backend", "--dist_backend", dest="dist_backend", default=None,
+                   choices=["nccl", "gloo"], help="default: nccl with CUDA, gloo on CPU")
+    g.add_argument("--nproc", type=int, default=None,
+                   help="processes per node (default: the GPU count, or 1 on CPU)")
+    g.add_argument("--dist-timeout", "--dist_timeout", dest="dist_timeout", type=float, default=30,
+                   help="minutes a collective may wait for a missing process before failing")
+    g.add_argument("--sync-bn", "--sync_bn", dest="sync_bn", action="store_true",
+                   help="synchronised BatchNorm in the student (GPU only)")
+    g.add_argument("--adjust_lr", "--adjust-lr", action="store_true",
+                   help="scale the learning rate by total batch / --batch_size (torchdistill)")
+
+
+def check_arguments(parser, args):
+    if args.world_size < 1 or not 0 <= args.rank < args.world_size:
+        parser.error(f"--rank {args.rank} must be in 0..{args.world_size - 1} for --world-size {args.world_size}")
+    if args.nproc is not None and args.nproc < 1:
+        parser.error(f"--nproc must be positive, got {args.nproc}")
+    if args.sync_bn and not torch.cuda.is_available():
+        parser.error("--sync-bn needs CUDA (BatchNorm statistics are synchronised by NCCL); drop it on CPU")
+    if args.world_size > 1 and not args.multiprocessing_distributed:
+        parser.error("--world-size > 1 needs --multiprocessing-distributed (or launch with torchrun)")
+
+
+def _procs_per_node(args):
+    if args.nproc is not None:
+        if torch.cuda.is_available() and args.nproc > torch.cuda.device_count():
+            raise UserError(f"--nproc {args.nproc} exceeds the {torch.cuda.device_count()} GPUs here")
+        return args.nproc
+    return torch.cuda.device_count() if torch.cuda.is_available() else 1
+
+
+def launch(worker, args):
+    """Run ``worker(args, ctx)`` in one process, in spawned processes, or under torchrun."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        local_size = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        _run(local_rank, worker, args, "env://", int(os.environ["RANK"]),
+             int(os.environ["WORLD_SIZE"]), local_size)
+    elif args.multiprocessing_distributed:
+        nprocs = _procs_per_node(args)
+        world = nprocs * args.world_size
+        if nprocs == 1 and world == 1:
+            _run(0, worker, args, None, 0, 1, 1)
+            return
+        try:
+            mp.spawn(_spawned, args=(worker, args, nprocs, world), nprocs=nprocs, join=True)
+        except mp.ProcessExitedException as e:
+            sys.exit(e.exit_code if e.exit_code and e.exit_code > 0 else 1)
+        except mp.ProcessRaisedException as e:
+            print(f"error: a training process failed:\n{e}", file=sys.stderr)
+            sys.exit(1)
+    else:
+        _run(0, worker, args, None, 0, 1, 1)
+
+
+def _spawned(local_rank, worker, args, nprocs, world):
+    _run(local_rank, worker, args, args.dist_url, args.rank * nprocs + local_rank, world, nprocs)
+
+
+def _run(local_rank, worker, args, init_method, rank, world_size, local_size):
+    if torch.cuda.is_available():
+        gpu = local_rank if world_size > 1 else args.gpu_id
+        if gpu >= torch.cuda.device_count():
+            print(f"error: --gpu_id {gpu} does not exist: this machine has "
+                  f"{torch.cuda.device_count()} CUDA devices", file=sys.stderr)
+            sys.exit(2)
+        torch.cuda.set_device(gpu)
+        device = torch.device("cuda", gpu)
+    else:
+        device = torch.device("cpu")
+    ctx = Context(rank, world_size, local_rank, local_size, device)
+    if world_size > 1:
+        backend = args.dist_backend or ("nccl" if device.type == "cuda" else "gloo")
+        try:
+            dist.init_process_group(backend, init_method=init_method, world_size=world_size,
+                                    rank=rank, timeout=timedelta(minutes=args.dist_timeout))
+        except (RuntimeError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            print(f"error: cannot join the process group at {init_method} as rank {rank} of "
+                  f"{world_size} (is the port in use, or another node unreachable?): {first}",
+                  file=sys.stderr)
+            sys.exit(2)
+    try:
+        worker(args, ctx)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def per_process_batch(args, ctx):
+    """``--batch_size`` is the batch of one node, split over its processes (PyTorch's ImageNet
+    example and SimKD); the optional ``--adjust_lr`` scales the learning rate with the total."""
+    if args.batch_size % ctx.local_size:
+        raise UserError(f"--batch_size {args.batch_size} does not split evenly over "
+                        f"{ctx.local_size} processes per node; use a multiple of {ctx.local_size}")
+    batch = args.batch_size // ctx.local_size
+    if args.adjust_lr:
+        args.learning_rate *= batch * ctx.world_size / args.batch_size
+    return batch
+
+
+def wrap(distiller, ctx, find_unused_parameters):
+    """DistributedDataParallel over the student and extras; the teacher lives outside the
+    distiller's module tree and is never wrapped. Buffers are not broadcast on every forward
+    (CRD's memory banks would be copied each step); BN statistics are averaged before each
+    validation instead (``sync_buffers``)."""
+    if not ctx.distributed:
+        return distiller
+    ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(
+        distiller, device_ids=ids, broadcast_buffers=False,
+        find_unused_parameters=find_unused_parameters)
+
+
+def sync_buffers(module):
+    """Average BatchNorm running statistics over processes, so that validation and the saved
+    checkpoint describe one model."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    world = dist.get_world_size()
+    for m in module.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+            for buf in (m.running_mean, m.running_var):
+                if buf is not None:
+                    dist.all_reduce(buf)
+                    buf.div_(world)

@@ -1,0 +1,128 @@
+"""Distributed training on CPU with Gloo: same results as one process, multi-node launches,
+failures that end the whole job."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cmd(script, *args):
+    return [sys.executable, os.path.join(REPO, script), *map(str, args)]
+
+
+def _env():
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}
+
+
+def _teacher_args(data, save, *extra):
+    return ["--model", "mlp_800", "--dataset", "mnist", "--data_folder", data, "--save_folder", save,
+            "--epochs", "2", "--lr_decay_epochs", "1", "--batch_size", "64", "--print_freq", "1000",
+            "--deterministic", *extra]
+
+
+def _summary(save):
+    return json.loads((save / "teachers" / "mlp_800_vanilla_mnist_trial_0" / "summary.json").read_text())
+
+
+def test_two_gloo_processes_match_one_process(mnist_small, tmp_path):
+    one = tmp_path / "one"
+    subprocess.run(_cmd("train_teacher.py", *_teacher_args(mnist_small, one)), check=True,
+                   env=_env(), timeout=300, capture_output=True)
+    two = tmp_path / "two"
+    url = f"tcp://127.0.0.1:{_free_port()}"
+    subprocess.run(_cmd("train_teacher.py", *_teacher_args(mnist_small, two),
+                        "--multiprocessing-distributed", "--nproc", "2", "--dist-url", url),
+                   check=True, env=_env(), timeout=300, capture_output=True)
+    a, b = _summary(one), _summary(two)
+    assert abs(a["best_acc"] - b["best_acc"]) < 0.3, (a, b)
+    ckpt = lambda save: torch.load(save / "teachers/mlp_800_vanilla_mnist_trial_0/last.pth",
+                                   weights_only=True)["model"]
+    wa, wb = ckpt(one), ckpt(two)
+    # Same total batch and data order: the weights agree up to float summation order.
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-4) for k in wa)
+
+
+def test_two_separate_node_launches_form_one_job(mnist_small, tmp_path):
+    url = f"tcp://127.0.0.1:{_free_port()}"
+    save = tmp_path / "nodes"
+    procs = [subprocess.Popen(_cmd("train_teacher.py", *_teacher_args(mnist_small, save),
+                                   "--multiprocessing-distributed", "--world-size", "2",
+                                   "--rank", str(r), "--dist-url", url),
+                              env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for r in (0, 1)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert _summary(save)["finished"]
+    assert b"Epoch 2:" in outputs[0][0] and b"Epoch" not in outputs[1][0]  # only rank 0 prints
+
+
+def _children(pid):
+    """Worker processes spawned by ``pid`` (the resource tracker is left out)."""
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        kids = [int(k) for k in f.read().split()]
+    def cmdline(k):
+        with open(f"/proc/{k}/cmdline", "rb") as f:
+            return f.read()
+    return [k for k in kids if b"spawn_main" in cmdline(k) and b"resource_tracker" not in cmdline(k)]
+
+
+def test_a_killed_process_ends_the_job(mnist_small, tmp_path):
+    url = f"tcp://127.0.0.1:{_free_port()}"
+    proc = subprocess.Popen(_cmd("train_teacher.py", *_teacher_args(mnist_small, tmp_path),
+                                 "--epochs", "1000", "--multiprocessing-distributed", "--nproc", "2",
+                                 "--dist-url", url, "--dist-timeout", "1"),
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while not (tmp_path / "teachers").exists() and time.time() < deadline:
+            time.sleep(0.5)
+        workers = _children(proc.pid)
+        assert len(workers) == 2
+        os.kill(workers[-1], signal.SIGKILL)
+        start = time.time()
+        proc.communicate(timeout=120)
+        assert proc.returncode != 0
+        assert time.time() - start < 120
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_port_in_use_is_reported(mnist_small, tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        url = f"tcp://127.0.0.1:{busy.getsockname()[1]}"
+        result = subprocess.run(_cmd("train_teacher.py", *_teacher_args(mnist_small, tmp_path),
+                                     "--multiprocessing-distributed", "--nproc", "2",
+                                     "--dist-url", url, "--dist-timeout", "0.5"),
+                                env=_env(), timeout=180, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "port in use" in result.stderr, result.stderr[-2000:]
+
+
+def test_flag_errors(capsys):
+    import train_teacher
+    for argv, message in ((["--sync-bn"], "--sync-bn needs CUDA"),
+                          (["--world-size", "2", "--rank", "2"], "must be in 0..1"),
+                          (["--world-size", "2"], "needs --multiprocessing-distributed")):
+        if "--sync-bn" in argv and torch.cuda.is_available():
+            continue
+        with pytest.raises(SystemExit) as e:
+            train_teacher.main(argv)
+        assert e.value.code == 2
+        assert message in capsys.readouterr().err
