@@ -1,0 +1,129 @@
+"""The published tables the scripts in scripts/ reproduce (top-1 %, as printed by each source).
+
+Each entry: (teacher, student, method, value, constraints), where ``teacher`` is None for a
+model trained alone and ``constraints`` are flags a run must have to match (e.g. SimKD's
+projector factor). ``metric`` says which accuracy the source reports.
+"""
+
+T_SIMKD = "resnet32x4"
+SIMKD_BETAS = {"kd": None, "fitnet": 100, "at": 1000, "sp": 3000, "vid": 1, "crd": 0.8, "srrl": 1,
+               "semckd": 400}
+
+
+def _simkd():
+    rows = {"student (CE only)": ("vanilla", [73.09, 70.46, 74.15]),
+            "kd": ("kd", [74.42, 72.73, 76.82]), "fitnet": ("fitnet", [74.32, 72.91, 77.12]),
+            "at": ("at", [75.07, 71.90, 77.51]), "sp": ("sp", [74.29, 73.12, 77.18]),
+            "vid": ("vid", [74.55, 73.19, 77.11]), "crd": ("crd", [75.59, 73.54, 77.66]),
+            "srrl": ("srrl", [75.39, 73.23, 77.55]), "semckd": ("semckd", [76.23, 75.27, 79.13])}
+    students = ["resnet8x4", "vgg8", "ShuffleV2_1_5"]
+    entries = [(None, T_SIMKD, "vanilla", 79.42, {})]
+    for method, values in rows.values():
+        for student, value in zip(students, values):
+            entries.append((None if method == "vanilla" else T_SIMKD, student, method, value, {}))
+    for factor, values in ((8, [76.73, 74.74, 78.96]), (4, [77.88, 75.62, 79.48]),
+                           (2, [78.08, 75.76, 79.54])):
+        for student, value in zip(students, values):
+            entries.append((T_SIMKD, student, "simkd", value, {"factor": factor}))
+    return entries
+
+
+def _repdistiller():
+    pairs = [("wrn_40_2", "wrn_16_2"), ("wrn_40_2", "wrn_40_1"), ("resnet56", "resnet20"),
+             ("resnet110", "resnet20"), ("resnet110", "resnet32"), ("resnet32x4", "resnet8x4"),
+             ("vgg13", "vgg8")]
+    rows = {
+        "teacher": [75.61, 75.61, 72.34, 74.31, 74.31, 79.42, 74.64],
+        "vanilla": [73.26, 71.98, 69.06, 69.06, 71.14, 72.50, 70.36],
+        "kd": [74.92, 73.54, 70.66, 70.67, 73.08, 73.33, 72.98],
+        "fitnet": [73.58, 72.24, 69.21, 68.99, 71.06, 73.50, 71.02],
+        "at": [74.08, 72.77, 70.55, 70.22, 72.31, 73.44, 71.43],
+        "sp": [73.83, 72.43, 69.67, 70.04, 72.69, 72.94, 72.68],
+        "cc": [73.56, 72.21, 69.63, 69.48, 71.48, 72.97, 70.71],
+        "vid": [74.11, 73.30, 70.38, 70.16, 72.61, 73.09, 71.23],
+        "rkd": [73.35, 72.22, 69.61, 69.25, 71.82, 71.90, 71.48],
+        "pkt": [74.54, 73.45, 70.34, 70.25, 72.61, 73.64, 72.88],
+        "ab": [72.50, 72.38, 69.47, 69.53, 70.98, 73.17, 70.94],
+        "ft": [73.25, 71.59, 69.84, 70.22, 72.37, 72.86, 70.58],
+        "fsp": [72.91, None, 69.95, 70.11, 71.89, 72.62, 70.23],
+        "nst": [73.68, 72.24, 69.60, 69.53, 71.96, 73.30, 71.53],
+        "crd": [75.48, 74.14, 71.16, 71.46, 73.48, 75.51, 73.94]}
+    entries = []
+    for method, values in rows.items():
+        for (teacher, student), value in zip(pairs, values):
+            if value is None:
+                continue
+            if method == "teacher":
+                entries.append((None, teacher, "vanilla", value, {}))
+            elif method == "vanilla":
+                entries.append((None, student, "vanilla", value, {}))
+            else:
+                weights = {"cls": 0.1, "div": 0.9} if method == "kd" else {"div": 0.0}
+                entries.append((teacher, student, method, value, weights))
+    return _dedupe(entries)
+
+
+def _dedupe(entries):
+    seen, out = set(), []
+    for e in entries:
+        key = (e[0], e[1], e[2])
+        if key not in seen:
+            seen.add(key)
+            out.append(e)
+    return out
+
+
+def _dkd():
+    pairs = [("resnet56", "resnet20", 71.97), ("resnet110", "resnet32", 74.11),
+             ("resnet32x4", "resnet8x4", 76.32), ("wrn_40_2", "wrn_16_2", 76.23),
+             ("wrn_40_2", "wrn_40_1", 74.81), ("vgg13", "vgg8", 74.68),
+             ("resnet32x4", "ShuffleV1", 76.45), ("wrn_40_2", "ShuffleV1", 76.70),
+             ("vgg13", "MobileNetV2", 69.71), ("ResNet50", "MobileNetV2", 70.35),
+             ("resnet32x4", "ShuffleV2", 77.07)]
+    return [(t, s, "dkd", v, {}) for t, s, v in pairs] + [
+        ("resnet32x4", "resnet8x4", "dist", 76.31, {}),
+        ("resnet32x4", "resnet8x4", "reviewkd", 75.63, {}),
+        ("resnet32x4", "resnet8x4", "kd", 76.62, {"logit_stand": True}),
+        ("resnet32x4", "resnet8x4", "dkd", 77.01, {"logit_stand": True})]
+
+
+def _torchdistill():
+    rows = {"kd": 71.37, "at": 70.90, "ft": 71.56, "crd": 70.93, "tfkd": 70.52, "sskd": 70.09,
+            "l2": 71.08, "pad_l2": 71.71, "reviewkd": 71.64, "dist": 71.95}
+    return [(None, "resnet18", "vanilla", 69.76, {})] + [
+        ("resnet34", "resnet18", m, v, {}) for m, v in rows.items()]
+
+
+def _kd_zoo(dataset):
+    values = {"cifar10": {"vanilla": (92.0, 92.5), "logits": (92.5, 94.2), "kd": (92.8, 93.9),
+                          "at": (91.9, 93.3), "fsp": (92.0, 92.7)},
+              "cifar100": {"vanilla": (67.6, 71.6), "logits": (69.2, 71.8), "kd": (69.9, 74.1),
+                           "at": (68.4, 72.6), "fsp": (68.0, 72.8)}}[dataset]
+    entries = []
+    for method, (small, large) in values.items():
+        for model, value in (("resnet20", small), ("resnet110", large)):
+            entries.append((None if method == "vanilla" else model, model, method, value, {}))
+    at_kd = {"cifar10": (92.6, 93.7), "cifar100": (68.7, 73.7)}[dataset]
+    entries += [("resnet20", "resnet20", "at", at_kd[0], {"div": 1.0}),
+                ("resnet110", "resnet110", "at", at_kd[1], {"div": 1.0})]
+    return entries
+
+
+TABLES = {
+    "simkd_cifar100": {"dataset": "cifar100", "metric": "best", "entries": _simkd(),
+                       "source": "SimKD README"},
+    "repdistiller_cifar100": {"dataset": "cifar100", "metric": "last", "entries": _repdistiller(),
+                              "source": "RepDistiller README (last epoch)"},
+    "dkd_cifar100": {"dataset": "cifar100", "metric": "best", "entries": _dkd(),
+                     "source": "mdistiller README and the methods' READMEs"},
+    "torchdistill_imagenet": {"dataset": "imagenet", "metric": "best", "entries": _torchdistill(),
+                              "source": "torchdistill (ResNet-34 -> ResNet-18)"},
+    "kd_zoo_cifar10": {"dataset": "cifar10", "metric": "best", "entries": _kd_zoo("cifar10"),
+                       "source": "Knowledge Distillation README, 3-run mean"},
+    "kd_zoo_cifar100": {"dataset": "cifar100", "metric": "best", "entries": _kd_zoo("cifar100"),
+                        "source": "Knowledge Distillation README, 3-run mean"},
+    "hinton_mnist": {"dataset": "mnist", "metric": "best", "source": "Hinton et al. 2015 (test errors 67/146/74)",
+                     "entries": [(None, "mlp_1200", "vanilla", 100 - 0.67, {}),
+                                 (None, "mlp_800", "vanilla", 100 - 1.46, {}),
+                                 ("mlp_1200", "mlp_800", "kd", 100 - 0.74, {"kd_T": 20.0})]},
+}
