@@ -3,4 +3,4 @@ from .base import Distiller, Stage, kd_loss  # noqa: F401
 from .registry import distiller_classes, distiller_names, get_distiller, register_distiller  # noqa: F401
 
 # Importing the method files registers them.
-from . import vanilla, kd  # noqa: F401,E402
+from . import vanilla, kd, semckd, reviewkd  # noqa: F401,E402

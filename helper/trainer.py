@@ -41,7 +41,8 @@ def seed_everything(args, rank=0):
     np.random.seed((seed + rank) % 2**32)
     torch.manual_seed(seed + rank)
     if args.deterministic:
-        torch.use_deterministic_algorithms(True)
+        # CUDA has no deterministic backward for adaptive pooling: warn there instead of failing.
+        torch.use_deterministic_algorithms(True, warn_only=torch.cuda.is_available())
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
     else:

@@ -1,0 +1,167 @@
+"""SemCKD: the loss and the attention against loops written out here, gradients, state, runs."""
+import json
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+import distillers.semckd  # noqa: F401  (registers --distill semckd)
+import train_student
+from conftest import write_cifar100
+from distillers import get_distiller
+from distillers.semckd import CrossLayerAttention, semckd_loss
+from helper.errors import UserError
+from models import create_model
+
+
+def _args(**kw):
+    base = dict(cls=1.0, div=1.0, beta=400.0, kd_T=4.0, batch_size=64, semckd_soft=1.0)
+    base.update(kw)
+    return SimpleNamespace(**base)
+
+
+def test_semckd_loss_matches_loops():
+    rng = np.random.default_rng(0)
+    b, shapes_t = 3, [(2, 4, 4), (3, 2, 2), (1, 1, 1)]
+    n_s = 2
+    proj = [[rng.normal(size=(b, *s)) for s in shapes_t] for _ in range(n_s)]
+    tgt = [[rng.normal(size=(b, *s)) for s in shapes_t] for _ in range(n_s)]
+    att = rng.random(size=(b, n_s, len(shapes_t)))
+    att /= att.sum(-1, keepdims=True)
+    expected = 0.0
+    for n in range(b):
+        for i in range(n_s):
+            for j in range(len(shapes_t)):
+                d = (proj[i][j][n] - tgt[i][j][n]).ravel()
+                expected += att[n, i, j] * sum(v * v for v in d) / d.size
+    expected /= b * n_s
+    t = lambda rows: [[torch.tensor(x) for x in row] for row in rows]
+    got = semckd_loss(t(proj), t(tgt), torch.tensor(att)).item()
+    assert abs(got - expected) < 1e-10
+
+
+def _embed(mlp, row):
+    """MLPEmbed on one similarity row of length b <= its input size: the absent columns
+    of the first weight are simply not used."""
+    w1, b1, w2, b2 = (t.detach().double().numpy() for t in (
+        mlp.linear1.weight, mlp.linear1.bias, mlp.linear2.weight, mlp.linear2.bias))
+    h = np.maximum(w1[:, :len(row)] @ row + b1, 0)
+    e = w2 @ h + b2
+    return e / np.sqrt((e * e).sum())
+
+
+@pytest.mark.parametrize("b", [8, 5])
+def test_attention_matches_per_sample_computation_for_full_and_smaller_batches(b):
+    torch.manual_seed(0)
+    soft = 2.0
+    module = CrossLayerAttention([4, 6], [3, 5, 7], max_batch=8, soft=soft).double()
+    rand = lambda *shape: torch.randn(b, *shape, dtype=torch.double)
+    feats_s = [rand(4, 4, 4), rand(6, 2, 2)]
+    feats_t = [rand(3, 8, 8), rand(5, 4, 4), rand(7, 2, 2)]
+    projected, targets, attention = module(feats_s, feats_t)
+    fs = [f.reshape(b, -1).numpy() for f in feats_s]
+    ft = [f.reshape(b, -1).numpy() for f in feats_t]
+    for n in range(b):
+        q = [_embed(m, np.array([f[n] @ f[k] for k in range(b)])) for m, f in zip(module.query, fs)]
+        k = [_embed(m, np.array([f[n] @ f[k] for k in range(b)])) for m, f in zip(module.key, ft)]
+        for i in range(2):
+            energy = np.array([q[i] @ kj / soft for kj in k])
+            expected = np.exp(energy) / np.exp(energy).sum()
+            assert np.allclose(attention[n, i].detach().numpy(), expected, atol=1e-10)
+    # The larger map is pooled to the smaller: student 4x4 vs teacher 8x8 pools the teacher.
+    t = feats_t[0].numpy()
+    pooled = t.reshape(b, 3, 4, 2, 4, 2).mean(axis=(3, 5))
+    assert np.allclose(targets[0][0].numpy(), pooled)
+    assert projected[0][0].shape == (b, 3, 4, 4)
+    assert projected[1][0].shape == targets[1][0].shape == (b, 3, 2, 2)  # student 2x2: teacher pooled
+    assert projected[0][2].shape == targets[0][2].shape == (b, 7, 2, 2)  # student pooled to 2x2
+
+
+def _distiller(batch_size=64):
+    torch.manual_seed(0)
+    student, teacher = create_model("resnet8", 100), create_model("resnet14", 100)
+    return get_distiller("semckd")(student, teacher, _args(batch_size=batch_size)), student, teacher
+
+
+def test_a_full_then_a_smaller_batch_train_and_gradients_reach_student_and_extras_only():
+    distiller, student, teacher = _distiller()
+    distiller.train()
+    extras = [p for n, p in distiller.named_parameters() if not n.startswith("student.")]
+    assert extras
+    for b in (64, 17):
+        distiller.zero_grad(set_to_none=True)
+        logits, losses = distiller.forward_train(torch.randn(b, 3, 32, 32), torch.randint(0, 100, (b,)))
+        assert set(losses) == {"cls", "kd", "semckd"} and logits.shape == (b, 100)
+        assert all(torch.isfinite(v) and v > 0 for v in losses.values())
+        sum(losses.values()).backward()
+        assert all(p.grad is not None for p in student.parameters())
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in extras)
+        assert all(p.grad is None for p in teacher.parameters())
+    with pytest.raises(UserError, match="at most 64"):
+        distiller.forward_train(torch.randn(65, 3, 32, 32), torch.randint(0, 100, (65,)))
+
+
+def test_extras_are_trained_and_saved_and_round_trip():
+    distiller, student, _ = _distiller(batch_size=16)
+    trainable = {id(p) for p in distiller.trainable_parameters()}
+    extras = {n: p for n, p in distiller.named_parameters() if not n.startswith("student.")}
+    assert all(id(p) in trainable for p in extras.values())
+    assert len(trainable) == len(extras) + len(list(student.parameters()))
+    state = distiller.extra_state_dict()
+    assert set(extras) <= set(state) and any("running_mean" in k for k in state)
+    assert distiller.attention.query[0].linear1.in_features == 16
+    saved = {k: v.clone() for k, v in state.items()}
+    other, _, _ = _distiller(batch_size=16)
+    with torch.no_grad():
+        for p in other.attention.parameters():
+            p.add_(1.0)
+    other.load_extra_state_dict(saved)
+    for k, v in other.extra_state_dict().items():
+        assert torch.equal(v, saved[k]), k
+
+
+def test_models_without_stage_maps_are_refused():
+    with pytest.raises(UserError, match="convolutional"):
+        get_distiller("semckd")(create_model("mlp_800", 10), create_model("resnet8", 10), _args())
+
+
+PAIRS = [("resnet32x4", "resnet8x4"), ("wrn_40_2", "wrn_16_2"), ("vgg13", "vgg8"),
+         ("resnet32x4", "ShuffleV2")]
+
+
+@pytest.fixture(scope="module")
+def cifar100_tiny(tmp_path_factory):
+    """100 training images: a batch of 64, then a smaller one of 36, which must train too.
+    Smaller than ``cifar100_small`` to keep the four runs within a minute on one CPU thread."""
+    return write_cifar100(tmp_path_factory.mktemp("cifar100_tiny"), n_train=100, n_test=50)
+
+
+def save_teacher(name, path):
+    """An untrained teacher whose BatchNorm statistics are set from one batch, so that its
+    features have the scale of a trained network's rather than growing with depth."""
+    torch.manual_seed(0)
+    model = create_model(name, 100)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(32, 3, 32, 32))
+    torch.save({"model": model.state_dict(), "model_name": name}, path)
+
+
+@pytest.mark.parametrize("teacher,student", PAIRS)
+def test_one_epoch_through_train_student(cifar100_tiny, tmp_path, teacher, student):
+    ckpt = tmp_path / f"{teacher}.pth"
+    save_teacher(teacher, ckpt)
+    train_student.main(["--distill", "semckd", "--model_s", student, "--path_t", str(ckpt),
+                        "--dataset", "cifar100", "--data_folder", str(cifar100_tiny),
+                        "--save_folder", str(tmp_path), "--epochs", "1", "--batch_size", "64",
+                        "--print_freq", "1000"])
+    (summary_path,) = tmp_path.glob("students/*/summary.json")
+    summary = json.loads(summary_path.read_text())
+    assert summary["finished"] and math.isfinite(summary["last_acc"])
+    assert summary["args"]["beta"] == 400 and summary["args"]["div"] == 1
+    assert summary["parameters"]["extras"] > 0
