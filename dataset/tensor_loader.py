@@ -202,6 +202,19 @@ class TensorLoader:
                    'targets': self.targets[index],
                    'index': index}
 
+    def unaugmented(self):
+        """This rank's samples (the padded shard of ``epoch_plan``, in data-set order) in
+        batches of ``batch_size``, normalised but not augmented: MGD's matching pass."""
+        indices = torch.arange(self.dataset_size)
+        if self.total_size > self.dataset_size:
+            indices = indices.repeat(math.ceil(self.total_size / self.dataset_size))[:self.total_size]
+        indices = indices[self.rank::self.world_size]
+        index_dev = indices.to(self.device)
+        for start in range(0, len(indices), self.batch_size):
+            sl = slice(start, start + self.batch_size)
+            yield {'images': normalize(self._fetch(indices[sl]), self.mean, self.std),
+                   'targets': self.targets[index_dev[sl]], 'index': index_dev[sl]}
+
     def _fetch(self, idx: torch.Tensor) -> torch.Tensor:
         """The uint8 images at ``idx``, on the device."""
         if not self._cuda:

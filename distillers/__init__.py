@@ -3,4 +3,5 @@ from .base import Distiller, Stage, kd_loss  # noqa: F401
 from .registry import distiller_classes, distiller_names, get_distiller, register_distiller  # noqa: F401
 
 # Importing the method files registers them.
-from . import vanilla, kd, semckd, reviewkd  # noqa: F401,E402
+from . import (vanilla, kd, fitnet, at, sp, vid, crd, srrl, simkd, semckd, reviewkd,  # noqa: F401,E402
+               dkd, dist, mgd)

@@ -7,6 +7,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from helper.errors import UserError
+from .ctkd import CurriculumTemperature
+from .logit_std import maybe_standardize
 
 
 def kd_loss(logits_s: torch.Tensor, logits_t: torch.Tensor, T: float) -> torch.Tensor:
@@ -78,6 +80,13 @@ class Distiller(nn.Module):
         self.div_weight = float(args.div)
         self.beta = float(args.beta)
         self.kd_T = float(args.kd_T)
+        # Switches of the KD term (flags defined in kd.py): z-scored logits (Sun et al. 2024)
+        # and a learned curriculum temperature (CTKD, Li et al. 2023), an extra parameter.
+        self.logit_stand = bool(getattr(args, "logit_stand", False))
+        self.temperature = CurriculumTemperature.from_args(args) if getattr(args, "ctkd", False) else None
+        if self.temperature is not None and not self.uses_kd_temperature():
+            raise UserError(f"--ctkd learns the KD temperature, but --distill {self.name} with "
+                            f"-d {self.div_weight:g} has no KD term; pass -d > 0 or drop --ctkd")
 
     # ---- command-line options of the method -------------------------------------------
     @classmethod
@@ -140,7 +149,7 @@ class Distiller(nn.Module):
         if self.cls_weight:
             losses["cls"] = self.cls_weight * F.cross_entropy(logits_s, targets)
         if self.div_weight and logits_t is not None:
-            losses["kd"] = self.div_weight * kd_loss(logits_s, logits_t, self.kd_T)
+            losses["kd"] = self.div_weight * self.kd_term(logits_s, logits_t)
         losses.update(self.method_losses(feats_s=feats_s, logits_s=logits_s, feats_t=feats_t,
                                          logits_t=logits_t, targets=targets, **batch))
         return logits_s, losses
@@ -149,6 +158,18 @@ class Distiller(nn.Module):
         if with_feats:
             return model(images, is_feat=True, preact=self.preact)
         return None, model(images)
+
+    def uses_kd_temperature(self) -> bool:
+        """Whether the run has a term using the KD temperature (what ``--ctkd`` learns)."""
+        return self.div_weight != 0
+
+    def kd_temperature(self):
+        return self.kd_T if self.temperature is None else self.temperature(self.epoch)
+
+    def kd_term(self, logits_s, logits_t):
+        """The unweighted KD term, with the ``--logit_stand`` and ``--ctkd`` switches."""
+        s, t = maybe_standardize(logits_s, logits_t, self.logit_stand)
+        return kd_loss(s, t, self.kd_temperature())
 
     def uses_teacher_output(self) -> bool:
         """Whether ``method_losses`` reads the teacher's output (beyond the KD term)."""

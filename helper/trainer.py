@@ -156,7 +156,7 @@ def fit(args, distiller, train_loader, val_loader, run_path, meta, *, ctx=None, 
             weights = {"format": FORMAT, **meta, "model": distiller.student.state_dict(),
                        "extras": distiller.extra_state_dict(), "epoch": epoch, "stage": stage.name,
                        "accuracy": val["acc"], "deploy": distiller.deploy_state()}
-            if stage.selects_best and val["acc"] > best_acc:
+            if stage.selects_best and (best_epoch == 0 or val["acc"] > best_acc):
                 best_acc, best_epoch = val["acc"], epoch
                 run.save({**weights, "best_acc": best_acc}, "best.pth")
             run.save({**weights, "best_acc": best_acc, "best_epoch": best_epoch, "wall_time": wall,

@@ -1,0 +1,99 @@
+"""Attention transfer: the loss against a hand computation, gradients, no extras, one epoch."""
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+import train_student
+from distillers import get_distiller
+from distillers.at import at_loss
+from helper.errors import UserError
+from models import create_model
+
+PAIRS = [("resnet32x4", "resnet8x4"), ("wrn_40_2", "wrn_16_2"), ("vgg13", "vgg8"),
+         ("resnet32x4", "ShuffleV2")]
+
+
+def _attention(f):
+    """Per sample: mean over channels of f^2 at each position, then divided by its L2 norm."""
+    b, c, h, w = f.shape
+    out = np.zeros((b, h * w))
+    for n in range(b):
+        for i in range(h):
+            for j in range(w):
+                out[n, i * w + j] = sum(f[n, k, i, j] ** 2 for k in range(c)) / c
+        out[n] /= np.sqrt(sum(v * v for v in out[n]))
+    return out
+
+
+def _avg_pool_2x2(f):
+    b, c, h, w = f.shape
+    return f.reshape(b, c, h // 2, 2, w // 2, 2).mean(axis=(3, 5))
+
+
+def test_at_loss_matches_hand_computation():
+    rng = np.random.default_rng(0)
+    f_s, f_t = rng.normal(size=(2, 3, 4, 4)), rng.normal(size=(2, 5, 4, 4))
+    expected = ((_attention(f_s) - _attention(f_t)) ** 2).mean()
+    assert abs(at_loss(torch.tensor(f_s), torch.tensor(f_t)).item() - expected) < 1e-12
+
+
+def test_at_loss_pools_the_larger_map():
+    rng = np.random.default_rng(1)
+    f_s, f_t = rng.normal(size=(2, 3, 4, 4)), rng.normal(size=(2, 5, 2, 2))
+    expected = ((_attention(_avg_pool_2x2(f_s)) - _attention(f_t)) ** 2).mean()
+    assert abs(at_loss(torch.tensor(f_s), torch.tensor(f_t)).item() - expected) < 1e-12
+    # and the teacher when it is the larger one
+    expected = ((_attention(f_t) - _attention(_avg_pool_2x2(f_s))) ** 2).mean()
+    assert abs(at_loss(torch.tensor(f_t), torch.tensor(f_s)).item() - expected) < 1e-12
+
+
+def _args(**kw):
+    return SimpleNamespace(**{"cls": 1.0, "div": 1.0, "beta": 1000.0, "kd_T": 4.0, **kw})
+
+
+def _pair():
+    torch.manual_seed(0)
+    student, teacher = create_model("resnet8x4", 100), create_model("resnet32x4", 100)
+    return student, teacher, get_distiller("at")(student, teacher, _args())
+
+
+def test_gradients_reach_student_not_teacher():
+    student, teacher, d = _pair()
+    d.train()
+    _, losses = d.forward_train(torch.randn(4, 3, 32, 32), torch.randint(0, 100, (4,)))
+    assert set(losses) == {"cls", "kd", "at"}
+    losses["at"].backward()
+    assert student.conv1.weight.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in student.layer3.parameters())
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_no_extras():
+    student, _, d = _pair()
+    assert get_distiller("attention") is type(d)
+    assert len(d.trainable_parameters()) == len(list(student.parameters()))
+    assert d.extra_state_dict() == {}
+    d.load_extra_state_dict({})
+
+
+def test_needs_feature_maps():
+    student, teacher = create_model("mlp_800", 10), create_model("mlp_1200", 10)
+    with pytest.raises(UserError, match="convolutional"):
+        get_distiller("at")(student, teacher, _args())
+
+
+@pytest.mark.parametrize("teacher,student", PAIRS)
+def test_one_epoch(teacher, student, cifar100_small, tmp_path):
+    ckpt = tmp_path / f"{teacher}.pth"
+    torch.save({"model": create_model(teacher, 100).state_dict(), "model_name": teacher}, ckpt)
+    # the loop stops with an error on a non-finite loss
+    train_student.main(["--distill", "at", "--model_s", student, "--path_t", str(ckpt),
+                        "--dataset", "cifar100", "--data_folder", str(cifar100_small),
+                        "--save_folder", str(tmp_path), "--epochs", "1", "--batch_size", "64",
+                        "--print_freq", "1000"])
+    summary = json.loads(next(tmp_path.glob("students/*/summary.json")).read_text())
+    assert summary["epochs_done"] == 1 and np.isfinite(summary["last_acc"])
+    assert summary["parameters"]["extras"] == 0

@@ -1,0 +1,224 @@
+"""CRD: the NCE loss and the memory against hand computations, the contrast sampler, the
+contract (gradients, extras, checkpoints), real runs and an exact --resume."""
+import json
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+import distillers.crd  # noqa: F401  (registers crd until distillers/__init__ imports it)
+import train_student
+from dataset.crd import ContrastLoader, ContrastSampler
+from distillers import get_distiller
+from distillers.crd import ContrastMemory, bank_scores, contrast_loss
+from helper.errors import UserError
+from models import create_model
+
+
+def test_contrast_loss_matches_formula():
+    p = np.array([[0.5, 0.01, 0.2, 0.003], [2.0, 0.3, 0.001, 0.07]])
+    n_data, m = 50, 3
+    expected = 0.0
+    for row in p:
+        expected -= math.log(row[0] / (row[0] + m / n_data + 1e-7))
+        for x in row[1:]:
+            expected -= math.log((m / n_data) / (x + m / n_data + 1e-7))
+    expected /= len(p)
+    got = contrast_loss(torch.tensor(p), n_data).item()
+    assert abs(got - expected) < 1e-9
+
+
+def test_bank_scores_both_paths_match_a_loop():
+    torch.manual_seed(0)
+    bank, v = torch.randn(30, 8, dtype=torch.float64), torch.randn(4, 8, dtype=torch.float64)
+    idx = torch.randint(0, 30, (4, 6))
+    loop = torch.tensor([[float(bank[idx[b, j]] @ v[b]) for j in range(6)] for b in range(4)],
+                        dtype=torch.float64)
+    assert torch.allclose(bank_scores(bank, v, idx, full=True), loop)
+    assert torch.allclose(bank_scores(bank, v, idx, full=False), loop)
+    grads = []
+    for full in (True, False):
+        w = v.clone().requires_grad_()
+        bank_scores(bank, w, idx, full=full).pow(2).sum().backward()
+        grads.append(w.grad)
+    assert torch.allclose(*grads)
+
+
+def test_memory_sets_z_once_and_updates_banks_with_momentum():
+    torch.manual_seed(0)
+    n, d, T, m = 20, 6, 0.07, 0.5
+    mem = ContrastMemory(d, n, T, m).double()
+    stdv = 1 / math.sqrt(d / 3)
+    assert mem.memory_s.abs().max() <= stdv and (mem.z < 0).all()
+    v_s = torch.nn.functional.normalize(torch.randn(3, d, dtype=torch.float64), dim=1)
+    v_t = torch.nn.functional.normalize(torch.randn(3, d, dtype=torch.float64), dim=1)
+    index = torch.tensor([2, 7, 11])
+    cidx = torch.cat([index[:, None], torch.randint(0, n, (3, 4))], 1)
+    bank_s, bank_t = mem.memory_s.clone(), mem.memory_t.clone()
+    out_s, out_t = mem(v_s, v_t, index, cidx)
+    raw_s = np.array([[math.exp(float(bank_t[cidx[b, j]] @ v_s[b]) / T) for j in range(5)] for b in range(3)])
+    raw_t = np.array([[math.exp(float(bank_s[cidx[b, j]] @ v_t[b]) / T) for j in range(5)] for b in range(3)])
+    z_s, z_t = raw_s.mean() * n, raw_t.mean() * n
+    assert np.allclose(out_s.numpy(), raw_s / z_s) and np.allclose(out_t.numpy(), raw_t / z_t)
+    assert np.allclose(mem.z.numpy(), [z_s, z_t])
+    for b, i in enumerate(index.tolist()):
+        row = bank_s[i] * m + v_s[b] * (1 - m)
+        assert torch.allclose(mem.memory_s[i], row / row.norm())
+    untouched = [i for i in range(n) if i not in index.tolist()]
+    assert torch.equal(mem.memory_t[untouched], bank_t[untouched])
+    z = mem.z.clone()
+    mem(v_s, v_t, index, cidx)
+    assert torch.equal(mem.z, z)  # estimated on the first batch only
+
+
+def test_sampler_exact_relax_reproducible_and_too_many_negatives():
+    targets = torch.tensor([0, 0, 1, 2, 2, 2, 1, 0, 3, 3, 1, 4])
+    index = torch.arange(12)
+    exact = ContrastSampler(targets, 6, "exact")
+    a = exact.sample(index, targets, torch.Generator().manual_seed(1))
+    b = exact.sample(index, targets, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and a.shape == (12, 7) and a.dtype == torch.int64
+    assert torch.equal(a[:, 0], index)
+    for row, c in zip(a.tolist(), targets.tolist()):
+        negatives = row[1:]
+        assert len(set(negatives)) == 6  # without replacement
+        assert all(targets[j] != c for j in negatives)
+    relax = ContrastSampler(targets, 6, "relax").sample(index, targets, torch.Generator().manual_seed(1))
+    assert torch.equal(targets[relax[:, 0]], targets)
+    assert all(targets[j] != c for row, c in zip(relax.tolist(), targets.tolist()) for j in row[1:])
+    with pytest.raises(UserError, match="nce_k"):
+        ContrastSampler(targets, 10, "exact")  # class 0..2 have only 9 negatives
+
+
+def test_sampler_draws_every_other_class_sample_uniformly():
+    targets = torch.tensor([0] * 3 + [1] * 5 + [2] * 4)
+    s = ContrastSampler(targets, 2, "exact")
+    index = torch.full((4000,), 4)  # class 1: its block sits between the other two
+    negatives = s.sample(index, targets[index], torch.Generator().manual_seed(0))[:, 1:]
+    freq = torch.bincount(negatives.flatten(), minlength=12).float() / negatives.numel()
+    assert freq[3:8].sum() == 0
+    others = torch.cat([freq[:3], freq[8:]])
+    assert (others - 1 / 7).abs().max() < 0.02
+
+
+class _Loader:
+    def __init__(self, targets, seed=5):
+        self.targets_cpu, self.seed, self.rank, self.epoch = targets, seed, 0, 0
+
+    def set_epoch(self, e):
+        self.epoch = e
+
+    def __len__(self):
+        return 2
+
+    def __iter__(self):
+        for i in range(2):
+            index = torch.arange(4) + 4 * i
+            yield {"images": None, "targets": self.targets_cpu[index], "index": index}
+
+
+def test_contrast_loader_depends_on_seed_and_epoch_only():
+    targets = torch.arange(40) % 5
+    def draw(seed, epoch):
+        loader = ContrastLoader(_Loader(targets, seed), 8)
+        return [b["contrast_index"] for b in _epoch(loader, epoch)]
+    assert all(torch.equal(x, y) for x, y in zip(draw(5, 1), draw(5, 1)))
+    assert not torch.equal(draw(5, 1)[0], draw(5, 2)[0])
+    assert not torch.equal(draw(5, 1)[0], draw(6, 1)[0])
+
+
+def _epoch(loader, epoch):
+    loader.set_epoch(epoch)
+    return list(loader)
+
+
+def _args(**kw):
+    base = dict(cls=1.0, div=1.0, beta=0.8, kd_T=4.0, feat_dim=16, nce_k=8, nce_t=0.07, nce_m=0.5)
+    base.update(kw)
+    return SimpleNamespace(**base)
+
+
+def _crd(n_data=24):
+    torch.manual_seed(0)
+    student, teacher = create_model("resnet8", 100), create_model("resnet14", 100)
+    return get_distiller("crd")(student, teacher, _args(), data_info={"train_size": n_data}), student, teacher
+
+
+def _batch(n_data=24):
+    targets = torch.arange(n_data) % 3
+    index = torch.tensor([0, 5, 10, 17])
+    cidx = ContrastSampler(targets, 8).sample(index, targets[index], torch.Generator().manual_seed(0))
+    return torch.randn(4, 3, 32, 32), targets[index], index, cidx
+
+
+def test_gradients_reach_student_and_embeddings_not_teacher():
+    distiller, student, teacher = _crd()
+    distiller.train()
+    images, targets, index, cidx = _batch()
+    _, losses = distiller.forward_train(images, targets, index=index, contrast_index=cidx)
+    assert set(losses) == {"cls", "kd", "crd"} and torch.isfinite(losses["crd"])
+    sum(losses.values()).backward()
+    assert all(p.grad is not None for p in student.parameters())
+    assert all(p.grad is not None for m in (distiller.embed_s, distiller.embed_t) for p in m.parameters())
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_extras_are_trained_saved_and_round_trip_bit_exactly():
+    distiller, student, _ = _crd()
+    params = {id(p) for p in distiller.trainable_parameters()}
+    assert all(id(p) in params for m in (distiller.embed_s, distiller.embed_t) for p in m.parameters())
+    extra_params = sum(p.numel() for p in distiller.trainable_parameters()) - sum(
+        p.numel() for p in student.parameters())
+    assert extra_params == 2 * (64 * 16 + 16)
+    distiller.train()
+    images, targets, index, cidx = _batch()
+    distiller.forward_train(images, targets, index=index, contrast_index=cidx)  # sets Z, moves banks
+    state = {k: v.clone() for k, v in distiller.extra_state_dict().items()}
+    assert {"memory.memory_s", "memory.memory_t", "memory.z", "embed_s.linear.weight"} <= set(state)
+    assert (state["memory.z"] > 0).all()
+    other, _, _ = _crd()
+    assert not torch.equal(other.memory.memory_s, state["memory.memory_s"])
+    other.load_extra_state_dict(state)
+    for k, v in other.extra_state_dict().items():
+        assert torch.equal(v, state[k]), k
+
+
+def _teacher(tmp_path, name):
+    path = tmp_path / f"{name}.pth"
+    torch.save({"model": create_model(name, 100).state_dict(), "model_name": name}, path)
+    return path
+
+
+def _run(data, save, teacher, student, *extra):
+    train_student.main(["--distill", "crd", "--model_s", student, "--path_t", str(teacher),
+                        "--dataset", "cifar100", "--data_folder", str(data), "--save_folder", str(save),
+                        "--epochs", "1", "--batch_size", "64", "--print_freq", "1000",
+                        "--nce_k", "128", *extra])
+
+
+@pytest.mark.parametrize("teacher,student", [("resnet32x4", "resnet8x4"), ("wrn_40_2", "wrn_16_2"),
+                                             ("vgg13", "vgg8"), ("resnet32x4", "ShuffleV2")])
+def test_one_epoch_on_cifar100_files(cifar100_small, tmp_path, teacher, student):
+    _run(cifar100_small, tmp_path, _teacher(tmp_path, teacher), student)
+    run = next((tmp_path / "students").iterdir())
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["epochs_done"] == 1 and summary["parameters"]["extras"] > 0
+    last = torch.load(run / "last.pth", weights_only=True)
+    assert (last["extras"]["memory.z"] > 0).all()
+
+
+def test_resume_restores_memory_banks_exactly(cifar100_small, tmp_path):
+    teacher = _teacher(tmp_path, "resnet8")
+    flags = ["--deterministic", "--nce_k", "64"]
+    _run(cifar100_small, tmp_path / "a", teacher, "resnet8", *flags, "--epochs", "2")
+    _run(cifar100_small, tmp_path / "b", teacher, "resnet8", *flags, "--epochs", "1")
+    _run(cifar100_small, tmp_path / "b", teacher, "resnet8", *flags, "--epochs", "2", "--resume")
+    load = lambda f: torch.load(next((tmp_path / f / "students").iterdir()) / "last.pth", weights_only=True)
+    a, b = load("a"), load("b")
+    assert a["epoch"] == b["epoch"] == 2
+    for key in a["extras"]:
+        assert torch.equal(a["extras"][key], b["extras"][key]), key
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key

@@ -1,0 +1,143 @@
+"""FitNet: the hint loss and regressor against hand computations, gradients, extras, one epoch."""
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+import train_student
+from distillers import Stage, get_distiller
+from distillers.fitnet import ConvReg, hint_loss
+from helper.errors import UserError
+from models import create_model
+
+PAIRS = [("resnet32x4", "resnet8x4"), ("wrn_40_2", "wrn_16_2"), ("vgg13", "vgg8"),
+         ("resnet32x4", "ShuffleV2")]
+
+
+def _args(**kw):
+    return SimpleNamespace(**{"cls": 1.0, "div": 1.0, "beta": 100.0, "kd_T": 4.0, **kw})
+
+
+def test_hint_loss_matches_hand_computation():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(2, 3, 2, 2)), rng.normal(size=(2, 3, 2, 2))
+    expected = sum((x - y) ** 2 for x, y in zip(a.ravel(), b.ravel())) / a.size
+    got = hint_loss(torch.tensor(a), torch.tensor(b)).item()
+    assert abs(got - expected) < 1e-12
+
+
+def test_regressor_1x1_case_matches_hand_computation():
+    torch.manual_seed(0)
+    reg = ConvReg((3, 4, 4), (5, 4, 4)).double().train()
+    f_s = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    out, _ = reg(f_s, torch.zeros(2, 5, 4, 4, dtype=torch.float64))
+    w = reg.conv.weight.detach().numpy()[:, :, 0, 0]
+    bias = reg.conv.bias.detach().numpy()
+    x = f_s.numpy()
+    y = np.zeros((2, 5, 4, 4))
+    for n in range(2):
+        for i in range(4):
+            for j in range(4):
+                y[n, :, i, j] = w @ x[n, :, i, j] + bias
+    mean, var = y.mean(axis=(0, 2, 3), keepdims=True), y.var(axis=(0, 2, 3), keepdims=True)
+    expected = np.maximum((y - mean) / np.sqrt(var + reg.bn.eps), 0)  # BN weight 1, bias 0
+    assert np.allclose(out.detach().numpy(), expected, atol=1e-10)
+
+
+@pytest.mark.parametrize("s_hw,t_hw,pooled", [(32, 16, False), (16, 32, False), (8, 4, False),
+                                               (8, 8, False), (5, 8, True), (4, 8, False)])
+def test_regressor_matches_teacher_size(s_hw, t_hw, pooled):
+    reg = ConvReg((6, s_hw, s_hw), (10, t_hw, t_hw))
+    out, f_t = reg(torch.randn(2, 6, s_hw, s_hw), torch.randn(2, 10, t_hw, t_hw))
+    assert out.shape == f_t.shape
+    assert reg.pool_teacher == pooled
+
+
+def _pair(**kw):
+    torch.manual_seed(0)
+    student, teacher = create_model("resnet8x4", 100), create_model("resnet32x4", 100)
+    return student, teacher, get_distiller("fitnet")(student, teacher, _args(**kw))
+
+
+def test_hint_gradients_reach_student_and_regressor_not_teacher():
+    student, teacher, d = _pair()
+    d.train()
+    _, losses = d.forward_train(torch.randn(4, 3, 32, 32), torch.randint(0, 100, (4,)))
+    assert set(losses) == {"cls", "kd", "hint"}
+    losses["hint"].backward()
+    assert student.conv1.weight.grad.abs().sum() > 0
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in d.regressor.parameters())
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_extras_are_trained_and_saved():
+    student, _, d = _pair()
+    trainable = {id(p) for p in d.trainable_parameters()}
+    assert all(id(p) in trainable for p in d.regressor.parameters())
+    state = d.extra_state_dict()
+    assert {"regressor.conv.weight", "regressor.bn.running_mean"} <= set(state)
+    assert not any(k.startswith("student.") for k in state)
+    _, _, d2 = _pair()
+    with torch.no_grad():
+        for p in d2.regressor.parameters():
+            p.add_(1.0)
+    d2.load_extra_state_dict({k: v.clone() for k, v in state.items()})
+    for k, v in d2.extra_state_dict().items():
+        assert torch.equal(v, state[k]), k
+
+
+def test_two_stage_variant_trains_only_up_to_the_hint_layer_first():
+    student, teacher, d = _pair(fitnet_stage1_epochs=2)
+    hint, main = d.stages(SimpleNamespace(epochs=5))
+    assert (hint.name, hint.epochs, hint.selects_best) == ("hint", 2, False)
+    assert (main.name, main.epochs) == ("main", 5)
+    early = [student.conv1, student.bn1, student.layer1, d.regressor]
+    late = [student.layer2, student.layer3, student.fc]
+    chosen = {id(p) for p in d.stage_parameters(hint)}
+    assert all(id(p) in chosen for m in early for p in m.parameters())
+    assert not any(id(p) in chosen for m in late for p in m.parameters())
+    assert len(d.stage_parameters(main)) == len(d.trainable_parameters())
+
+    d.train()
+    images, targets = torch.randn(4, 3, 32, 32), torch.randint(0, 100, (4,))
+    d.on_epoch_start(1, stage=hint)
+    _, losses = d.forward_train(images, targets)
+    assert set(losses) == {"hint"}
+    losses["hint"].backward()
+    assert all(p.grad is not None for m in early for p in m.parameters())
+    assert all(p.grad is None for m in late for p in m.parameters())
+    d.on_epoch_start(1, stage=main)
+    _, losses = d.forward_train(images, targets)
+    assert set(losses) == {"cls", "kd"}
+    assert set(_pair()[2].stages(SimpleNamespace(epochs=5))) == {Stage("main", 5)}
+
+
+def test_hint_layer_must_be_a_feature_map():
+    with pytest.raises(UserError, match="hint_layer 4"):
+        _pair(hint_layer=4)
+
+
+def run_one_epoch(method, teacher, student, data, tmp_path, extra=(), epochs_done=1):
+    ckpt = tmp_path / f"{teacher}.pth"
+    torch.save({"model": create_model(teacher, 100).state_dict(), "model_name": teacher}, ckpt)
+    # the loop stops with an error on a non-finite loss
+    train_student.main(["--distill", method, "--model_s", student, "--path_t", str(ckpt),
+                        "--dataset", "cifar100", "--data_folder", str(data),
+                        "--save_folder", str(tmp_path), "--epochs", "1", "--batch_size", "64",
+                        "--print_freq", "1000", *extra])
+    summary = json.loads(next(tmp_path.glob("students/*/summary.json")).read_text())
+    assert summary["epochs_done"] == epochs_done and np.isfinite(summary["last_acc"])
+    return summary
+
+
+@pytest.mark.parametrize("teacher,student", PAIRS)
+def test_one_epoch(teacher, student, cifar100_small, tmp_path):
+    run_one_epoch("fitnet", teacher, student, cifar100_small, tmp_path)
+
+
+def test_two_stage_variant_through_the_script(cifar100_small, tmp_path):
+    summary = run_one_epoch("fitnet", "wrn_40_2", "wrn_16_2", cifar100_small, tmp_path,
+                            extra=["--fitnet_stage1_epochs", "1"], epochs_done=2)
+    assert summary["stages"] == ["hint", "main"]

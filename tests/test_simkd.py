@@ -1,0 +1,189 @@
+"""SimKD: the loss against a hand computation, test logits through the reused classifier,
+the self-contained deployed student, teachers whose classifier cannot be reused, real runs."""
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import distillers.simkd  # noqa: F401  (registers simkd until distillers/__init__ imports it)
+import train_student
+from distillers import get_distiller
+from distillers.simkd import SimKDStudent, simkd_loss
+from helper.checkpoint import load_teacher
+from helper.errors import UserError
+from models import create_deployed, create_model
+
+
+def test_simkd_loss_pools_the_larger_teacher_map_and_matches_hand_computation():
+    rng = np.random.default_rng(0)
+    proj, ft = rng.normal(size=(2, 3, 2, 2)), rng.normal(size=(2, 3, 4, 4))
+    total = 0.0
+    for b in range(2):
+        for c in range(3):
+            for i in range(2):
+                for j in range(2):
+                    target = ft[b, c, 2 * i:2 * i + 2, 2 * j:2 * j + 2].mean()
+                    total += (proj[b, c, i, j] - target) ** 2
+    got = simkd_loss(torch.tensor(proj), torch.tensor(ft)).item()
+    assert abs(got - total / 24) < 1e-10
+    same = rng.normal(size=(2, 3, 2, 2))
+    got = simkd_loss(torch.tensor(proj), torch.tensor(same)).item()
+    assert abs(got - ((proj - same) ** 2).mean()) < 1e-10
+
+
+def _args(**kw):
+    base = dict(cls=0.0, div=0.0, beta=1.0, kd_T=4.0, factor=2)
+    base.update(kw)
+    return SimpleNamespace(**base)
+
+
+def _simkd(student="resnet8x4", teacher="resnet32x4", **kw):
+    torch.manual_seed(0)
+    s, t = create_model(student, 100), create_model(teacher, 100)
+    return get_distiller("simkd")(s, t, _args(**kw)), s, t
+
+
+def test_projector_shape_and_extra_parameters():
+    distiller, student, _ = _simkd()
+    convs = [m for m in distiller.projector if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.groups) for c in convs] == [
+        (256, 128, (1, 1), 1), (128, 128, (3, 3), 1), (128, 256, (1, 1), 1)]
+    assert all(c.bias is None for c in convs)
+    extra = (sum(p.numel() for p in distiller.trainable_parameters())
+             - sum(p.numel() for p in student.parameters()))
+    assert extra == 256 * 128 + 128 * 128 * 9 + 128 * 256 + 2 * (128 + 128 + 256)
+
+
+def test_train_and_test_logits_go_through_the_teacher_classifier():
+    # ShuffleV2 student (4x4 map) and resnet32x4 teacher (8x8): the teacher's map is pooled.
+    distiller, student, teacher = _simkd("ShuffleV2", "resnet32x4")
+    distiller.train()
+    images, targets = torch.randn(4, 3, 32, 32), torch.randint(0, 100, (4,))
+    logits, losses = distiller.forward_train(images, targets)
+    assert set(losses) == {"simkd"}
+    feats_s, _ = student(images, is_feat=True)
+    with torch.no_grad():
+        feats_t, _ = teacher(images, is_feat=True)
+    proj = distiller.projector(feats_s[-2])
+    expected = F.linear(proj.mean((2, 3)), teacher.fc.weight, teacher.fc.bias)
+    assert torch.allclose(logits, expected, atol=1e-5)
+    assert torch.allclose(losses["simkd"], F.mse_loss(proj, F.avg_pool2d(feats_t[-2], 2)), atol=1e-6)
+    distiller.zero_grad()
+    sum(losses.values()).backward()
+    # Only what comes after the last stage (ShuffleV2's final conv2/bn2 and its own classifier)
+    # gets no gradient with -c 0 -d 0.
+    no_grad = {n.split(".")[0] for n, p in student.named_parameters() if p.grad is None}
+    assert no_grad == {"conv2", "bn2", "linear"}
+    assert all(p.grad is not None for p in distiller.projector.parameters())
+    assert all(p.grad is None for p in teacher.parameters())
+    distiller.eval()
+    with torch.no_grad():
+        test = distiller.forward_test(images)
+        feats_s, _ = student(images, is_feat=True)
+        assert torch.allclose(test, teacher.fc(distiller.projector(feats_s[-2]).mean((2, 3))), atol=1e-5)
+
+
+def test_cls_and_kd_use_the_students_own_logits():
+    distiller, student, teacher = _simkd("resnet8", "resnet14", cls=1.0, div=1.0)
+    distiller.train()
+    _, losses = distiller.forward_train(torch.randn(4, 3, 32, 32), torch.randint(0, 100, (4,)))
+    assert set(losses) == {"cls", "kd", "simkd"}
+    sum(losses.values()).backward()
+    assert all(p.grad is not None for p in student.parameters())
+
+
+def test_extras_round_trip_and_deployed_model_gives_the_same_logits():
+    distiller, student, teacher = _simkd()
+    distiller.train()
+    for _ in range(2):  # move the BN statistics away from their initial values
+        distiller.forward_train(torch.randn(8, 3, 32, 32), torch.randint(0, 100, (8,)))
+    state = {k: v.clone() for k, v in distiller.extra_state_dict().items()}
+    assert set(state) == {f"projector.{k}" for k in distiller.projector.state_dict()}
+    other, _, _ = _simkd()
+    other.load_extra_state_dict(state)
+    assert all(torch.equal(v, state[k]) for k, v in other.extra_state_dict().items())
+
+    deploy = distiller.deploy_state()
+    assert deploy["builder"] == "simkd" and deploy["kwargs"]["student"] == "resnet8x4"
+    model = create_deployed(deploy["builder"], **deploy["kwargs"])
+    assert isinstance(model, SimKDStudent)
+    model.load_state_dict(deploy["state_dict"], strict=True)
+    model.eval()
+    distiller.eval()
+    x = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), distiller.forward_test(x))
+        feats, logits = model(x, is_feat=True)
+    assert torch.equal(logits, model(x)) and model.get_classifier() is model.classifier
+    assert [tuple(f.shape[1:]) for f in feats] == model.feature_shapes() == [
+        (32, 32, 32), (64, 32, 32), (128, 16, 16), (256, 8, 8), (256,)]
+    assert torch.equal(feats[-1], feats[-2].mean((2, 3)))
+    # The deployed model can itself be a SimKD teacher.
+    get_distiller("simkd")(create_model("resnet8", 100), model, _args())
+
+
+class _NoClassifier(nn.Module):
+    model_name = "odd"
+
+    def feature_shapes(self, preact=False):
+        return [(8, 4, 4), (8,)]
+
+    def get_classifier(self):
+        raise NotImplementedError
+
+
+def test_teacher_whose_classifier_cannot_be_reused_is_a_user_error():
+    student = create_model("resnet8", 100)
+    with pytest.raises(UserError, match="classifier"):
+        get_distiller("simkd")(student, _NoClassifier(), _args())
+    # ShuffleV2's last stage has 464 channels, its classifier takes the 1024-dim pooled feature.
+    with pytest.raises(UserError, match="1024"):
+        get_distiller("simkd")(student, create_model("ShuffleV2", 100), _args())
+
+
+def _main(data, save, teacher, student, distill="simkd", *extra):
+    train_student.main(["--distill", distill, "--model_s", student, "--path_t", str(teacher),
+                        "--dataset", "cifar100", "--data_folder", str(data), "--save_folder", str(save),
+                        "--epochs", "1", "--batch_size", "64", "--print_freq", "1000", *extra])
+    return next((save / "students").iterdir())
+
+
+def _teacher(tmp_path, name):
+    path = tmp_path / f"{name}.pth"
+    torch.save({"model": create_model(name, 100).state_dict(), "model_name": name}, path)
+    return path
+
+
+@pytest.mark.parametrize("teacher,student", [("resnet32x4", "resnet8x4"), ("wrn_40_2", "wrn_16_2"),
+                                             ("vgg13", "vgg8"), ("resnet32x4", "ShuffleV2")])
+def test_one_epoch_on_cifar100_files(cifar100_small, tmp_path, teacher, student):
+    run = _main(cifar100_small, tmp_path / "save", _teacher(tmp_path, teacher), student)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["epochs_done"] == 1 and np.isfinite(summary["last_acc"])
+    assert "_simkd_r~0_a~0_b~1_" in run.name.replace(":", "~")
+
+
+def test_trained_student_loads_as_a_teacher_with_the_same_logits(cifar100_small, tmp_path):
+    teacher_path = _teacher(tmp_path, "wrn_16_2")
+    run = _main(cifar100_small, tmp_path / "simkd", teacher_path, "resnet8")
+    # best.pth exists once the test accuracy beat 0; last.pth has the same entries.
+    path = run / "best.pth" if (run / "best.pth").exists() else run / "last.pth"
+    deployed, checkpoint = load_teacher(path, 100)
+    assert isinstance(deployed, SimKDStudent) and deployed.model_name == "resnet8"
+
+    teacher, _ = load_teacher(teacher_path, 100)
+    distiller = get_distiller("simkd")(create_model("resnet8", 100), teacher, _args())
+    distiller.student.load_state_dict(checkpoint["model"])
+    distiller.load_extra_state_dict(checkpoint["extras"])
+    distiller.eval()
+    x = torch.randn(6, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(deployed(x), distiller.forward_test(x))
+
+    kd_run = _main(cifar100_small, tmp_path / "kd", path, "resnet8", "kd")
+    summary = json.loads((kd_run / "summary.json").read_text())
+    assert summary["teacher"] == "resnet8" and summary["epochs_done"] == 1

@@ -1,0 +1,118 @@
+"""VID: the loss against a hand computation, the variance is trained, extras, one epoch."""
+import json
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+import train_student
+from distillers import get_distiller
+from distillers.vid import VIDRegressor
+from models import create_model
+
+PAIRS = [("resnet32x4", "resnet8x4"), ("wrn_40_2", "wrn_16_2"), ("vgg13", "vgg8"),
+         ("resnet32x4", "ShuffleV2")]
+
+
+def _expected(reg, f_s, f_t):
+    """Per position: mu = W3 relu(W2 relu(W1 x)); per channel var = log(1 + e^a) + eps;
+    average of 0.5 * ((t - mu)^2 / var + log var) over all elements."""
+    w = [m.weight.detach().numpy()[:, :, 0, 0] for m in reg.regressor if hasattr(m, "weight")]
+    var = [math.log(1 + math.exp(a)) + reg.eps for a in reg.log_scale.detach().tolist()]
+    b, _, h, wd = f_s.shape
+    total, count = 0.0, 0
+    for n in range(b):
+        for i in range(h):
+            for j in range(wd):
+                mu = w[2] @ np.maximum(w[1] @ np.maximum(w[0] @ f_s[n, :, i, j], 0), 0)
+                for c, v in enumerate(var):
+                    total += 0.5 * ((f_t[n, c, i, j] - mu[c]) ** 2 / v + math.log(v))
+                    count += 1
+    return total / count
+
+
+def test_initial_variance_is_five():
+    reg = VIDRegressor(3, 4, 5)
+    assert torch.allclose(reg.variance(), torch.full((5,), 5.0))
+
+
+def test_vid_loss_matches_hand_computation():
+    torch.manual_seed(0)
+    reg = VIDRegressor(3, 6, 4).double()
+    with torch.no_grad():
+        reg.log_scale.copy_(torch.tensor([-1.0, 0.0, 0.5, 2.0]))
+    rng = np.random.default_rng(0)
+    f_s, f_t = rng.normal(size=(2, 3, 2, 2)), rng.normal(size=(2, 4, 2, 2))
+    got = reg(torch.tensor(f_s), torch.tensor(f_t)).item()
+    assert abs(got - _expected(reg, f_s, f_t)) < 1e-10
+    # a student map twice as large is average-pooled before the regressor
+    big = rng.normal(size=(2, 3, 4, 4))
+    pooled = big.reshape(2, 3, 2, 2, 2, 2).mean(axis=(3, 5))
+    got = reg(torch.tensor(big), torch.tensor(f_t)).item()
+    assert abs(got - _expected(reg, pooled, f_t)) < 1e-10
+
+
+def _args(**kw):
+    return SimpleNamespace(**{"cls": 1.0, "div": 1.0, "beta": 1.0, "kd_T": 4.0, **kw})
+
+
+def _pair():
+    torch.manual_seed(0)
+    student, teacher = create_model("resnet8x4", 100), create_model("resnet32x4", 100)
+    return student, teacher, get_distiller("vid")(student, teacher, _args())
+
+
+def test_gradients_reach_student_and_every_regressor_not_teacher():
+    student, teacher, d = _pair()
+    d.train()
+    _, losses = d.forward_train(torch.randn(4, 3, 32, 32), torch.randint(0, 100, (4,)))
+    assert set(losses) == {"cls", "kd", "vid"}
+    losses["vid"].backward()
+    assert student.conv1.weight.grad.abs().sum() > 0
+    assert len(d.regressors) == 3
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in d.regressors.parameters())
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_variance_is_trained():
+    """The variance must really be learned (mdistiller had a bug where it was not)."""
+    _, _, d = _pair()
+    d.train()
+    opt = torch.optim.SGD(d.trainable_parameters(), lr=0.1, momentum=0.9)
+    before = [r.log_scale.detach().clone() for r in d.regressors]
+    _, losses = d.forward_train(torch.randn(4, 3, 32, 32), torch.randint(0, 100, (4,)))
+    sum(losses.values()).backward()
+    assert all(r.log_scale.grad.abs().min() > 0 for r in d.regressors)
+    opt.step()
+    assert all(not torch.equal(r.log_scale, b) for r, b in zip(d.regressors, before))
+
+
+def test_extras_are_trained_and_saved():
+    _, _, d = _pair()
+    trainable = {id(p) for p in d.trainable_parameters()}
+    assert all(id(p) in trainable for p in d.regressors.parameters())
+    state = d.extra_state_dict()
+    assert {f"regressors.{i}.log_scale" for i in range(3)} <= set(state)
+    _, _, d2 = _pair()
+    with torch.no_grad():
+        for p in d2.regressors.parameters():
+            p.add_(1.0)
+    d2.load_extra_state_dict({k: v.clone() for k, v in state.items()})
+    for k, v in d2.extra_state_dict().items():
+        assert torch.equal(v, state[k]), k
+
+
+@pytest.mark.parametrize("teacher,student", PAIRS)
+def test_one_epoch(teacher, student, cifar100_small, tmp_path):
+    ckpt = tmp_path / f"{teacher}.pth"
+    torch.save({"model": create_model(teacher, 100).state_dict(), "model_name": teacher}, ckpt)
+    # the loop stops with an error on a non-finite loss
+    train_student.main(["--distill", "vid", "--model_s", student, "--path_t", str(ckpt),
+                        "--dataset", "cifar100", "--data_folder", str(cifar100_small),
+                        "--save_folder", str(tmp_path), "--epochs", "1", "--batch_size", "64",
+                        "--print_freq", "1000"])
+    summary = json.loads(next(tmp_path.glob("students/*/summary.json")).read_text())
+    assert summary["epochs_done"] == 1 and np.isfinite(summary["last_acc"])
+    assert summary["parameters"]["extras"] > 0
