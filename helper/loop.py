@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from helper.errors import UserError
+from helper.precision import Precision
 
 
 class NonFiniteLoss(UserError):
@@ -34,12 +35,13 @@ def _check_finite(first_bad, bad_terms, names, epoch):
 
 
 def train_one_epoch(model, loader, optimizer, epoch, *, print_freq=100, log=print,
-                    world_size=1):
+                    world_size=1, precision=None, channels_last=False):
     """Train ``model`` (a Distiller, possibly wrapped in DDP) for one epoch.
 
     Loss values stay on the device and are read only every ``print_freq`` iterations and at
     the end, so a GPU never waits for the host. Returns the epoch's mean loss terms and top-1.
     """
+    precision = precision or Precision()
     model.train()
     device = next(model.parameters()).device
     n_batches = len(loader)
@@ -50,9 +52,10 @@ def train_one_epoch(model, loader, optimizer, epoch, *, print_freq=100, log=prin
     bad_terms = None
     start = time.time()
     for i, batch in enumerate(loader):
-        images, targets = batch["images"], batch["targets"]
+        images, targets = _images(batch, channels_last), batch["targets"]
         extra = {k: v for k, v in batch.items() if k not in ("images", "targets")}
-        logits, losses = model(images, targets, **extra)
+        with precision.autocast():
+            logits, losses = model(images, targets, **extra)
         if names is None:
             names = list(losses)
             sums = torch.zeros(len(names), device=device)
@@ -60,8 +63,7 @@ def train_one_epoch(model, loader, optimizer, epoch, *, print_freq=100, log=prin
         terms = torch.stack([losses[n].detach().float() for n in names])
         total = sum(losses.values())
         optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        optimizer.step()
+        precision.step(total, optimizer)
 
         bs = targets.shape[0]
         finite = torch.isfinite(terms).all()
@@ -90,16 +92,23 @@ def train_one_epoch(model, loader, optimizer, epoch, *, print_freq=100, log=prin
             "acc": 100.0 * stats[len(names)].item() / seen_all}
 
 
+def _images(batch, channels_last):
+    images = batch["images"]
+    return images.contiguous(memory_format=torch.channels_last) if channels_last else images
+
+
 @torch.no_grad()
-def validate(forward, loader, device):
+def validate(forward, loader, device, precision=None, channels_last=False):
     """Top-1, top-5 and cross-entropy of ``forward(images)`` over the whole ``loader``.
 
     Counts are summed over processes, so accuracy is exact in distributed runs.
     """
+    precision = precision or Precision()
     totals = torch.zeros(4, device=device)  # loss sum, top-1, top-5, samples
     for batch in loader:
-        images, targets = batch["images"], batch["targets"]
-        logits = forward(images)
+        images, targets = _images(batch, channels_last), batch["targets"]
+        with precision.autocast():
+            logits = forward(images)
         k = min(5, logits.shape[1])
         top = logits.topk(k, dim=1).indices
         hit = top == targets[:, None]

@@ -2,7 +2,7 @@
 import argparse
 
 from dataset import DATASET_NAMES
-from helper import distributed
+from helper import distributed, precision
 from distillers import distiller_classes, distiller_names, get_distiller
 from models import model_names
 
@@ -60,6 +60,7 @@ def _common(parser):
     r.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="continue from this run's last.pth, or from the given checkpoint")
     distributed.add_arguments(parser)
+    precision.add_arguments(parser)
 
 
 def teacher_parser():

@@ -10,6 +10,7 @@ import torch
 
 from helper.checkpoint import FORMAT, load_file, rng_state, set_rng_state
 from helper.distributed import Context, sync_buffers, wrap
+from helper.precision import Precision
 from helper.errors import UserError
 from helper.loop import set_lr, step_lr, train_one_epoch, validate
 from helper.run_folder import RunFolder
@@ -102,6 +103,10 @@ def fit(args, distiller, train_loader, val_loader, run_path, meta, *, ctx=None, 
     """
     ctx = ctx or Context()
     log = log or ctx.log
+    precision = Precision.from_args(args, ctx.device)
+    channels_last = getattr(args, "channels_last", False)
+    if channels_last:
+        distiller.to(memory_format=torch.channels_last)
     stages = distiller.stages(args)
     total = sum(stage.epochs for stage in stages)
     start_epoch, best_acc, best_epoch, wall = 1, 0.0, 0, 0.0
@@ -116,6 +121,7 @@ def fit(args, distiller, train_loader, val_loader, run_path, meta, *, ctx=None, 
         distiller.stage = stage.name
         optimizer = _optimizer(args, distiller, stage)
         optimizer.load_state_dict(resume["optimizer"])
+        precision.load_state_dict(resume.get("scaler", {}))
         if ctx.rank:  # every process continues its own random stream, not rank 0's
             torch.manual_seed(trial_seed(args) + resume["epoch"] * ctx.world_size + ctx.rank)
         log(f"resumed from epoch {resume['epoch']} (best top-1 {best_acc:.2f})")
@@ -141,10 +147,11 @@ def fit(args, distiller, train_loader, val_loader, run_path, meta, *, ctx=None, 
             distiller.on_epoch_start(stage_epoch, train_loader, stage)
             t0 = time.time()
             train = train_one_epoch(model, train_loader, optimizer, epoch,
-                                    print_freq=args.print_freq, log=log, world_size=ctx.world_size)
+                                    print_freq=args.print_freq, log=log, world_size=ctx.world_size,
+                                    precision=precision, channels_last=channels_last)
             sync_buffers(distiller)
             distiller.eval()
-            val = validate(distiller.forward_test, val_loader, ctx.device)
+            val = validate(distiller.forward_test, val_loader, ctx.device, precision, channels_last)
             wall += time.time() - t0
             log(f"Epoch {epoch}: lr {lr:g} train loss {train['loss']:.4f} acc@1 {train['acc']:.2f} | "
                 f"test loss {val['loss']:.4f} acc@1 {val['acc']:.2f} acc@5 {val['acc_top5']:.2f} "
@@ -160,7 +167,8 @@ def fit(args, distiller, train_loader, val_loader, run_path, meta, *, ctx=None, 
                 best_acc, best_epoch = val["acc"], epoch
                 run.save({**weights, "best_acc": best_acc}, "best.pth")
             run.save({**weights, "best_acc": best_acc, "best_epoch": best_epoch, "wall_time": wall,
-                      "optimizer": optimizer.state_dict(), "rng": rng_state()}, "last.pth")
+                      "optimizer": optimizer.state_dict(), "scaler": precision.state_dict(),
+                      "rng": rng_state()}, "last.pth")
             summary.update(epochs_done=epoch, finished=epoch == total, stage=stage.name,
                            best_acc=best_acc, best_epoch=best_epoch, last_acc=val["acc"],
                            last_acc_top5=val["acc_top5"], wall_time=wall)

@@ -85,3 +85,28 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(mnist_small, tmp_p
     last = torch.load(tmp_path / "teachers/mlp_800_vanilla_mnist_trial_0/last.pth", weights_only=True)
     assert last["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in last["model"].values())
+
+
+def test_amp_bf16_and_channels_last_train_a_kd_student(cifar100_small, tmp_path):
+    teacher = tmp_path / "teacher.pth"
+    from models import create_model
+    torch.save({"model": create_model("resnet14", 100).state_dict(), "model_name": "resnet14"}, teacher)
+    train_student.main(["--path_t", str(teacher), "--model_s", "resnet8", "--distill", "kd",
+                        "--dataset", "cifar100", "--data_folder", str(cifar100_small),
+                        "--save_folder", str(tmp_path), "--epochs", "1", "--amp",
+                        "--channels_last", "--print_freq", "1000"])
+    run = tmp_path / "students" / "S:resnet8_T:resnet14_cifar100_kd_r:1_a:1_b:0_0"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["finished"] and summary["args"]["amp"]
+    last = torch.load(run / "last.pth", weights_only=True)
+    assert all(v.dtype != torch.bfloat16 for v in last["model"].values())  # weights stay fp32
+
+
+def test_fp16_on_cpu_is_refused(mnist_small, tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("fp16 is allowed with CUDA")
+    with pytest.raises(SystemExit) as e:
+        train_teacher.main(["--model", "mlp_800", "--amp", "--amp_dtype", "fp16",
+                            *_common(mnist_small, tmp_path, epochs=1)])
+    assert e.value.code == 2 and "needs CUDA" in capsys.readouterr().err
+    assert not (tmp_path / "teachers").exists()
