@@ -4,4 +4,4 @@ from .registry import distiller_classes, distiller_names, get_distiller, registe
 
 # Importing the method files registers them.
 from . import (vanilla, kd, fitnet, at, sp, vid, crd, srrl, simkd, semckd, reviewkd,  # noqa: F401,E402
-               dkd, dist, mgd)
+               dkd, dist, mgd, ab, fsp, ft, sskd, logits, l2, rkd, pkt, cc, nst, tfkd)

@@ -1,0 +1,151 @@
+"""Kim, Park & Kwak 2018, "Paraphrasing Complex Network: Network Compression via Factor Transfer"."""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .ab import init_stages, parameters_except, stage_maps
+from .at import pool_to_smaller
+from .base import Distiller
+from .registry import register_distiller
+
+# RepDistiller's helper/pretrain.py pre-trains the paraphraser at lr 0.01 for these students
+# (its CIFAR ResNets and WRNs) and at --learning_rate for the others.
+INIT_LR_001 = ("resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110",
+               "resnet8x4", "resnet32x4", "wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2")
+
+
+def _conv_block(c_in, c_out, use_bn, transposed=False):
+    conv = (nn.ConvTranspose2d if transposed else nn.Conv2d)(c_in, c_out, 3, 1, 1)
+    return [conv] + ([nn.BatchNorm2d(c_out)] if use_bn else []) + [nn.LeakyReLU(0.1)]
+
+
+class Paraphraser(nn.Module):
+    """RepDistiller's ``Paraphraser``: a conv autoencoder on the teacher's map with ``C``
+    channels; the factor has ``int(C * k)``. Three 3x3 convs encode, three 3x3 transposed
+    convs decode, each followed by LeakyReLU(0.1) (no BN by default)."""
+
+    def __init__(self, channels, k=0.5, use_bn=False):
+        super().__init__()
+        mid = int(channels * k)
+        self.encoder = nn.Sequential(*_conv_block(channels, channels, use_bn),
+                                     *_conv_block(channels, mid, use_bn),
+                                     *_conv_block(mid, mid, use_bn))
+        self.decoder = nn.Sequential(*_conv_block(mid, mid, use_bn, True),
+                                     *_conv_block(mid, channels, use_bn, True),
+                                     *_conv_block(channels, channels, use_bn, True))
+
+    def forward(self, x):
+        """Returns (factor, reconstruction)."""
+        factor = self.encoder(x)
+        return factor, self.decoder(factor)
+
+
+class Translator(nn.Module):
+    """RepDistiller's ``Translator``: the student's map to a factor of ``int(C_t * k)``
+    channels with three 3x3 conv, BN, LeakyReLU(0.1) blocks."""
+
+    def __init__(self, s_channels, t_channels, k=0.5, use_bn=True):
+        super().__init__()
+        mid = int(t_channels * k)
+        self.encoder = nn.Sequential(*_conv_block(s_channels, s_channels, use_bn),
+                                     *_conv_block(s_channels, mid, use_bn),
+                                     *_conv_block(mid, mid, use_bn))
+
+    def forward(self, x):
+        return self.encoder(x)
+
+
+def ft_loss(factor_s: torch.Tensor, factor_t: torch.Tensor, paper_factor: bool = False) -> torch.Tensor:
+    """Mean absolute difference (p = 1) of the L2-normalised factors, the larger map pooled
+    to the smaller. RepDistiller normalises ``mean_c(F^2)`` (one value per position); with
+    ``paper_factor`` the whole vectorised factor is normalised, as the paper and its code."""
+    factor_s, factor_t = pool_to_smaller(factor_s, factor_t)
+    if paper_factor:
+        return (F.normalize(factor_s.flatten(1)) - F.normalize(factor_t.flatten(1))).abs().mean()
+    return (F.normalize(factor_s.pow(2).mean(1).flatten(1))
+            - F.normalize(factor_t.pow(2).mean(1).flatten(1))).abs().mean()
+
+
+@register_distiller("ft", "factor")
+class FT(Distiller):
+    """Factor transfer: Kim, Park & Kwak 2018, "Paraphrasing Complex Network: Network
+    Compression via Factor Transfer" (NeurIPS). Reference code: RepDistiller's
+    ``distiller_zoo/FT.py`` (``FactorTransfer``), ``models/util.py`` (``Paraphraser``,
+    ``Translator``), ``helper/pretrain.py`` and ``--distill factor`` in ``train_student.py`` /
+    ``helper/loops.py``; the authors' ``Jangho-Kim/Factor-Transfer-pytorch``.
+
+    Both modules work on the last stage map ``feats[-2]``; factor rate ``--ft_rate`` k = 0.5.
+    Two stages, as RepDistiller:
+      1. ``init`` (``--init_epochs``, 30): the paraphraser alone learns to reconstruct the
+         teacher's map, ``MSE(decoder(encoder(f_t)), f_t)`` unweighted, at the constant lr
+         0.01 for CIFAR ResNet/WRN students and ``--learning_rate`` for the others
+         (``--ft_init_lr`` overrides). The student is not trained (it stays in eval mode).
+      2. ``main`` (``--epochs``): ``cls * CE + div * KD + beta * FT(translator(f_s),
+         encoder(f_t))``; the student and translator train, the paraphraser is frozen.
+    Defaults: RepDistiller's ``-r 1 -a 0 -b 200`` (``-c 1 -d 0 -b 200``).
+
+    Paper and authors' code vs RepDistiller:
+      - The FT loss normalises the vectorised factor ``F / ||F||_2`` in the paper and the
+        authors' code; RepDistiller normalises ``mean_c(F^2)``, an attention map of the
+        factor. ``--ft_paper_factor`` gives the former.
+      - The authors' code weights the FT loss by beta = 500 (with lr 0.1, CIFAR-10) and
+        trains the paraphraser in a separate script; RepDistiller uses 200 and its init stage.
+      - The authors' paraphraser and translator have no BN; RepDistiller's translator has.
+    """
+
+    default_weights = {"cls": 1.0, "div": 0.0, "beta": 200.0}
+
+    @classmethod
+    def add_arguments(cls, parser):
+        g = parser.add_argument_group("ft (also --init_epochs)")
+        g.add_argument("--ft_rate", "--ft-rate", type=float, default=0.5,
+                       help="paraphrase rate k: factor channels = int(k * teacher channels)")
+        g.add_argument("--ft_init_lr", "--ft-init-lr", type=float, default=None,
+                       help="lr of the paraphraser's init stage (default as RepDistiller: 0.01 "
+                            "for CIFAR ResNet/WRN students, else --learning_rate)")
+        g.add_argument("--ft_paper_factor", "--ft-paper-factor", action="store_true",
+                       help="normalise the whole factor as the paper (RepDistiller: mean_c F^2)")
+
+    def __init__(self, student, teacher, args, data_info=None):
+        super().__init__(student, teacher, args, data_info)
+        s_shape = stage_maps(student, student.feature_shapes()[-2:-1], self.name)[0]
+        t_shape = stage_maps(teacher, teacher.feature_shapes()[-2:-1], self.name)[0]
+        k = float(getattr(args, "ft_rate", 0.5))
+        self.paper_factor = bool(getattr(args, "ft_paper_factor", False))
+        self.paraphraser = Paraphraser(t_shape[0], k)
+        self.translator = Translator(s_shape[0], t_shape[0], k)
+
+    def stages(self, args):
+        lr = getattr(args, "ft_init_lr", None)
+        if lr is None and getattr(args, "model_s", None) in INIT_LR_001:
+            lr = 0.01
+        return init_stages(args, init_lr=lr)
+
+    def stage_parameters(self, stage):
+        if stage.name == "init":
+            return list(self.paraphraser.parameters())
+        return parameters_except(self, self.paraphraser)
+
+    def train(self, mode=True):
+        super().train(mode)
+        if mode and self.stage == "init":
+            self.student.eval()
+        elif mode:
+            self.paraphraser.eval()
+        return self
+
+    def forward_train(self, images, targets, **batch):
+        if self.stage != "init":
+            return super().forward_train(images, targets, **batch)
+        with torch.no_grad():
+            feats_t, _ = self.teacher(images, is_feat=True)
+            logits_s = self.student(images)  # for the logged accuracy only
+        f_t = feats_t[-2]
+        _, rec = self.paraphraser(f_t)
+        return logits_s, {"rec": F.mse_loss(rec, f_t)}
+
+    def method_losses(self, *, feats_s, logits_s, feats_t, logits_t, targets, **batch):
+        with torch.no_grad():
+            factor_t = self.paraphraser.encoder(feats_t[-2])
+        factor_s = self.translator(feats_s[-2])
+        return {"ft": self.beta * ft_loss(factor_s, factor_t, self.paper_factor)}

@@ -1,0 +1,101 @@
+"""RKD: distance and angle losses against loops over pairs and triplets, gradients, one epoch."""
+import json
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+import train_student
+from distillers import get_distiller
+from distillers.rkd import pairwise_distances, rkd_angle_loss, rkd_distance_loss
+from models import create_model
+
+PAIRS = [("resnet32x4", "resnet8x4"), ("wrn_40_2", "wrn_16_2"), ("vgg13", "vgg8"),
+         ("resnet32x4", "ShuffleV2")]
+
+
+def _smooth_l1(a, b):
+    pairs = [(x - y) for x, y in zip(a, b)]
+    return sum(0.5 * d * d if abs(d) < 1 else abs(d) - 0.5 for d in pairs) / len(pairs)
+
+
+def _distances(f):
+    n = len(f)
+    d = [[math.dist(f[i], f[j]) if i != j else 0.0 for j in range(n)] for i in range(n)]
+    mu = sum(d[i][j] for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    return [d[i][j] / mu for i in range(n) for j in range(n)]
+
+
+def _cosines(f):
+    n, out = len(f), []
+    for i in range(n):
+        for j in range(n):
+            for k in range(n):
+                u, v = f[j] - f[i], f[k] - f[i]
+                nu, nv = np.linalg.norm(u), np.linalg.norm(v)
+                out.append(0.0 if nu == 0 or nv == 0 else float(u @ v / (nu * nv)))
+    return out
+
+
+def test_distance_and_angle_losses_match_loops():
+    rng = np.random.default_rng(0)
+    f_s, f_t = rng.normal(size=(5, 3)), 3 * rng.normal(size=(5, 7))  # widths may differ
+    s, t = torch.tensor(f_s), torch.tensor(f_t)
+    assert abs(rkd_distance_loss(s, t).item() - _smooth_l1(_distances(f_s), _distances(f_t))) < 1e-10
+    assert abs(rkd_angle_loss(s, t).item() - _smooth_l1(_cosines(f_s), _cosines(f_t))) < 1e-10
+
+
+def test_losses_vanish_for_a_scaled_copy():
+    f = torch.randn(6, 4, dtype=torch.float64)
+    assert rkd_distance_loss(f, 2.5 * f).item() < 1e-12
+    assert rkd_angle_loss(f, 2.5 * f).item() < 1e-12
+    assert torch.equal(pairwise_distances(f).diagonal(), torch.zeros(6, dtype=torch.float64))
+
+
+def _pair(**kw):
+    torch.manual_seed(0)
+    student, teacher = create_model("resnet8x4", 100), create_model("resnet32x4", 100)
+    args = SimpleNamespace(**{"cls": 1.0, "div": 0.0, "beta": 1.0, "kd_T": 4.0, **kw})
+    return student, teacher, get_distiller("rkd")(student, teacher, args)
+
+
+def test_weights_and_gradients_reach_student_not_teacher():
+    student, teacher, d = _pair()
+    d.train()
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 100, (4,))
+    _, losses = d.forward_train(x, y)
+    assert set(losses) == {"cls", "rkd_d", "rkd_a"}
+    with torch.no_grad():
+        f_t = teacher(x, is_feat=True)[0][-1]
+        f_s = student(x, is_feat=True)[0][-1]
+    assert torch.allclose(losses["rkd_d"], 25 * rkd_distance_loss(f_s, f_t))
+    assert torch.allclose(losses["rkd_a"], 50 * rkd_angle_loss(f_s, f_t))
+    (losses["rkd_d"] + losses["rkd_a"]).backward()
+    assert student.conv1.weight.grad.abs().sum() > 0
+    assert student.fc.weight.grad is None  # feats[-1] is before the classifier
+    assert all(p.grad is None for p in teacher.parameters())
+    _, _, d = _pair(rkd_w_a=0.0)
+    _, losses = d.train().forward_train(x, y)
+    assert set(losses) == {"cls", "rkd_d"}
+
+
+def test_no_extras():
+    student, _, d = _pair()
+    assert len(d.trainable_parameters()) == len(list(student.parameters()))
+    assert d.extra_state_dict() == {}
+    d.load_extra_state_dict({})
+
+
+@pytest.mark.parametrize("teacher,student", PAIRS)
+def test_one_epoch(teacher, student, cifar100_small, tmp_path):
+    ckpt = tmp_path / f"{teacher}.pth"
+    torch.save({"model": create_model(teacher, 100).state_dict(), "model_name": teacher}, ckpt)
+    # the loop stops with an error on a non-finite loss
+    train_student.main(["--distill", "rkd", "--model_s", student, "--path_t", str(ckpt),
+                        "--dataset", "cifar100", "--data_folder", str(cifar100_small),
+                        "--save_folder", str(tmp_path), "--epochs", "1", "--batch_size", "64",
+                        "--print_freq", "1000"])
+    summary = json.loads(next(tmp_path.glob("students/*/summary.json")).read_text())
+    assert summary["epochs_done"] == 1 and np.isfinite(summary["last_acc"])

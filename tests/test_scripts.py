@@ -1,0 +1,37 @@
+"""Every command the table scripts would run parses with the entry scripts' own parsers."""
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from helper.options import parse_student_args, parse_teacher_args
+
+SCRIPTS = sorted(p for p in (Path(__file__).resolve().parents[1] / "scripts").glob("*.sh")
+                 if p.name != "common.sh")
+
+
+def _commands(script):
+    env = {**os.environ, "DRY_RUN": "1", "TRIALS": "2", "GPUS": "0 1"}
+    out = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, check=True)
+    return [shlex.split(line) for line in out.stdout.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_script_commands_parse(script):
+    commands = _commands(script)
+    assert commands, f"{script.name} printed no commands"
+    folders = set()
+    for argv in commands:
+        assert argv[0] == "python", argv
+        if argv[1] == "train_teacher.py":
+            args = parse_teacher_args(argv[2:])
+            folders.add(("t", args.model, args.dataset, args.trial))
+        else:
+            assert argv[1] == "train_student.py", argv
+            args = parse_student_args(argv[2:])
+            folders.add(("s", args.model_s, args.path_t, args.distill, args.cls, args.div,
+                         args.beta, args.trial))
+    # Every run gets a folder of its own (a clash would make the second run refuse to start).
+    assert len(folders) == len(commands)

@@ -1,0 +1,127 @@
+"""Teacher-free KD: both losses against hand computations, the teacher decided by the mode,
+gradients, no extras, one epoch of each mode."""
+import json
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+import train_student
+from distillers import get_distiller
+from distillers.tfkd import tfkd_self_loss, tfkd_virtual_loss, virtual_teacher
+from helper.errors import UserError
+from models import create_model
+
+PAIRS = [("resnet32x4", "resnet8x4"), ("wrn_40_2", "wrn_16_2"), ("vgg13", "vgg8"),
+         ("resnet32x4", "ShuffleV2")]
+
+
+def _softmax(v, T=1.0):
+    e = [math.exp(x / T) for x in v]
+    return [x / sum(e) for x in e]
+
+
+def _kl(p, q):
+    return sum(a * math.log(a / b) for a, b in zip(p, q))
+
+
+def test_self_loss_matches_hand_computation():
+    rng = np.random.default_rng(0)
+    z_s, z_t, T = rng.normal(size=(3, 5)), rng.normal(size=(3, 5)), 4.0
+    per_sample = [_kl(_softmax(t, T), _softmax(s, T)) * T * T for s, t in zip(z_s, z_t)]
+    s, t = torch.tensor(z_s), torch.tensor(z_t)
+    # the code's nn.KLDivLoss() averages over batch x classes
+    assert abs(tfkd_self_loss(s, t, T).item() - sum(per_sample) / 15) < 1e-12
+    assert abs(tfkd_self_loss(s, t, T, "batchmean").item() - sum(per_sample) / 3) < 1e-12
+
+
+def test_virtual_teacher_and_loss_match_hand_computation():
+    rng = np.random.default_rng(1)
+    z_s, labels, a, T = rng.normal(size=(3, 4)), [2, 0, 3], 0.9, 2.0
+    targets = []
+    for y in labels:
+        p = [a if k == y else (1 - a) / 3 for k in range(4)]
+        targets.append(_softmax(p, T))  # the code softens the probabilities themselves
+    got = virtual_teacher(torch.tensor(labels), 4, a, T, torch.float64).numpy()
+    assert np.allclose(got, targets, atol=1e-14)
+    per_sample = [_kl(q, _softmax(s)) for q, s in zip(targets, z_s)]  # student at T = 1, no T^2
+    loss = tfkd_virtual_loss(torch.tensor(z_s), torch.tensor(labels), a, T)
+    assert abs(loss.item() - sum(per_sample) / 12) < 1e-12
+
+
+def test_virtual_teacher_is_nearly_uniform_at_the_default_temperature():
+    p = virtual_teacher(torch.tensor([7]), 100, 0.99, 40.0)[0]
+    assert abs(p[7].item() - 0.01025) < 1e-4 and abs(p[0].item() - 0.01) < 1e-4
+
+
+def _args(**kw):
+    return SimpleNamespace(**{"cls": 0.05, "div": 0.0, "beta": 0.95, "kd_T": 4.0, **kw})
+
+
+def test_mode_decides_whether_a_teacher_is_needed():
+    cls = get_distiller("tfkd")
+    assert cls.requires_teacher(_args()) and cls.requires_teacher(_args(tfkd_mode="self"))
+    assert not cls.requires_teacher(_args(tfkd_mode="virtual"))
+    d = cls(create_model("resnet8x4", 100), None, _args(tfkd_mode="virtual"))
+    assert d.teacher is None and not d.needs_teacher and d.T == 40.0
+    assert cls.needs_teacher  # the class default stays the self mode's
+    with pytest.raises(UserError, match="needs a teacher"):
+        cls(create_model("resnet8x4", 100), None, _args())
+    with pytest.raises(UserError, match="tfkd_correct_prob"):
+        cls(create_model("resnet8x4", 100), None, _args(tfkd_mode="virtual", tfkd_correct_prob=1.0))
+
+
+def test_self_mode_weights_gradients_and_no_extras():
+    torch.manual_seed(0)
+    student, teacher = create_model("resnet8x4", 100), create_model("resnet8x4", 100)
+    d = get_distiller("tfkd")(student, teacher, _args(tfkd_multiplier=2.0))
+    d.train()
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 100, (4,))
+    _, losses = d.forward_train(x, y)
+    assert set(losses) == {"cls", "tfkd"}
+    with torch.no_grad():
+        expected = 0.95 * 2.0 * tfkd_self_loss(student(x), teacher(x), 20.0)
+    assert torch.allclose(losses["tfkd"], expected)
+    losses["tfkd"].backward()
+    assert student.conv1.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in teacher.parameters())
+    assert len(d.trainable_parameters()) == len(list(student.parameters()))
+    assert d.extra_state_dict() == {}
+    d.load_extra_state_dict({})
+
+
+def test_virtual_mode_gradients():
+    torch.manual_seed(0)
+    student = create_model("resnet8x4", 100)
+    d = get_distiller("tfkd")(student, create_model("resnet8x4", 100), _args(tfkd_mode="virtual"))
+    assert d.teacher is None  # a teacher handed in is not used
+    d.train()
+    _, losses = d.forward_train(torch.randn(4, 3, 32, 32), torch.randint(0, 100, (4,)))
+    assert set(losses) == {"cls", "tfkd"}
+    losses["tfkd"].backward()
+    assert student.conv1.weight.grad.abs().sum() > 0
+
+
+def _main(student, data, tmp_path, extra):
+    train_student.main(["--distill", "tfkd", "--model_s", student, "--dataset", "cifar100",
+                        "--data_folder", str(data), "--save_folder", str(tmp_path),
+                        "--epochs", "1", "--batch_size", "64", "--print_freq", "1000", *extra])
+    summary = json.loads(next(tmp_path.glob("students/*/summary.json")).read_text())
+    assert summary["epochs_done"] == 1 and np.isfinite(summary["last_acc"])
+    return summary
+
+
+@pytest.mark.parametrize("teacher,student", PAIRS)
+def test_self_mode_one_epoch(teacher, student, cifar100_small, tmp_path):
+    ckpt = tmp_path / f"{teacher}.pth"
+    torch.save({"model": create_model(teacher, 100).state_dict(), "model_name": teacher}, ckpt)
+    # the loop stops with an error on a non-finite loss
+    summary = _main(student, cifar100_small, tmp_path, ["--path_t", str(ckpt)])
+    assert summary["teacher"] == teacher
+
+
+def test_virtual_mode_one_epoch_without_a_teacher(cifar100_small, tmp_path):
+    summary = _main("resnet8x4", cifar100_small, tmp_path, ["--tfkd_mode", "virtual"])
+    assert summary["teacher"] == "none" and summary["parameters"]["teacher"] == 0
