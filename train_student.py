@@ -7,14 +7,13 @@ from pathlib import Path
 from dataset import build_loaders
 from dataset.batch_keys import add_batch_keys
 from distillers import get_distiller
-from helper.checkpoint import load_teacher
+from helper.checkpoint import create_pretrained, load_teacher
 from helper.distributed import launch, per_process_batch
 from helper.errors import UserError
 from helper.loop import validate
 from helper.options import parse_student_args
 from helper.run_folder import student_run_name
 from helper.trainer import fit, resume_checkpoint, seed_everything, user_errors
-from models import create_model
 
 
 def run(args, ctx):
@@ -27,7 +26,8 @@ def run(args, ctx):
         seed = seed_everything(args, ctx.rank)
         train_loader, val_loader, info = build_loaders(
             args.dataset, args.data_folder, batch_size, ctx.device, seed=seed, rank=ctx.rank,
-            world_size=ctx.world_size, jitter=args.jitter)
+            world_size=ctx.world_size, jitter=args.jitter, num_workers=args.num_workers,
+            dali=args.dali)
         teacher, teacher_name = None, "none"
         if needs_teacher:
             teacher, _ = load_teacher(args.path_t, info["num_classes"], args.model_t)
@@ -35,7 +35,7 @@ def run(args, ctx):
             teacher.to(ctx.device)
             ctx.log(f"teacher {teacher_name} from {args.path_t}: test top-1 "
                     f"{validate(teacher, val_loader, ctx.device)['acc']:.2f}")
-        student = create_model(args.model_s, num_classes=info["num_classes"])
+        student = create_pretrained(args.model_s, info["num_classes"], args.pretrained)
         distiller = method(student, teacher, args, data_info=info).to(ctx.device)
         train_loader = add_batch_keys(train_loader, method.batch_keys, args)
         run_path = Path(args.save_folder) / "students" / student_run_name(args, teacher_name)

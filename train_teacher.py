@@ -6,11 +6,11 @@ from pathlib import Path
 
 from dataset import build_loaders
 from distillers import get_distiller
+from helper.checkpoint import create_pretrained
 from helper.distributed import launch, per_process_batch
 from helper.options import parse_teacher_args
 from helper.run_folder import teacher_run_name
 from helper.trainer import fit, resume_checkpoint, seed_everything, user_errors
-from models import create_model
 
 
 def run(args, ctx):
@@ -19,8 +19,9 @@ def run(args, ctx):
         seed = seed_everything(args, ctx.rank)
         train_loader, val_loader, info = build_loaders(
             args.dataset, args.data_folder, batch_size, ctx.device, seed=seed, rank=ctx.rank,
-            world_size=ctx.world_size, jitter=args.jitter)
-        model = create_model(args.model, num_classes=info["num_classes"])
+            world_size=ctx.world_size, jitter=args.jitter, num_workers=args.num_workers,
+            dali=args.dali)
+        model = create_pretrained(args.model, info["num_classes"], args.pretrained)
         distiller = get_distiller("vanilla")(model, None, args, data_info=info).to(ctx.device)
         run_path = Path(args.save_folder) / "teachers" / teacher_run_name(args)
         meta = {"model_name": args.model, "num_classes": info["num_classes"],

@@ -13,10 +13,11 @@ from pathlib import Path
 
 from helper.errors import UserError
 
-from . import cifar, mnist
+from . import batch_keys, cifar, mnist
+from .folder import FOLDER_DATASET_NAMES, build_folder_loaders
 from .tensor_loader import RandomCropFlip, TensorLoader, crop_flip, epoch_seed, normalize
 
-DATASET_NAMES = ['cifar10', 'cifar100', 'mnist', 'fashion_mnist']
+DATASET_NAMES = ['cifar10', 'cifar100', 'mnist', 'fashion_mnist'] + FOLDER_DATASET_NAMES
 
 __all__ = ['DATASET_NAMES', 'build_loaders', 'load_arrays', 'TensorLoader', 'RandomCropFlip',
            'crop_flip', 'normalize', 'epoch_seed']
@@ -34,6 +35,9 @@ def load_arrays(name: str, data_folder, download: bool = True):
     """``(train_images, train_labels, test_images, test_labels, num_classes)`` of a data set,
     images uint8 (N, C, H, W) and labels int64, on the CPU."""
     name = _canonical(name)
+    if name in FOLDER_DATASET_NAMES:
+        raise UserError(f"{name} is a folder data set read from disk, not held in memory; "
+                        "use build_loaders")
     if name.startswith('cifar'):
         return cifar.load_cifar(name, data_folder, download=download)
     return mnist.load_mnist(name, data_folder, download=download)
@@ -57,7 +61,7 @@ def _load_rank0_first(name, data_folder, world_size, rank):
 
 
 def build_loaders(name, data_folder, batch_size, device, *, seed=0, rank=0, world_size=1,
-                  jitter=0, drop_last=False):
+                  jitter=0, drop_last=False, num_workers=4, dali=None):
     """Build the training and validation loaders of a data set.
 
     Args:
@@ -86,6 +90,16 @@ def build_loaders(name, data_folder, batch_size, device, *, seed=0, rank=0, worl
                         f"check --rank and --world-size")
     if jitter < 0:
         raise UserError(f"--jitter must be >= 0 pixels, got {jitter}")
+    if name in FOLDER_DATASET_NAMES:
+        if jitter:
+            raise UserError(f"--jitter applies to mnist and fashion_mnist only; {name} uses "
+                            "RandomResizedCrop and flip: drop --jitter")
+        return build_folder_loaders(name, data_folder, batch_size, device, seed=seed, rank=rank,
+                                    world_size=world_size, num_workers=num_workers, dali=dali,
+                                    drop_last=drop_last)
+    if dali is not None:
+        raise UserError(f"--dali applies to the folder data sets ({', '.join(FOLDER_DATASET_NAMES)}); "
+                        f"{name} is held in memory and augmented on the device: drop --dali")
 
     if name.startswith('cifar'):
         if jitter:

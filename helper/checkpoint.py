@@ -9,6 +9,7 @@ import torch
 
 from helper.errors import UserError
 from models import create_deployed, create_model, model_names
+from models.registry import accepts
 
 FORMAT = "kd-toolbox/1"
 
@@ -157,3 +158,28 @@ def load_teacher(path, num_classes, model_name=None):
     load_model_weights(model, state, path, "teacher checkpoint")
     model.eval()
     return model, checkpoint
+
+
+def create_pretrained(name, num_classes, pretrained=None):
+    """``create_model``, then ``--pretrained`` weights: a file (any model) or torchvision's
+    weights by name (ImageNet models). When the class counts differ, the classifier keeps its
+    fresh initialisation (fine-tuning, as MGD's ``--use-pretrained`` on CUB-200)."""
+    model = create_model(name, num_classes=num_classes)
+    if pretrained is None:
+        return model
+    if Path(pretrained).expanduser().is_file():
+        path = Path(pretrained).expanduser()
+        state = state_dict_of(load_file(path, "pretrained weights"), path, "pretrained weights")
+    elif accepts(name, "pretrained"):
+        state = create_model(name, num_classes=1000, pretrained=pretrained).state_dict()
+    else:
+        raise UserError(f"--pretrained {pretrained}: no such file (weights by name exist for the "
+                        "ImageNet models only)")
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    own = model.state_dict()
+    classifier = {k for k, m in model.named_modules() if m is model.get_classifier()}
+    for key in list(state):
+        if key.rsplit(".", 1)[0] in classifier and key in own and state[key].shape != own[key].shape:
+            state[key] = own[key]
+    load_model_weights(model, state, pretrained, "pretrained weights")
+    return model

@@ -47,6 +47,12 @@ def _common(parser):
     g.add_argument("--lr_decay_rate", "--lr-decay-rate", type=_positive(float), default=0.1)
     g.add_argument("--weight_decay", "--weight-decay", type=float, default=5e-4)
     g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--dali", choices=["cpu", "gpu"], default=None,
+                   help="DALI pipelines for folder data sets (imagenet, cub200, folder): decode on cpu or gpu")
+    g.add_argument("--pretrained", default=None,
+                   help="start the trained model from a weight file, or torchvision's weights by name "
+                        "(ImageNet models, e.g. IMAGENET1K_V1); a classifier of another class count "
+                        "starts fresh (MGD's --use-pretrained)")
     g.add_argument("--jitter", type=int, default=0,
                    help="MNIST only: random translation of up to this many pixels (Hinton et al.: 2)")
     r = parser.add_argument_group("run")

@@ -17,6 +17,12 @@ def model_names():
     return sorted(_MODELS, key=str.lower)
 
 
+def accepts(name: str, keyword: str) -> bool:
+    """Whether the constructor of ``name`` takes ``keyword`` explicitly."""
+    import inspect
+    return keyword in inspect.signature(_MODELS[name]).parameters
+
+
 def create_model(name: str, num_classes: int, **kwargs):
     if name not in _MODELS:
         raise KeyError(f"unknown model {name!r}; choose one of: {', '.join(model_names())}")
