@@ -165,7 +165,8 @@ def reference_crop(img, padding, oy, ox, flip):
 # ----------------------------------------------------------------------------- loading
 
 def test_names_and_unknown_name():
-    assert dataset.DATASET_NAMES == ['cifar10', 'cifar100', 'mnist', 'fashion_mnist']
+    assert dataset.DATASET_NAMES == ['cifar10', 'cifar100', 'mnist', 'fashion_mnist', 'imagenet',
+                                     'cub200', 'folder']
     with pytest.raises(UserError) as e:
         dataset.build_loaders('cifar1000', '.', 8, 'cpu')
     msg = str(e.value)
