@@ -53,6 +53,29 @@ def bank_scores(bank: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, full=Non
     return torch.bmm(bank[idx], v.unsqueeze(2)).squeeze(2)
 
 
+def _distributed():
+    return torch.distributed.is_available() and torch.distributed.is_initialized() \
+        and torch.distributed.get_world_size() > 1
+
+
+def _gather(t):
+    """``t`` of every process, concatenated in rank order (batches are equal-sized: the
+    training data is padded to a multiple of the process count)."""
+    if not _distributed():
+        return t
+    parts = [torch.empty_like(t) for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather(parts, t.contiguous())
+    return torch.cat(parts)
+
+
+def _mean_over_processes(t):
+    if _distributed():
+        t = t.clone()
+        torch.distributed.all_reduce(t)
+        t /= torch.distributed.get_world_size()
+    return t
+
+
 class ContrastMemory(nn.Module):
     """Two momentum memory banks (student and teacher embeddings of every training sample) and
     the normalisation constants Z, all buffers so that checkpoints restore them exactly."""
@@ -72,11 +95,13 @@ class ContrastMemory(nn.Module):
         with torch.no_grad():
             # Z is estimated once, on the first batch, as mean(out) * N (a Monte-Carlo estimate
             # of the partition function); torch.where avoids a host sync on every step.
-            estimate = torch.stack([out_s.mean(), out_t.mean()]) * self.n_data
+            estimate = _mean_over_processes(torch.stack([out_s.mean(), out_t.mean()])) * self.n_data
             self.z.copy_(torch.where(self.z < 0, estimate, self.z))
             z = self.z.clone()
+            # Every process applies every process's update, so the banks stay identical.
+            index, v_s, v_t = (_gather(t.detach()) for t in (index, v_s, v_t))
             for bank, v in ((self.memory_s, v_s), (self.memory_t, v_t)):
-                rows = bank.index_select(0, index).mul_(self.nce_m).add_(v.detach() * (1 - self.nce_m))
+                rows = bank.index_select(0, index).mul_(self.nce_m).add_(v * (1 - self.nce_m))
                 bank.index_copy_(0, index, rows / rows.norm(dim=1, keepdim=True))
         return out_s / z[0], out_t / z[1]
 

@@ -171,6 +171,7 @@ def fit(args, distiller, train_loader, val_loader, run_path, meta, *, ctx=None, 
                       "rng": rng_state()}, "last.pth")
             summary.update(epochs_done=epoch, finished=epoch == total, stage=stage.name,
                            best_acc=best_acc, best_epoch=best_epoch, last_acc=val["acc"],
+                           last_train_loss=train["loss"],
                            last_acc_top5=val["acc_top5"], wall_time=wall)
             run.summary(summary)
     finally:

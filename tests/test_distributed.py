@@ -126,3 +126,61 @@ def test_flag_errors(capsys):
             train_teacher.main(argv)
         assert e.value.code == 2
         assert message in capsys.readouterr().err
+
+
+def _student_args(data, save, teacher, method, *extra):
+    return ["--model_s", "mlp_800", "--path_t", teacher, "--distill", method, "--dataset", "mnist",
+            "--data_folder", data, "--save_folder", save, "--epochs", "1", "--batch_size", "64",
+            "--print_freq", "1000", "--deterministic", *extra]
+
+
+@pytest.mark.parametrize("method,extra,tolerance", [
+    ("kd", [], 1e-4),
+    # CRD draws its negatives per process, so the two runs see different negatives: the loss
+    # agrees only statistically.
+    ("crd", ["--nce_k", "256"], 0.05),
+])
+def test_two_processes_distil_like_one(mnist_small, tmp_path, method, extra, tolerance):
+    from models import create_model
+    teacher = tmp_path / "teacher.pth"
+    torch.save({"model": create_model("mlp_1200", 10).state_dict(), "model_name": "mlp_1200"}, teacher)
+    summaries = []
+    for name, flags in (("one", []), ("two", ["--multiprocessing-distributed", "--nproc", "2",
+                                              "--dist-url", f"tcp://127.0.0.1:{_free_port()}"])):
+        save = tmp_path / name
+        subprocess.run(_cmd("train_student.py", *_student_args(mnist_small, save, teacher, method,
+                                                               *extra), *flags),
+                       check=True, env=_env(), timeout=300, capture_output=True)
+        run = next((save / "students").iterdir())
+        summaries.append(json.loads((run / "summary.json").read_text()))
+    one, two = summaries
+    assert abs(one["last_train_loss"] - two["last_train_loss"]) <= tolerance * one["last_train_loss"]
+    assert abs(one["last_acc"] - two["last_acc"]) <= max(100 * tolerance, 0.3), (one, two)
+
+
+def _crd_worker(rank, port, results):
+    import torch.distributed as dist
+    from distillers.crd import ContrastMemory
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    torch.manual_seed(0)
+    memory = ContrastMemory(feat_dim=8, n_data=20, nce_t=0.07, nce_m=0.5)
+    torch.manual_seed(1 + rank)  # each process sees other samples and embeddings
+    v_s = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
+    v_t = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
+    index = torch.arange(4) + 4 * rank
+    contrast = torch.cat([index[:, None], torch.randint(0, 20, (4, 5))], dim=1)
+    memory(v_s, v_t, index, contrast)
+    banks = [torch.empty_like(memory.memory_s) for _ in range(2)]
+    dist.all_gather(banks, memory.memory_s)
+    zs = [torch.empty_like(memory.z) for _ in range(2)]
+    dist.all_gather(zs, memory.z)
+    results[rank] = torch.equal(banks[0], banks[1]) and torch.equal(zs[0], zs[1])
+    dist.destroy_process_group()
+
+
+def test_crd_memory_banks_stay_identical_across_processes():
+    import torch.multiprocessing as mp
+    manager = mp.Manager()
+    results = manager.dict()
+    mp.spawn(_crd_worker, args=(_free_port(), results), nprocs=2, join=True)
+    assert results[0] and results[1]
