@@ -184,3 +184,14 @@ def test_crd_memory_banks_stay_identical_across_processes():
     results = manager.dict()
     mp.spawn(_crd_worker, args=(_free_port(), results), nprocs=2, join=True)
     assert results[0] and results[1]
+
+
+def test_torchrun_launch(mnist_small, tmp_path):
+    save = tmp_path / "torchrun"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", str(_free_port()), os.path.join(REPO, "train_teacher.py"),
+           *_teacher_args(mnist_small, save)]
+    result = subprocess.run(cmd, env=_env(), timeout=300, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = _summary(save)
+    assert summary["finished"] and summary["best_acc"] > 50
