@@ -1,0 +1,605 @@
+"""Training speed of every distillation method on one teacher/student pair (CIFAR models).
+
+    python scripts/benchmark.py --teacher resnet32x4 --student resnet8x4 --batch_size 64 \\
+        --methods all --iters 20 --warmup 5 --threads 2 [--amp] [--data both] [--device cpu]
+
+For each method (and the "floor", see below) it measures the median time of one training
+iteration and the peak memory:
+
+  synthetic    pure compute: random normalised images already on the device, random targets,
+               ``index`` in the range of the training set, plus the method's batch keys
+               (e.g. CRD's ``contrast_index``) made by the real provider
+               (``dataset.batch_keys.add_batch_keys``) over a synthetic ``TensorLoader``.
+               Making a batch is not timed.
+  end to end   the real data pipeline: a CIFAR-100-size training set (``--train_size``
+               50,000 random uint8 32x32x3 images, 100 classes) in the toolbox's
+               ``TensorLoader`` with the CIFAR augmentation (random crop with 4 pixels of
+               padding + horizontal flip, as ``dataset.build_loaders``), wrapped for the
+               method's batch keys. Making the batch is timed with the iteration.
+  floor        the bare minimum any distillation pays: the teacher's forward pass without a
+               graph (``torch.no_grad``), the student's forward pass, cross-entropy, backward
+               and the optimizer step, on the same synthetic batches.
+
+What is timed is exactly what the toolbox does per iteration: ``helper.loop.train_one_epoch``
+itself runs over a loader of ``--warmup + --iters`` batches that takes a timestamp whenever
+the loop asks for the next batch (after ``torch.cuda.synchronize()`` on CUDA), so one
+iteration is forward_train through the distiller, the sum of the loss terms, zero_grad,
+backward (with the ``--amp`` scaler where there is one), step, and the loop's own
+bookkeeping. The optimizer is the trainer's (SGD, momentum 0.9, weight decay 5e-4, over
+``stage_parameters``). The warm-up iterations are discarded and the median of the others is
+reported. Multi-stage methods are timed in their last (main) stage; the epoch counter is set
+to the middle of that stage, past every warm-up. Methods that cannot work with the pair are
+reported as ``n/a (reason)``.
+
+Each method runs in a fresh subprocess (``--one METHOD``, which prints one JSON line), so
+methods do not share allocator state or warmed caches. Peak memory is, on CUDA,
+``torch.cuda.max_memory_allocated`` during the synthetic run (after
+``reset_peak_memory_stats``); on the CPU the peak resident set size of that subprocess
+(``ru_maxrss``) at the end of the synthetic run, which includes the Python/torch baseline
+(printed under the table) but not the end-to-end run's data set.
+
+Methods with a pass over the training set at epoch starts (MGD's channel matching: any
+distiller with ``rematch``) get it timed separately: a few batches of the unaugmented
+pass are timed and extrapolated to the whole training set, plus the assignment solve.
+
+Prints a markdown table (method | extra params | synthetic ms/iter | ratio to floor |
+end-to-end ms/iter | ratio to synthetic | peak memory) under a line naming the machine, and
+an epoch estimate (end-to-end time per iteration times the iterations of an epoch).
+Exit code 2 and one line on stderr for an unknown method, model or device.
+"""
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import redirect_stdout
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from dataset import RandomCropFlip, TensorLoader, cifar  # noqa: E402
+from dataset.batch_keys import add_batch_keys  # noqa: E402
+from distillers import distiller_classes, get_distiller  # noqa: E402
+from helper.errors import UserError  # noqa: E402
+from helper.loop import NonFiniteLoss, train_one_epoch  # noqa: E402
+from helper.options import parse_student_args  # noqa: E402
+from helper.precision import Precision  # noqa: E402
+from helper.trainer import _optimizer, count_parameters  # noqa: E402
+from models import create_model, model_names  # noqa: E402
+
+FLOOR = "floor"
+NUM_CLASSES = 100
+INPUT_SIZE = (3, 32, 32)
+DATA_CHOICES = ("synthetic", "real", "both")
+
+
+# ---- timing ----------------------------------------------------------------------------
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class TimedLoader:
+    """Hands ``n`` batches of ``source`` to the training loop and timestamps each iteration.
+
+    An iteration ends when the loop asks for the next batch (or finds there is none). It
+    starts when the loop asked for its batch (``include_data``: producing the batch is part
+    of the iteration) or once the batch is ready (pure compute). On CUDA the device is
+    synchronised before every timestamp. ``set_epoch`` and ``unaugmented`` go to ``source``.
+    """
+
+    def __init__(self, source, n, device, include_data):
+        self.source, self.n, self.device = source, int(n), torch.device(device)
+        self.include_data = include_data
+        self.starts, self.ends = [], []
+
+    def __len__(self):
+        return self.n
+
+    def set_epoch(self, epoch):
+        if hasattr(self.source, "set_epoch"):
+            self.source.set_epoch(epoch)
+
+    def _timed(self, batches):
+        self.starts, self.ends = [], []
+        it = iter(batches)
+        for i in range(self.n):
+            _sync(self.device)
+            now = time.perf_counter()
+            if i:
+                self.ends.append(now)
+            if self.include_data:
+                self.starts.append(now)
+            try:
+                batch = next(it)
+            except StopIteration:
+                raise RuntimeError(f"the benchmark's data ran out after {i} of {self.n} batches")
+            if not self.include_data:
+                _sync(self.device)
+                self.starts.append(time.perf_counter())
+            yield batch
+        _sync(self.device)
+        self.ends.append(time.perf_counter())
+
+    def __iter__(self):
+        return self._timed(self.source)
+
+    def unaugmented(self):
+        return self._timed(self.source.unaugmented())
+
+    def times(self, skip):
+        """Seconds per iteration after the first ``skip``."""
+        return [e - s for s, e in zip(self.starts, self.ends)][skip:]
+
+
+def _median_ms(times):
+    return 1000.0 * statistics.median(times) if times else None
+
+
+# ---- what is trained ---------------------------------------------------------------------
+class Floor(nn.Module):
+    """Teacher forward without a graph + student forward with cross-entropy only: the least a
+    distillation iteration can cost. Same interface as a Distiller for ``train_one_epoch``;
+    like a Distiller it keeps the teacher out of ``parameters()`` and in eval mode."""
+
+    def __init__(self, student, teacher):
+        super().__init__()
+        self.student = student
+        self._teacher = [teacher]
+        teacher.eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+
+    def _apply(self, fn, *args, **kwargs):
+        super()._apply(fn, *args, **kwargs)
+        self._teacher[0]._apply(fn, *args, **kwargs)
+        return self
+
+    def train(self, mode=True):
+        super().train(mode)
+        self._teacher[0].eval()
+        return self
+
+    def forward(self, images, targets, **batch):
+        with torch.no_grad():
+            self._teacher[0](images)
+        logits = self.student(images)
+        return logits, {"cls": F.cross_entropy(logits, targets)}
+
+
+def method_args(method, opts):
+    """The full option namespace of ``method`` with every default, as train_student.py has it."""
+    argv = ["--distill", method, "--model_s", opts.student, "--model_t", opts.teacher,
+            "--batch_size", str(opts.batch_size), "--dataset", "cifar100"]
+    if opts.amp:
+        argv.append("--amp")
+    return parse_student_args(argv)
+
+
+def data_info(opts):
+    return {"num_classes": NUM_CLASSES, "input_size": INPUT_SIZE, "train_size": opts.train_size,
+            "val_size": 10000}
+
+
+def build(method, opts, device):
+    """``(model, optimizer, args, record)``; raises UserError when the method cannot be built."""
+    torch.manual_seed(0)
+    teacher = create_model(opts.teacher, num_classes=NUM_CLASSES)
+    student = create_model(opts.student, num_classes=NUM_CLASSES)
+    if method == FLOOR:
+        args = method_args("vanilla", opts)
+        model = Floor(student, teacher).to(device)
+        optimizer = torch.optim.SGD(student.parameters(), lr=args.learning_rate,
+                                    momentum=args.momentum, weight_decay=args.weight_decay)
+        return model, optimizer, args, {"stage": "main", "stages": ["main"]}
+    cls = get_distiller(method)
+    args = method_args(method, opts)
+    if not cls.requires_teacher(args):
+        teacher = None
+    model = cls(student, teacher, args, data_info=data_info(opts)).to(device)
+    stages = model.stages(args)
+    stage = stages[-1]
+    # the middle of the main stage: past every warm-up (ReviewKD, DKD), no re-matching (MGD)
+    model.on_epoch_start(max(1, stage.epochs // 2 + 1), None, stage)
+    model.stage = stage.name
+    optimizer = _optimizer(args, model, stage)
+    return model, optimizer, args, {"stage": stage.name, "stages": [s.name for s in stages]}
+
+
+# ---- data ---------------------------------------------------------------------------------
+def _labels(n, seed):
+    return torch.randint(0, NUM_CLASSES, (n,), generator=torch.Generator().manual_seed(seed))
+
+
+def synthetic_batches(batch_keys, args, opts, device):
+    """Random normalised images on the device, random targets, ``index`` from a shuffled
+    training set of ``--train_size`` and the method's batch keys from their real provider:
+    the provider wraps a ``TensorLoader`` of 1x1 placeholder images (whose batches are
+    replaced by full-size random images), so nothing image-sized is held but one batch."""
+    placeholder = torch.zeros((opts.train_size, INPUT_SIZE[0], 1, 1), dtype=torch.uint8)
+    loader = TensorLoader(placeholder, _labels(opts.train_size, 1), opts.batch_size, device,
+                          cifar.MEAN, cifar.STD, shuffle=True, seed=1)
+    loader = add_batch_keys(loader, batch_keys, args)
+    g = torch.Generator(device=device).manual_seed(2)
+    for batch in epochs(loader):  # as many batches as asked for
+        b = batch["targets"].shape[0]
+        batch["images"] = torch.randn((b, *INPUT_SIZE), generator=g, device=device)
+        yield batch
+
+
+def real_loader(batch_keys, args, opts, device):
+    """The CIFAR training pipeline of ``dataset.build_loaders`` over random uint8 images."""
+    g = torch.Generator().manual_seed(3)
+    images = torch.randint(0, 256, (opts.train_size, *INPUT_SIZE), dtype=torch.uint8, generator=g)
+    loader = TensorLoader(images, _labels(opts.train_size, 4), opts.batch_size, device,
+                          cifar.MEAN, cifar.STD, shuffle=True,
+                          transform=RandomCropFlip(cifar.PADDING, flip=True), pad=True,
+                          drop_last=False, seed=5)
+    return add_batch_keys(loader, batch_keys, args)
+
+
+def epochs(loader, first=1):
+    """Batches of ``loader`` over as many epochs as asked for, as ``fit`` runs them."""
+    epoch = first
+    while True:
+        loader.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def _peak_memory_mib(device):
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+def _reset_peak(device):
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _train(model, optimizer, loader, precision):
+    return train_one_epoch(model, loader, optimizer, 1, print_freq=10**9, log=lambda *a: None,
+                           precision=precision)
+
+
+def measure(method, opts):
+    """Everything about one method, as a JSON-ready dict."""
+    device = torch.device(opts.device)
+    record = {"method": method, "status": "ok", "device": opts.device,
+              "baseline_mib": _peak_memory_mib(torch.device("cpu")),
+              "memory": ("cuda max_memory_allocated" if device.type == "cuda"
+                         else "peak RSS of the process (ru_maxrss)")}
+    try:
+        model, optimizer, args, info = build(method, opts, device)
+    except UserError as e:
+        return {**record, "status": "n/a", "reason": str(e)}
+    record.update(info)
+    record["student_params"] = count_parameters(model.student)
+    record["teacher_params"] = count_parameters(model._teacher[0]) if model._teacher else 0
+    record["extra_params"] = count_parameters(model) - record["student_params"]
+    record["extra_buffer_elements"] = (sum(b.numel() for b in model.buffers())
+                                       - sum(b.numel() for b in model.student.buffers()))
+    precision = Precision.from_args(args, device)
+    batch_keys = () if method == FLOOR else type(model).batch_keys
+    n = opts.warmup + opts.iters
+    try:
+        if opts.data in ("synthetic", "both"):
+            _reset_peak(device)
+            loader = TimedLoader(synthetic_batches(batch_keys, args, opts, device), n, device,
+                                 include_data=False)
+            stats = _train(model, optimizer, loader, precision)
+            times = loader.times(opts.warmup)
+            record.update(synthetic_ms=_median_ms(times), synthetic_all_ms=[1000 * t for t in times],
+                          peak_mib=_peak_memory_mib(device), loss_terms=sorted(stats["terms"]))
+        if opts.data in ("real", "both"):
+            _reset_peak(device)
+            source = real_loader(batch_keys, args, opts, device)
+            loader = TimedLoader(epochs(source), n, device, include_data=True)
+            stats = _train(model, optimizer, loader, precision)
+            times = loader.times(opts.warmup)
+            record.update(e2e_ms=_median_ms(times), e2e_all_ms=[1000 * t for t in times],
+                          e2e_peak_mib=_peak_memory_mib(device), loss_terms=sorted(stats["terms"]))
+            if hasattr(model, "rematch"):
+                record.update(epoch_start_pass(model, source, opts, device))
+    except NonFiniteLoss as e:
+        return {**record, "status": "failed", "reason": str(e)}
+    except UserError as e:  # e.g. a batch key its provider cannot make for this data
+        return {**record, "status": "n/a", "reason": str(e)}
+    return record
+
+
+def epoch_start_pass(model, source, opts, device):
+    """Time a few batches of the method's epoch-start pass over the training set (MGD's
+    matching) and extrapolate to the whole set; the final solve is timed as is."""
+    batches = math.ceil(opts.train_size / opts.batch_size)
+    n = min(opts.warmup + max(opts.iters // 2, 2), batches)
+    skip = min(opts.warmup, n - 1)
+    loader = TimedLoader(source, n, device, include_data=True)
+    cap = getattr(model, "match_images", None)
+    if cap is not None:  # no cap of its own: the pass ends when the timed loader does
+        model.match_images = 0
+    try:
+        model.rematch(loader)
+        _sync(device)
+        done = time.perf_counter()
+    finally:
+        if cap is not None:
+            model.match_images = cap
+    per_batch = statistics.median(loader.times(skip))
+    solve = done - loader.ends[-1]
+    return {"epoch_pass_s": per_batch * batches + solve, "epoch_pass_batch_ms": 1000 * per_batch,
+            "epoch_pass_solve_s": solve,
+            "epoch_pass_every": int(getattr(model, "update_freq", 1))}
+
+
+# ---- the parent: one subprocess per method, then the table --------------------------------
+def all_methods():
+    return [cls.name for cls in distiller_classes()]
+
+
+def parse_methods(text):
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    if not names:
+        raise UserError("--methods is empty; pass all or a comma-separated list such as kd,at")
+    if names == ["all"]:
+        names = all_methods()
+    for name in names:
+        if name != FLOOR:
+            try:
+                get_distiller(name)
+            except KeyError:
+                raise UserError(f"unknown method {name!r}; choose all, {FLOOR}, or any of: "
+                                f"{', '.join(all_methods())}")
+    names = [get_distiller(m).name if m != FLOOR else m for m in names]
+    ordered = [FLOOR] + [m for m in dict.fromkeys(names) if m != FLOOR]
+    return ordered
+
+
+def child_argv(opts, method):
+    argv = [sys.executable, str(Path(__file__).resolve()), "--one", method,
+            "--teacher", opts.teacher, "--student", opts.student,
+            "--batch_size", str(opts.batch_size), "--iters", str(opts.iters),
+            "--warmup", str(opts.warmup), "--threads", str(opts.threads), "--data", opts.data,
+            "--device", opts.device, "--train_size", str(opts.train_size)]
+    return argv + (["--amp"] if opts.amp else [])
+
+
+def run_child(opts, method, timeout=None):
+    proc = subprocess.run(child_argv(opts, method), capture_output=True, text=True,
+                          cwd=str(REPO), timeout=timeout)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode == 0 and lines:
+        return json.loads(lines[-1])
+    err = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    return {"method": method, "status": "failed",
+            "reason": f"exit code {proc.returncode}: {err[-1] if err else 'no output'}"}
+
+
+def cpu_model():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_line(opts):
+    if opts.device == "cuda":
+        where = f"GPU {torch.cuda.get_device_name(0)}, CPU {cpu_model()}"
+    else:
+        where = f"CPU {cpu_model()} ({os.cpu_count()} logical CPUs)"
+    amp = "off"
+    if opts.amp:
+        amp = "fp16 autocast + gradient scaler" if opts.device == "cuda" else "bf16 autocast"
+    return (f"{where}, {opts.threads} torch threads, torch {torch.__version__}, device "
+            f"{opts.device}, amp {amp}")
+
+
+def _fmt_count(n):
+    if n is None:
+        return "-"
+    if n >= 1e6:
+        return f"{n / 1e6:.2f}M"
+    if n >= 1e3:
+        return f"{n / 1e3:.1f}k"
+    return str(n)
+
+
+def _fmt(x, digits=1, suffix=""):
+    return "-" if x is None else f"{x:.{digits}f}{suffix}"
+
+
+def _ratio(a, b):
+    if a is None or b is None or not b > 0:
+        return None
+    return a / b
+
+
+def _fmt_seconds(s):
+    if s is None:
+        return "-"
+    m, sec = divmod(int(round(s)), 60)
+    return f"{m}m{sec:02d}s" if m else f"{s:.1f}s"
+
+
+def add_ratios(results):
+    floor = next((r for r in results if r["method"] == FLOOR and r["status"] == "ok"), None)
+    floor_ms = floor.get("synthetic_ms") if floor else None
+    for r in results:
+        if r["status"] == "ok":
+            r["ratio_to_floor"] = _ratio(r.get("synthetic_ms"), floor_ms)
+            r["ratio_e2e_to_synthetic"] = _ratio(r.get("e2e_ms"), r.get("synthetic_ms"))
+    return results
+
+
+def table(results, opts):
+    lines = ["| method | extra params | synthetic ms/iter | ratio to floor | end-to-end ms/iter "
+             "| ratio to synthetic | peak memory |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        name = r["method"] + (" (b)" if r.get("epoch_pass_s") is not None else "")
+        if r["method"] == FLOOR:
+            name = "floor (a)"
+        if r["status"] != "ok":
+            reason = " ".join(str(r.get("reason", "")).split())
+            lines.append(f"| {r['method']} | {r['status']} ({reason}) | | | | | |")
+            continue
+        stage = f" [{r['stage']} stage]" if len(r.get("stages", [])) > 1 else ""
+        lines.append(
+            f"| {name}{stage} | {_fmt_count(r.get('extra_params'))} | {_fmt(r.get('synthetic_ms'))} "
+            f"| {_fmt(r.get('ratio_to_floor'), 2)} | {_fmt(r.get('e2e_ms'))} "
+            f"| {_fmt(r.get('ratio_e2e_to_synthetic'), 2)} "
+            f"| {_fmt(r.get('peak_mib', r.get('e2e_peak_mib')), 0, ' MiB')} |")
+    return lines
+
+
+def notes(results, opts):
+    ok = [r for r in results if r["status"] == "ok"]
+    baseline = min((r["baseline_mib"] for r in ok), default=None)
+    iters = math.ceil(opts.train_size / opts.batch_size)
+    out = ["(a) floor: teacher forward under torch.no_grad + student forward, cross-entropy, "
+           "backward, SGD step; the other ratios divide by its synthetic time."]
+    if any(r.get("epoch_pass_s") is not None for r in ok):
+        for r in ok:
+            if r.get("epoch_pass_s") is not None:
+                out.append(
+                    f"(b) {r['method']}: its epoch-start pass over the training set (channel "
+                    f"matching, before every {r['epoch_pass_every']} epoch(s)) is not in the "
+                    f"times above: about {_fmt_seconds(r['epoch_pass_s'])} for "
+                    f"{opts.train_size:,} images "
+                    f"({r['epoch_pass_batch_ms']:.1f} ms per batch of {opts.batch_size}, "
+                    f"extrapolated from a few batches, + {r['epoch_pass_solve_s'] * 1000:.0f} ms "
+                    "assignment).")
+    if opts.device == "cuda":
+        out.append("Peak memory: torch.cuda.max_memory_allocated during the "
+                   + ("synthetic" if opts.data != "real" else "end-to-end") + " run.")
+    else:
+        out.append("Peak memory: peak RSS (ru_maxrss) of the method's own process at the end of "
+                   + ("the synthetic run" if opts.data != "real" else
+                      "the end-to-end run (with the training set's images)")
+                   + "; it includes the Python/torch/toolbox baseline of "
+                   f"{_fmt(baseline, 0, ' MiB')} measured after the imports.")
+    out.append(f"Median of {opts.iters} iterations after {opts.warmup} warm-up, batch "
+               f"{opts.batch_size}, each method in a fresh process; multi-stage methods are "
+               "timed in their main (last) stage.")
+    estimates = []
+    for r in ok:
+        if r.get("e2e_ms") is not None:
+            text = f"{r['method']} {_fmt_seconds(r['e2e_ms'] * iters / 1000)}"
+            if r.get("epoch_pass_s") is not None:
+                text += (f" (+{_fmt_seconds(r['epoch_pass_s'])} matching every "
+                         f"{r['epoch_pass_every']} epochs)")
+            estimates.append(text)
+    if estimates:
+        out.append(f"--epoch_estimate ({opts.train_size:,} images = {iters} iterations of "
+                   f"{opts.batch_size}, end to end, training only): " + ", ".join(estimates))
+    return out
+
+
+def parser():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 2)[2])
+    p.add_argument("--teacher", default="resnet32x4")
+    p.add_argument("--student", default="resnet8x4")
+    p.add_argument("--batch_size", "--batch-size", type=int, default=64)
+    p.add_argument("--methods", default="all",
+                   help="all, or a comma-separated list (kd,at,...); the floor always runs")
+    p.add_argument("--iters", type=int, default=20, help="timed iterations")
+    p.add_argument("--warmup", type=int, default=5, help="untimed iterations first")
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads in each method's process")
+    p.add_argument("--amp", action="store_true", help="mixed precision as train_student.py --amp")
+    p.add_argument("--data", default="both", choices=DATA_CHOICES,
+                   help="synthetic (pure compute), real (end to end) or both")
+    p.add_argument("--device", default=None, choices=("cpu", "cuda"),
+                   help="default: cuda when present, else cpu")
+    p.add_argument("--train_size", "--train-size", type=int, default=50000,
+                   help="images in the training set (CIFAR-100: 50,000; smaller for quick tests)")
+    p.add_argument("--json", type=Path, default=None, help="also write all results to this file")
+    p.add_argument("--one", metavar="METHOD", default=None,
+                   help="internal: measure one method in this process and print one JSON line")
+    return p
+
+
+def check(opts):
+    if opts.device is None:
+        opts.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if opts.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda but CUDA is not available here; use --device cpu")
+    names = model_names()
+    for flag in ("teacher", "student"):
+        if getattr(opts, flag) not in names:
+            raise UserError(f"unknown --{flag} {getattr(opts, flag)!r}; choose one of: {', '.join(names)}")
+    for flag in ("batch_size", "iters", "threads", "train_size"):
+        if getattr(opts, flag) < 1:
+            raise UserError(f"--{flag} must be at least 1, got {getattr(opts, flag)}")
+    if opts.warmup < 0:
+        raise UserError(f"--warmup must be 0 or more, got {opts.warmup}")
+    if opts.train_size < opts.batch_size:
+        raise UserError(f"--train_size {opts.train_size} is smaller than --batch_size {opts.batch_size}")
+
+
+def run(opts, out=sys.stdout):
+    """Benchmark every method of ``--methods`` (one subprocess each); returns the results."""
+    methods = parse_methods(opts.methods)
+    results = []
+    for method in methods:
+        t0 = time.perf_counter()
+        r = run_child(opts, method)
+        results.append(r)
+        summary = r.get("reason") if r["status"] != "ok" else (
+            f"synthetic {_fmt(r.get('synthetic_ms'))} ms, end to end {_fmt(r.get('e2e_ms'))} ms")
+        print(f"{method}: {r['status']}: {summary} ({time.perf_counter() - t0:.0f}s)",
+              file=sys.stderr, flush=True)
+    add_ratios(results)
+    ok = next((r for r in results if r["status"] == "ok" and r.get("student_params")), {})
+    lines = [machine_line(opts),
+             f"teacher {opts.teacher} ({_fmt_count(ok.get('teacher_params'))} params) -> student "
+             f"{opts.student} ({_fmt_count(ok.get('student_params'))} params), batch "
+             f"{opts.batch_size}, data {opts.data}", ""]
+    lines += table(results, opts) + [""] + notes(results, opts)
+    print("\n".join(lines), file=out, flush=True)
+    if opts.json:
+        opts.json.write_text(json.dumps({"machine": machine_line(opts), "options": {
+            k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opts).items()},
+            "results": results}, indent=1))
+    return results
+
+
+def main(argv=None):
+    opts = parser().parse_args(argv)
+    try:
+        check(opts)
+        if opts.one is None:
+            run(opts)
+            return 0
+        if "," in opts.one or opts.one == "all":
+            raise UserError(f"--one takes one method, got {opts.one!r}")
+        method = parse_methods(opts.one)[-1]
+        torch.set_num_threads(opts.threads)
+        with redirect_stdout(sys.stderr):  # methods may print (MGD's matching): keep stdout JSON
+            record = measure(method, opts)
+        record["threads"] = torch.get_num_threads()
+        print(json.dumps(record), flush=True)
+        return 0
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
