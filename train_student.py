@@ -14,6 +14,7 @@ from helper.loop import validate
 from helper.options import parse_student_args
 from helper.run_folder import student_run_name
 from helper.trainer import fit, resume_checkpoint, seed_everything, user_errors
+from models.base import fit_to_data
 
 
 def run(args, ctx):
@@ -32,10 +33,11 @@ def run(args, ctx):
         if needs_teacher:
             teacher, _ = load_teacher(args.path_t, info["num_classes"], args.model_t)
             teacher_name = teacher.model_name
-            teacher.to(ctx.device)
+            fit_to_data(teacher.to(ctx.device), info["input_size"], "teacher")
             ctx.log(f"teacher {teacher_name} from {args.path_t}: test top-1 "
                     f"{validate(teacher, val_loader, ctx.device)['acc']:.2f}")
-        student = create_pretrained(args.model_s, info["num_classes"], args.pretrained)
+        student = fit_to_data(create_pretrained(args.model_s, info["num_classes"], args.pretrained),
+                              info["input_size"], "student")
         distiller = method(student, teacher, args, data_info=info).to(ctx.device)
         train_loader = add_batch_keys(train_loader, method.batch_keys, args)
         run_path = Path(args.save_folder) / "students" / student_run_name(args, teacher_name)

@@ -11,6 +11,7 @@ from helper.distributed import launch, per_process_batch
 from helper.options import parse_teacher_args
 from helper.run_folder import teacher_run_name
 from helper.trainer import fit, resume_checkpoint, seed_everything, user_errors
+from models.base import fit_to_data
 
 
 def run(args, ctx):
@@ -21,7 +22,8 @@ def run(args, ctx):
             args.dataset, args.data_folder, batch_size, ctx.device, seed=seed, rank=ctx.rank,
             world_size=ctx.world_size, jitter=args.jitter, num_workers=args.num_workers,
             dali=args.dali)
-        model = create_pretrained(args.model, info["num_classes"], args.pretrained)
+        model = fit_to_data(create_pretrained(args.model, info["num_classes"], args.pretrained),
+                            info["input_size"])
         distiller = get_distiller("vanilla")(model, None, args, data_info=info).to(ctx.device)
         run_path = Path(args.save_folder) / "teachers" / teacher_run_name(args)
         meta = {"model_name": args.model, "num_classes": info["num_classes"],

@@ -115,6 +115,7 @@ def finish(parser, args, model_flag):
     if args.jitter < 0:
         parser.error(f"--jitter must be 0 or more, got {args.jitter}")
     if getattr(args, "distill", None) is not None:
+        args.distill = get_distiller(args.distill).name  # an alias names the run as its method
         defaults = get_distiller(args.distill).default_weights
         for key in ("cls", "div", "beta"):
             if getattr(args, key) is None:

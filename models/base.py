@@ -4,6 +4,8 @@ from typing import List
 import torch
 import torch.nn as nn
 
+from helper.errors import UserError
+
 
 class FeatureModel(nn.Module):
     """Base class of every model in the zoo.
@@ -46,3 +48,23 @@ class FeatureModel(nn.Module):
     def stage_channels(self) -> List[int]:
         """Channel count of every entry of ``feats`` (the pooled one is its dimension)."""
         return [s[0] for s in self.feature_shapes()]
+
+
+def fit_to_data(model: nn.Module, input_size, what: str = "model"):
+    """Check with one dummy sample that ``model`` takes inputs of ``input_size`` (C, H, W),
+    and make that its ``input_size``, so that methods size their extras for the real data."""
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            model(torch.zeros(1, *input_size, device=device))
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise UserError(f"{what} {getattr(model, 'model_name', type(model).__name__)} cannot take "
+                        f"this data set's {'x'.join(map(str, input_size))} inputs ({first}); "
+                        "choose a model made for this data set") from e
+    finally:
+        model.train(was_training)
+    model.input_size = tuple(input_size)
+    return model
