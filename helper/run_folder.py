@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from helper.checkpoint import atomic_save
+from helper.errors import UserError
 
 SEP = "~" if sys.platform.startswith("win") else ":"
 
@@ -50,8 +51,13 @@ class RunFolder:
         self.writer.flush()
 
     def save(self, state, name):
-        if self.write:
+        if not self.write:
+            return
+        try:
             atomic_save(state, self.path / name)
+        except OSError as e:
+            raise UserError(f"cannot write {self.path / name} ({e.strerror or e}); the previous "
+                            f"{name} is kept; free disk space and continue with --resume") from e
 
     def summary(self, data):
         if not self.write:

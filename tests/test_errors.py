@@ -81,3 +81,34 @@ def test_existing_run_and_nothing_to_resume(mnist_small, tmp_path, capsys):
     other = ["--model", "mlp_1200", *_mnist(mnist_small, tmp_path)]
     last = tmp_path / "teachers" / "mlp_800_vanilla_mnist_trial_0" / "last.pth"
     _fails(train_teacher.main, [*other, "--resume", str(last)], capsys, "cannot resume", "mlp_800")
+
+
+def test_full_disk_while_saving_keeps_the_previous_checkpoints(mnist_small, tmp_path, capsys, monkeypatch):
+    import helper.checkpoint
+    args = ["--model", "mlp_800", *_mnist(mnist_small, tmp_path), "--epochs", "3", "--print_freq", "1000"]
+    real_save = torch.save
+    saves = {"n": 0}
+
+    def disk_fills_up(obj, f):
+        saves["n"] += 1
+        if saves["n"] > 2:  # epoch 1 writes best.pth and last.pth; then the disk is full
+            f.write(b"partial")
+            raise OSError(28, "No space left on device")
+        real_save(obj, f)
+    monkeypatch.setattr(helper.checkpoint.torch, "save", disk_fills_up)
+    _fails(train_teacher.main, args, capsys, "cannot write", "No space left on device", "--resume")
+    monkeypatch.undo()
+    run = tmp_path / "teachers" / "mlp_800_vanilla_mnist_trial_0"
+    assert sorted(p.name for p in run.iterdir() if p.suffix == ".pth") == ["best.pth", "last.pth"]
+    assert torch.load(run / "last.pth", weights_only=True)["epoch"] == 1
+    assert torch.load(run / "best.pth", weights_only=True)["epoch"] == 1
+    train_teacher.main([*args, "--resume"])  # continues once there is space again
+    assert torch.load(run / "last.pth", weights_only=True)["epoch"] == 3
+
+
+def test_corrupt_last_checkpoint_is_named_by_resume(mnist_small, tmp_path, capsys):
+    args = ["--model", "mlp_800", *_mnist(mnist_small, tmp_path), "--print_freq", "1000"]
+    train_teacher.main(args)
+    last = tmp_path / "teachers" / "mlp_800_vanilla_mnist_trial_0" / "last.pth"
+    last.write_bytes(last.read_bytes()[:1000])
+    _fails(train_teacher.main, [*args, "--resume"], capsys, str(last), "not a readable PyTorch checkpoint")
