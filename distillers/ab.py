@@ -1,49 +1,14 @@
 """Heo, Lee, Yun & Choi 2019, "Knowledge Transfer via Distillation of Activation Boundaries
-Formed by Hidden Neurons"; and RepDistiller's init stage, shared with FT and FSP."""
+Formed by Hidden Neurons"; RepDistiller's init stage (``common.init_stages``) and its
+``--init_epochs`` flag are shared with FT and FSP."""
 import torch
 import torch.nn as nn
 
 from helper.errors import UserError
 
-from .base import Distiller, Stage
+from .base import Distiller
+from .common import init_stages, model_name, parameters_except, stage_maps, train_feat_modules_only
 from .registry import register_distiller
-
-
-def init_stages(args, init_lr=None):
-    """RepDistiller's two stages (``helper/pretrain.py`` then the main loop): ``init`` for
-    ``--init_epochs`` epochs at a constant lr (``init_lr`` or ``--learning_rate``), with the
-    main stage's momentum and weight decay, not competing for best.pth; then ``main``."""
-    epochs = int(getattr(args, "init_epochs", 30))
-    if epochs < 0:
-        raise UserError(f"--init_epochs must be 0 or more, got {epochs}")
-    init = [Stage("init", epochs, lr=init_lr, lr_decay_epochs=(), selects_best=False)]
-    return (init if epochs else []) + [Stage("main", args.epochs)]
-
-
-def model_name(model):
-    return getattr(model, "model_name", type(model).__name__)
-
-
-def stage_maps(model, shapes, method):
-    """Check that ``shapes`` (of some ``feats`` entries) are all conv maps (C, H, W)."""
-    if not shapes or any(len(s) != 3 for s in shapes):
-        raise UserError(f"--distill {method} needs convolutional feature maps, which "
-                        f"{model_name(model)} does not have; choose a convolutional model")
-    return shapes
-
-
-def parameters_except(distiller, module):
-    """The distiller's trainable parameters outside ``module`` (an extra of an earlier stage)."""
-    skip = {id(p) for p in module.parameters()}
-    return [p for p in distiller.trainable_parameters() if id(p) not in skip]
-
-
-def train_feat_modules_only(student):
-    """RepDistiller's init-stage modes: ``model_s.eval()`` then the feature modules back to
-    train, so layers outside ``get_feat_modules()`` (the classifier, WRN's last BN) keep
-    their running statistics."""
-    student.eval()
-    student.get_feat_modules().train()
 
 
 def ab_margin_loss(source: torch.Tensor, target: torch.Tensor, margin: float = 1.0) -> torch.Tensor:

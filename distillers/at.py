@@ -2,29 +2,9 @@
 import torch
 import torch.nn.functional as F
 
-from helper.errors import UserError
-
 from .base import Distiller
+from .common import conv_maps_or_error, pool_to_smaller
 from .registry import register_distiller
-
-
-def pool_to_smaller(f_s: torch.Tensor, f_t: torch.Tensor):
-    """Adaptive-average-pool the larger of two maps to the other's size, as RepDistiller
-    does for AT and VID (comparing heights)."""
-    if f_s.shape[2] > f_t.shape[2]:
-        f_s = F.adaptive_avg_pool2d(f_s, f_t.shape[2:])
-    elif f_s.shape[2] < f_t.shape[2]:
-        f_t = F.adaptive_avg_pool2d(f_t, f_s.shape[2:])
-    return f_s, f_t
-
-
-def conv_maps_or_error(model, feats_shapes, method):
-    """The intermediate stage maps ``feats[1:-1]``; a UserError when they are not maps."""
-    inner = feats_shapes[1:-1]
-    if not inner or any(len(s) != 3 for s in inner):
-        raise UserError(f"--distill {method} needs convolutional stage maps, which "
-                        f"{type(model).__name__} does not have; choose a convolutional model")
-    return inner
 
 
 def attention_map(f: torch.Tensor, p: float = 2.0) -> torch.Tensor:

@@ -4,8 +4,8 @@ import torch.nn.functional as F
 
 from helper.errors import UserError
 
-from .ab import init_stages, model_name, stage_maps, train_feat_modules_only
 from .base import Distiller, Stage
+from .common import init_stages, model_name, stage_maps, train_feat_modules_only
 from .registry import register_distiller
 
 

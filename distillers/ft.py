@@ -3,9 +3,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .ab import init_stages, parameters_except, stage_maps
-from .at import pool_to_smaller
 from .base import Distiller
+from .common import init_stages, parameters_except, pool_to_smaller, stage_maps
 from .registry import register_distiller
 
 # RepDistiller's helper/pretrain.py pre-trains the paraphraser at lr 0.01 for these students

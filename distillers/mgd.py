@@ -11,6 +11,7 @@ from scipy.optimize import linear_sum_assignment
 from helper.errors import UserError
 
 from .base import Distiller
+from .common import model_name
 from .registry import register_distiller
 
 REDUCERS = ("amp", "rd", "sp", "sm")
@@ -82,10 +83,6 @@ def reduce_teacher(f_t, margin, index, channels, reducer="amp", absolute=False):
         m_pick = torch.randint(groups, (channels, 1), device=m.device)
         return t.gather(2, pick).squeeze(2), m.gather(1, m_pick).squeeze(1)
     raise ValueError(f"unknown reducer {reducer!r}; choose one of {REDUCERS}")
-
-
-def _name(model):
-    return getattr(model, "model_name", type(model).__name__)
 
 
 @register_distiller("mgd")
@@ -186,15 +183,15 @@ class MGD(Distiller):
         s_shapes = student.feature_shapes(preact=True)[1:-1]
         t_shapes = teacher.feature_shapes(preact=True)[1:-1]
         if len(s_shapes) != len(t_shapes) or len(bns) != len(t_shapes):
-            raise UserError(f"--distill mgd pairs stages one to one: {_name(student)} has "
-                            f"{len(s_shapes)} stages, {_name(teacher)} {len(t_shapes)}; "
+            raise UserError(f"--distill mgd pairs stages one to one: {model_name(student)} has "
+                            f"{len(s_shapes)} stages, {model_name(teacher)} {len(t_shapes)}; "
                             "choose a student with as many stages as the teacher")
         for i, (s, t) in enumerate(zip(s_shapes, t_shapes), 1):
             if s[0] > t[0] or s[1:] != t[1:]:
                 raise UserError(
                     f"--distill mgd needs each student stage no wider than the teacher's and of "
                     f"the same spatial size: stage {i} is {'x'.join(map(str, s))} in "
-                    f"{_name(student)}, {'x'.join(map(str, t))} in {_name(teacher)}; "
+                    f"{model_name(student)}, {'x'.join(map(str, t))} in {model_name(teacher)}; "
                     "choose another pair")
         self.bn_s = nn.ModuleList(nn.BatchNorm2d(s[0]) for s in s_shapes)
         for i, (bn, s, t) in enumerate(zip(bns, s_shapes, t_shapes)):

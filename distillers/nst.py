@@ -2,8 +2,8 @@
 import torch
 import torch.nn.functional as F
 
-from .at import conv_maps_or_error, pool_to_smaller
 from .base import Distiller
+from .common import conv_maps_or_error, pool_to_smaller
 from .registry import register_distiller
 
 

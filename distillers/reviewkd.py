@@ -5,6 +5,7 @@ import torch.nn.functional as F
 
 from helper.errors import UserError
 from .base import Distiller
+from .common import conv_maps_or_error
 from .registry import register_distiller
 
 
@@ -99,11 +100,8 @@ class ReviewKD(Distiller):
     def __init__(self, student, teacher, args, data_info=None):
         super().__init__(student, teacher, args, data_info)
         s_all, t_all = student.feature_shapes(preact=False), teacher.feature_shapes(preact=True)
-        for model, shapes in ((student, s_all), (teacher, t_all)):
-            if len(shapes) < 3 or any(len(s) != 3 for s in shapes[1:-1]):
-                raise UserError(f"--distill reviewkd needs convolutional stage maps, which "
-                                f"{type(model).__name__} does not have; "
-                                "choose a convolutional model")
+        conv_maps_or_error(student, s_all, self.name)
+        conv_maps_or_error(teacher, t_all, self.name)
         s_shapes, t_shapes = _shapes(s_all), _shapes(t_all)
         if len(s_shapes) != len(t_shapes):
             raise UserError(f"--distill reviewkd pairs stages one to one, but the student has "

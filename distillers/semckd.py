@@ -5,6 +5,7 @@ import torch.nn.functional as F
 
 from helper.errors import UserError
 from .base import Distiller
+from .common import conv_maps_or_error
 from .registry import register_distiller
 
 
@@ -129,12 +130,8 @@ class SemCKD(Distiller):
 
     def __init__(self, student, teacher, args, data_info=None):
         super().__init__(student, teacher, args, data_info)
-        s_shapes, t_shapes = student.feature_shapes()[1:-1], teacher.feature_shapes()[1:-1]
-        for model, shapes in ((student, s_shapes), (teacher, t_shapes)):
-            if not shapes or any(len(s) != 3 for s in shapes):
-                raise UserError(f"--distill semckd needs convolutional stage maps, which "
-                                f"{type(model).__name__} does not have; "
-                                "choose a convolutional model")
+        s_shapes = conv_maps_or_error(student, student.feature_shapes(), self.name)
+        t_shapes = conv_maps_or_error(teacher, teacher.feature_shapes(), self.name)
         self.attention = CrossLayerAttention(
             [s[0] for s in s_shapes], [t[0] for t in t_shapes],
             max_batch=int(getattr(args, "batch_size", 64)),

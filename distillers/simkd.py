@@ -9,8 +9,8 @@ from models import create_model, register_deployed
 from models.base import FeatureModel
 
 from .base import Distiller, kd_loss
+from .common import reusable_classifier
 from .registry import register_distiller
-from .srrl import reusable_classifier
 
 
 def simkd_projector(s_channels: int, t_channels: int, factor: int = 2) -> nn.Sequential:

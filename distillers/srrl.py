@@ -3,27 +3,9 @@ Representation Learning" (ICLR)."""
 import torch.nn as nn
 import torch.nn.functional as F
 
-from helper.errors import UserError
-
 from .base import Distiller
+from .common import reusable_classifier
 from .registry import register_distiller
-
-
-def reusable_classifier(teacher, method: str, in_features: int) -> nn.Linear:
-    """The teacher's final ``nn.Linear`` taking ``in_features`` inputs, or a UserError."""
-    name = getattr(teacher, "model_name", type(teacher).__name__)
-    try:
-        classifier = teacher.get_classifier()
-    except NotImplementedError:
-        classifier = None
-    if not isinstance(classifier, nn.Linear):
-        raise UserError(f"--distill {method} reuses the teacher's classifier, but {name} has no "
-                        "single nn.Linear classifier; choose another teacher")
-    if classifier.in_features != in_features:
-        raise UserError(f"--distill {method} feeds the teacher's classifier a {in_features}-dim "
-                        f"feature, but {name}'s classifier takes {classifier.in_features}; "
-                        "choose another teacher")
-    return classifier
 
 
 def connector(c_in: int, c_out: int) -> nn.Sequential:

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 
 from helper.errors import UserError
 
-from .ab import model_name, parameters_except
 from .base import Distiller, Stage
+from .common import model_name, parameters_except
 from .registry import register_distiller
 
 

@@ -1,4 +1,6 @@
-"""Shared fixtures: small real data sets built from ../shared/data, tiny CIFAR-format files."""
+"""Shared fixtures: small real data sets built from ../shared/data, tiny CIFAR-format files,
+and untrained teacher checkpoints built once per session (helpers.py has the rest of the
+scaffolding of the method tests)."""
 import pickle
 import struct
 import sys
@@ -11,6 +13,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 sys.path.insert(0, str(REPO))
+pytest.register_assert_rewrite("helpers")
 
 torch.set_num_threads(1)
 
@@ -71,3 +74,27 @@ def write_cifar100(root, n_train=320, n_test=160, seed=0, size=32):
 @pytest.fixture(scope="session")
 def cifar100_small(tmp_path_factory):
     return write_cifar100(tmp_path_factory.mktemp("cifar100_small"))
+
+
+@pytest.fixture(scope="session")
+def cifar100_tiny(tmp_path_factory):
+    """100 training images (a batch of 64, then a smaller one of 36, which must train too) and
+    50 test images: for methods whose four runs on ``cifar100_small`` would take minutes on
+    one CPU thread."""
+    return write_cifar100(tmp_path_factory.mktemp("cifar100_tiny"), n_train=100, n_test=50)
+
+
+@pytest.fixture(scope="session")
+def teacher_ckpt(tmp_path_factory):
+    """``teacher_ckpt(name)``: the path of an untrained 100-class teacher checkpoint with
+    calibrated BatchNorm statistics (``helpers.save_teacher``), built once per name per session.
+    Tests only read it."""
+    from helpers import save_teacher  # imports the toolbox: only where a teacher is wanted
+    folder = tmp_path_factory.mktemp("teachers")
+
+    def get(name):
+        path = folder / f"{name}.pth"
+        if not path.exists():
+            save_teacher(name, path)
+        return path
+    return get

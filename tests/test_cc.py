@@ -1,5 +1,4 @@
 """CC: RepDistiller's loss and the kernel variants against loops, both embeddings trained, one epoch."""
-import json
 import math
 from types import SimpleNamespace
 
@@ -7,28 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-import train_student
-from distillers import get_distiller
 from distillers.cc import cc_loss_matrix, cc_loss_repdistiller, correlation_matrix
-from models import create_model
-
-PAIRS = [("resnet32x4", "resnet8x4"), ("wrn_40_2", "wrn_16_2"), ("vgg13", "vgg8"),
-         ("resnet32x4", "ShuffleV2")]
-
-
-def save_teacher(name, path):
-    """An untrained teacher checkpoint whose BatchNorm statistics are estimated on random images.
-    A raw initialisation keeps running statistics (0, 1) that blow its pooled features up to
-    hundreds in norm, far beyond a trained teacher's, and the default lr then diverges."""
-    torch.manual_seed(0)
-    model = create_model(name, 100)
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.momentum = None  # a plain average over the batches
-    with torch.no_grad():
-        for _ in range(2):
-            model.train()(torch.randn(64, 3, 32, 32))
-    torch.save({"model": model.state_dict(), "model_name": name}, path)
+from helpers import (PAIRS, assert_extras_round_trip, assert_extras_trainable, assert_gradients,
+                     make_distiller, one_epoch)
 
 
 def test_repdistiller_loss_matches_loop():
@@ -73,9 +53,7 @@ def _args(**kw):
 
 
 def _pair(student="resnet8x4", **kw):
-    torch.manual_seed(0)
-    s, t = create_model(student, 100), create_model("resnet32x4", 100)
-    return s, t, get_distiller("cc")(s, t, _args(**kw))
+    return make_distiller("cc", _args(**kw), student)
 
 
 @pytest.mark.parametrize("kernel", ["repdistiller", "gaussian", "bilinear"])
@@ -86,37 +64,20 @@ def test_gradients_reach_student_and_both_embeddings_not_teacher(kernel):
     _, losses = d.forward_train(torch.randn(4, 3, 32, 32), torch.randint(0, 100, (4,)))
     assert set(losses) == {"cls", "cc"}
     losses["cc"].backward()
-    assert student.conv1.weight.grad.abs().sum() > 0
-    for embed in (d.embed_s, d.embed_t):
-        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in embed.parameters())
-    assert all(p.grad is None for p in teacher.parameters())
+    assert_gradients(student, teacher, d.embed_s, d.embed_t)
 
 
 def test_extras_are_trained_and_saved():
     student, _, d = _pair(cc_feat_dim=16)
-    trainable = {id(p) for p in d.trainable_parameters()}
-    assert all(id(p) in trainable for m in (d.embed_s, d.embed_t) for p in m.parameters())
+    assert_extras_trainable(d, d.embed_s, d.embed_t)
     state = d.extra_state_dict()
     assert set(state) == {"embed_s.weight", "embed_s.bias", "embed_t.weight", "embed_t.bias"}
     assert state["embed_s.weight"].shape == (16, 256)
     _, _, d2 = _pair(cc_feat_dim=16)
-    with torch.no_grad():
-        for p in d2.parameters():
-            p.add_(1.0)
-    d2.load_extra_state_dict({k: v.clone() for k, v in state.items()})
-    for k, v in d2.extra_state_dict().items():
-        assert torch.equal(v, state[k]), k
+    assert_extras_round_trip(state, d2, shift=d2.parameters())
 
 
 @pytest.mark.parametrize("teacher,student", PAIRS)
-def test_one_epoch(teacher, student, cifar100_small, tmp_path):
-    ckpt = tmp_path / f"{teacher}.pth"
-    save_teacher(teacher, ckpt)
-    # the loop stops with an error on a non-finite loss
-    train_student.main(["--distill", "cc", "--model_s", student, "--path_t", str(ckpt),
-                        "--dataset", "cifar100", "--data_folder", str(cifar100_small),
-                        "--save_folder", str(tmp_path), "--epochs", "1", "--batch_size", "64",
-                        "--print_freq", "1000"])
-    summary = json.loads(next(tmp_path.glob("students/*/summary.json")).read_text())
-    assert summary["epochs_done"] == 1 and np.isfinite(summary["last_acc"])
+def test_one_epoch(teacher, student, cifar100_small, tmp_path, teacher_ckpt):
+    _, summary = one_epoch("cc", teacher_ckpt(teacher), student, cifar100_small, tmp_path)
     assert summary["parameters"]["extras"] > 0

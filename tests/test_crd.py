@@ -1,6 +1,5 @@
 """CRD: the NCE loss and the memory against hand computations, the contrast sampler, the
 contract (gradients, extras, checkpoints), real runs and an exact --resume."""
-import json
 import math
 from types import SimpleNamespace
 
@@ -9,12 +8,11 @@ import pytest
 import torch
 
 import distillers.crd  # noqa: F401  (registers crd until distillers/__init__ imports it)
-import train_student
 from dataset.crd import ContrastLoader, ContrastSampler
-from distillers import get_distiller
 from distillers.crd import ContrastMemory, bank_scores, contrast_loss
 from helper.errors import UserError
-from models import create_model
+from helpers import (PAIRS, assert_extras_round_trip, assert_extras_trainable, assert_gradients,
+                     assert_resume_is_exact, make_distiller, one_epoch, run_student)
 
 
 def test_contrast_loss_matches_formula():
@@ -141,9 +139,9 @@ def _args(**kw):
 
 
 def _crd(n_data=24):
-    torch.manual_seed(0)
-    student, teacher = create_model("resnet8", 100), create_model("resnet14", 100)
-    return get_distiller("crd")(student, teacher, _args(), data_info={"train_size": n_data}), student, teacher
+    student, teacher, d = make_distiller("crd", _args(), "resnet8", "resnet14",
+                                         data_info={"train_size": n_data})
+    return d, student, teacher
 
 
 def _batch(n_data=24):
@@ -160,15 +158,13 @@ def test_gradients_reach_student_and_embeddings_not_teacher():
     _, losses = distiller.forward_train(images, targets, index=index, contrast_index=cidx)
     assert set(losses) == {"cls", "kd", "crd"} and torch.isfinite(losses["crd"])
     sum(losses.values()).backward()
-    assert all(p.grad is not None for p in student.parameters())
-    assert all(p.grad is not None for m in (distiller.embed_s, distiller.embed_t) for p in m.parameters())
-    assert all(p.grad is None for p in teacher.parameters())
+    assert_gradients(student, teacher, distiller.embed_s, distiller.embed_t,
+                     every_student_param=True, extras_nonzero=False)
 
 
 def test_extras_are_trained_saved_and_round_trip_bit_exactly():
     distiller, student, _ = _crd()
-    params = {id(p) for p in distiller.trainable_parameters()}
-    assert all(id(p) in params for m in (distiller.embed_s, distiller.embed_t) for p in m.parameters())
+    assert_extras_trainable(distiller, distiller.embed_s, distiller.embed_t)
     extra_params = sum(p.numel() for p in distiller.trainable_parameters()) - sum(
         p.numel() for p in student.parameters())
     assert extra_params == 2 * (64 * 16 + 16)
@@ -180,45 +176,20 @@ def test_extras_are_trained_saved_and_round_trip_bit_exactly():
     assert (state["memory.z"] > 0).all()
     other, _, _ = _crd()
     assert not torch.equal(other.memory.memory_s, state["memory.memory_s"])
-    other.load_extra_state_dict(state)
-    for k, v in other.extra_state_dict().items():
-        assert torch.equal(v, state[k]), k
+    assert_extras_round_trip(state, other)
 
 
-def _teacher(tmp_path, name):
-    path = tmp_path / f"{name}.pth"
-    torch.save({"model": create_model(name, 100).state_dict(), "model_name": name}, path)
-    return path
-
-
-def _run(data, save, teacher, student, *extra):
-    train_student.main(["--distill", "crd", "--model_s", student, "--path_t", str(teacher),
-                        "--dataset", "cifar100", "--data_folder", str(data), "--save_folder", str(save),
-                        "--epochs", "1", "--batch_size", "64", "--print_freq", "1000",
-                        "--nce_k", "128", *extra])
-
-
-@pytest.mark.parametrize("teacher,student", [("resnet32x4", "resnet8x4"), ("wrn_40_2", "wrn_16_2"),
-                                             ("vgg13", "vgg8"), ("resnet32x4", "ShuffleV2")])
-def test_one_epoch_on_cifar100_files(cifar100_small, tmp_path, teacher, student):
-    _run(cifar100_small, tmp_path, _teacher(tmp_path, teacher), student)
-    run = next((tmp_path / "students").iterdir())
-    summary = json.loads((run / "summary.json").read_text())
-    assert summary["epochs_done"] == 1 and summary["parameters"]["extras"] > 0
+@pytest.mark.parametrize("teacher,student", PAIRS)
+def test_one_epoch_on_cifar100_files(cifar100_small, tmp_path, teacher, student, teacher_ckpt):
+    run, summary = one_epoch("crd", teacher_ckpt(teacher), student, cifar100_small, tmp_path,
+                             "--nce_k", "128")
+    assert summary["parameters"]["extras"] > 0
     last = torch.load(run / "last.pth", weights_only=True)
     assert (last["extras"]["memory.z"] > 0).all()
 
 
-def test_resume_restores_memory_banks_exactly(cifar100_small, tmp_path):
-    teacher = _teacher(tmp_path, "resnet8")
-    flags = ["--deterministic", "--nce_k", "64"]
-    _run(cifar100_small, tmp_path / "a", teacher, "resnet8", *flags, "--epochs", "2")
-    _run(cifar100_small, tmp_path / "b", teacher, "resnet8", *flags, "--epochs", "1")
-    _run(cifar100_small, tmp_path / "b", teacher, "resnet8", *flags, "--epochs", "2", "--resume")
-    load = lambda f: torch.load(next((tmp_path / f / "students").iterdir()) / "last.pth", weights_only=True)
-    a, b = load("a"), load("b")
-    assert a["epoch"] == b["epoch"] == 2
-    for key in a["extras"]:
-        assert torch.equal(a["extras"][key], b["extras"][key]), key
-    for key in a["model"]:
-        assert torch.equal(a["model"][key], b["model"][key]), key
+def test_resume_restores_memory_banks_exactly(cifar100_small, tmp_path, teacher_ckpt):
+    def run(folder, *extra):
+        return run_student("crd", "resnet8", cifar100_small, tmp_path / folder, "--deterministic",
+                           "--nce_k", "64", *extra, teacher=teacher_ckpt("resnet8"))
+    assert_resume_is_exact(run)

@@ -1,21 +1,17 @@
 """CTKD (--ctkd) with KD: the lambda schedule and the reversed gradient against the
 reference's formulas, the KD term at the learned temperature, the temperature as an extra
 (trained, saved, restored exactly by --resume), one real epoch on four pairs."""
-import json
 import math
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 
-import train_student
 from distillers import get_distiller, kd_loss
 from distillers.ctkd import CurriculumTemperature, cosine_lambda
+from helpers import (PAIRS, assert_extras_round_trip, assert_gradients, assert_resume_is_exact,
+                     kd_by_hand, make_distiller, one_epoch, run_student)
 from models import create_model
-
-PAIRS = [("resnet32x4", "resnet8x4"), ("wrn_40_2", "wrn_16_2"), ("vgg13", "vgg8"),
-         ("resnet32x4", "ShuffleV2")]
 
 
 def _their_decay_value(i, decay_max=0.0, decay_min=-1.0, loops=10):
@@ -47,18 +43,7 @@ def _args(**kw):
 
 
 def _kd(**kw):
-    torch.manual_seed(0)
-    student, teacher = create_model("resnet8", 10), create_model("resnet14", 10)
-    return student, teacher, get_distiller("kd")(student, teacher, _args(**kw))
-
-
-def _kl_by_hand(s, t, T):
-    total = 0.0
-    for rs, rt in zip(s, t):
-        es, et = [math.exp(v / T) for v in rs], [math.exp(v / T) for v in rt]
-        ps, pt = [v / sum(es) for v in es], [v / sum(et) for v in et]
-        total += sum(q * (math.log(q) - math.log(p)) for p, q in zip(ps, pt))
-    return total / len(s) * T * T
+    return make_distiller("kd", _args(**kw), "resnet8", "resnet14", num_classes=10)
 
 
 def test_kd_term_uses_the_learned_temperature_and_trains_it_adversarially():
@@ -71,13 +56,12 @@ def test_kd_term_uses_the_learned_temperature_and_trains_it_adversarially():
     T = 1 + 20 / (1 + math.exp(-1.0))
     with torch.no_grad():
         logits_t = teacher(images)
-    expected = 0.9 * _kl_by_hand(logits.detach().tolist(), logits_t.tolist(), T)
+    expected = 0.9 * kd_by_hand(logits.detach().tolist(), logits_t.tolist(), T)
     # float32 KL between two near-uniform distributions (T ~ 15.6): ~1e-4 relative rounding
     assert losses["kd"].item() == pytest.approx(expected, rel=1e-3)
     losses["kd"].backward()
     param = d.temperature.param
-    assert all(p.grad is not None for p in student.parameters())
-    assert all(p.grad is None for p in teacher.parameters())
+    assert_gradients(student, teacher, every_student_param=True)
     # one SGD step on the temperature alone raises the KD loss (the reversed gradient)
     with torch.no_grad():
         param -= 100.0 * param.grad
@@ -96,42 +80,25 @@ def test_temperature_is_an_extra_and_round_trips():
     assert list(state) == ["temperature.param"]
     _, _, other = _kd()
     assert not torch.equal(other.temperature.param, state["temperature.param"])
-    other.load_extra_state_dict(state)
-    assert torch.equal(other.temperature.param, state["temperature.param"])
+    assert_extras_round_trip(state, other)
 
 
-def _teacher(tmp_path, name):
-    path = tmp_path / f"{name}.pth"
-    torch.save({"model": create_model(name, 100).state_dict(), "model_name": name}, path)
-    return path
-
-
-def _run(data, save, teacher, student, *extra):
-    train_student.main(["--distill", "kd", "--ctkd", "--model_s", student, "--path_t", str(teacher),
-                        "--dataset", "cifar100", "--data_folder", str(data), "--save_folder", str(save),
-                        "--epochs", "1", "--batch_size", "64", "--print_freq", "1000", *extra])
-    run = next((save / "students").iterdir())
-    return json.loads((run / "summary.json").read_text()), torch.load(run / "last.pth", weights_only=True)
-
-
-def test_resume_restores_the_temperature_exactly(cifar100_small, tmp_path):
-    teacher = _teacher(tmp_path, "resnet14")
-    flags = ["--deterministic", "--ctkd_loops", "2"]
-    _, a = _run(cifar100_small, tmp_path / "a", teacher, "resnet8", *flags, "--epochs", "2")
-    _run(cifar100_small, tmp_path / "b", teacher, "resnet8", *flags, "--epochs", "1")
-    _, b = _run(cifar100_small, tmp_path / "b", teacher, "resnet8", *flags, "--epochs", "2", "--resume")
-    assert a["epoch"] == b["epoch"] == 2
+def test_resume_restores_the_temperature_exactly(cifar100_small, tmp_path, teacher_ckpt):
+    def run(folder, *extra):
+        return run_student("kd", "resnet8", cifar100_small, tmp_path / folder, "--ctkd",
+                           "--deterministic", "--ctkd_loops", "2", *extra,
+                           teacher=teacher_ckpt("resnet14"))
+    a, b = assert_resume_is_exact(run)
     assert a["extras"]["temperature.param"] != 1.0  # it was trained
     assert torch.equal(a["extras"]["temperature.param"], b["extras"]["temperature.param"])
-    for key in a["model"]:
-        assert torch.equal(a["model"][key], b["model"][key]), key
 
 
 @pytest.mark.parametrize("teacher,student", PAIRS)
-def test_one_epoch(teacher, student, cifar100_small, tmp_path):
-    summary, last = _run(cifar100_small, tmp_path, _teacher(tmp_path, teacher), student)
-    assert summary["epochs_done"] == 1 and np.isfinite(summary["last_acc"])
+def test_one_epoch(teacher, student, cifar100_small, tmp_path, teacher_ckpt):
+    run, summary = one_epoch("kd", teacher_ckpt(teacher), student, cifar100_small, tmp_path,
+                             "--ctkd")
     assert summary["parameters"]["extras"] == 1
+    last = torch.load(run / "last.pth", weights_only=True)
     assert torch.isfinite(last["extras"]["temperature.param"])
 
 

@@ -1,6 +1,5 @@
 """DIST: the loss against numpy's correlation coefficients, gradients, no extras, one real
 epoch on four pairs."""
-import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -8,13 +7,8 @@ import pytest
 import torch
 
 import distillers.dist  # noqa: F401  (registers --distill dist)
-import train_student
-from distillers import get_distiller
 from distillers.dist import dist_loss
-from models import create_model
-
-PAIRS = [("resnet32x4", "resnet8x4"), ("wrn_40_2", "wrn_16_2"), ("vgg13", "vgg8"),
-         ("resnet32x4", "ShuffleV2")]
+from helpers import PAIRS, assert_gradients, assert_no_extras, make_distiller, one_epoch
 
 
 def _softmax(z, tau):
@@ -48,9 +42,7 @@ def _args(**kw):
 
 
 def test_terms_gradients_and_no_extras():
-    torch.manual_seed(0)
-    student, teacher = create_model("resnet8x4", 100), create_model("resnet32x4", 100)
-    d = get_distiller("dist")(student, teacher, _args())
+    student, teacher, d = make_distiller("dist", _args())
     d.train()
     images, targets = torch.randn(4, 3, 32, 32), torch.randint(0, 100, (4,))
     logits, losses = d.forward_train(images, targets)
@@ -59,22 +51,12 @@ def test_terms_gradients_and_no_extras():
         expected = 2.0 * dist_loss(logits, teacher(images), 1.0, 1.0, 4.0)
     assert torch.allclose(losses["dist"], expected)
     losses["dist"].backward()
-    assert all(p.grad is not None for p in student.parameters())
-    assert all(p.grad is None for p in teacher.parameters())
-    assert len(d.trainable_parameters()) == len(list(student.parameters()))
-    assert d.extra_state_dict() == {}
-    d.load_extra_state_dict({})
+    assert_gradients(student, teacher, every_student_param=True)
+    assert_no_extras(d, student)
 
 
 @pytest.mark.parametrize("teacher,student", PAIRS)
-def test_one_epoch(teacher, student, cifar100_small, tmp_path):
-    ckpt = tmp_path / f"{teacher}.pth"
-    torch.save({"model": create_model(teacher, 100).state_dict(), "model_name": teacher}, ckpt)
-    train_student.main(["--distill", "dist", "--model_s", student, "--path_t", str(ckpt),
-                        "--dataset", "cifar100", "--data_folder", str(cifar100_small),
-                        "--save_folder", str(tmp_path), "--epochs", "1", "--batch_size", "64",
-                        "--print_freq", "1000"])
-    summary = json.loads(next(tmp_path.glob("students/*/summary.json")).read_text())
-    assert summary["epochs_done"] == 1 and np.isfinite(summary["last_acc"])
+def test_one_epoch(teacher, student, cifar100_small, tmp_path, teacher_ckpt):
+    _, summary = one_epoch("dist", teacher_ckpt(teacher), student, cifar100_small, tmp_path)
     assert summary["parameters"]["extras"] == 0
     assert (summary["args"]["cls"], summary["args"]["div"], summary["args"]["beta"]) == (1, 0, 2)

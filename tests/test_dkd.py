@@ -1,21 +1,16 @@
 """DKD: the loss against a hand computation and KD's decomposition, warm-up, gradients,
 extras (none, or the CTKD temperature), one real epoch on four pairs."""
-import json
 import math
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 
 import distillers.dkd  # noqa: F401  (registers --distill dkd)
-import train_student
-from distillers import get_distiller, kd_loss
+from distillers import kd_loss
 from distillers.dkd import dkd_loss
-from models import create_model
-
-PAIRS = [("resnet32x4", "resnet8x4"), ("wrn_40_2", "wrn_16_2"), ("vgg13", "vgg8"),
-         ("resnet32x4", "ShuffleV2")]
+from helpers import (PAIRS, assert_extras_round_trip, assert_gradients, assert_no_extras,
+                     make_distiller, one_epoch)
 
 
 def _softmax(row, T):
@@ -69,9 +64,7 @@ def _args(**kw):
 
 
 def _pair(**kw):
-    torch.manual_seed(0)
-    student, teacher = create_model("resnet8x4", 100), create_model("resnet32x4", 100)
-    return student, teacher, get_distiller("dkd")(student, teacher, _args(**kw))
+    return make_distiller("dkd", _args(**kw))
 
 
 def test_warmup_and_terms():
@@ -97,10 +90,8 @@ def test_gradients_reach_student_not_teacher_and_no_extras():
     d.on_epoch_start(5)
     _, losses = d.forward_train(torch.randn(4, 3, 32, 32), torch.randint(0, 100, (4,)))
     losses["dkd"].backward()
-    assert all(p.grad is not None for p in student.parameters())
-    assert all(p.grad is None for p in teacher.parameters())
-    assert len(d.trainable_parameters()) == len(list(student.parameters()))
-    assert d.extra_state_dict() == {}
+    assert_gradients(student, teacher, every_student_param=True)
+    assert_no_extras(d, student)
 
 
 def test_ctkd_temperature_is_an_extra_with_gradient_and_round_trip():
@@ -118,32 +109,17 @@ def test_ctkd_temperature_is_an_extra_with_gradient_and_round_trip():
     _, _, other = _pair(ctkd=True)
     with torch.no_grad():
         other.temperature.param.fill_(-3.0)
-    other.load_extra_state_dict(state)
-    assert torch.equal(other.temperature.param, state["temperature.param"])
-
-
-def _teacher(tmp_path, name):
-    path = tmp_path / f"{name}.pth"
-    torch.save({"model": create_model(name, 100).state_dict(), "model_name": name}, path)
-    return path
-
-
-def _run(data, save, teacher, student, *extra):
-    train_student.main(["--distill", "dkd", "--model_s", student, "--path_t", str(teacher),
-                        "--dataset", "cifar100", "--data_folder", str(data), "--save_folder", str(save),
-                        "--epochs", "1", "--batch_size", "64", "--print_freq", "1000", *extra])
-    return json.loads(next((save / "students").glob("*/summary.json")).read_text())
+    assert_extras_round_trip(state, other)
 
 
 @pytest.mark.parametrize("teacher,student", PAIRS)
-def test_one_epoch(teacher, student, cifar100_small, tmp_path):
-    summary = _run(cifar100_small, tmp_path, _teacher(tmp_path, teacher), student)
-    assert summary["epochs_done"] == 1 and np.isfinite(summary["last_acc"])
+def test_one_epoch(teacher, student, cifar100_small, tmp_path, teacher_ckpt):
+    _, summary = one_epoch("dkd", teacher_ckpt(teacher), student, cifar100_small, tmp_path)
     assert summary["parameters"]["extras"] == 0
     assert summary["args"]["cls"] == 1 and summary["args"]["div"] == 0 and summary["args"]["beta"] == 1
 
 
-def test_one_epoch_with_both_switches(cifar100_small, tmp_path):
-    summary = _run(cifar100_small, tmp_path, _teacher(tmp_path, "resnet14"), "resnet8",
-                   "--ctkd", "--logit_stand", "--kd_T", "2")
-    assert summary["epochs_done"] == 1 and summary["parameters"]["extras"] == 1
+def test_one_epoch_with_both_switches(cifar100_small, tmp_path, teacher_ckpt):
+    _, summary = one_epoch("dkd", teacher_ckpt("resnet14"), "resnet8", cifar100_small, tmp_path,
+                           "--ctkd", "--logit_stand", "--kd_T", "2")
+    assert summary["parameters"]["extras"] == 1

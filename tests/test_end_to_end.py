@@ -87,10 +87,8 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(mnist_small, tmp_p
     assert all(torch.isfinite(v).all() for v in last["model"].values())
 
 
-def test_amp_bf16_and_channels_last_train_a_kd_student(cifar100_small, tmp_path):
-    teacher = tmp_path / "teacher.pth"
-    from models import create_model
-    torch.save({"model": create_model("resnet14", 100).state_dict(), "model_name": "resnet14"}, teacher)
+def test_amp_bf16_and_channels_last_train_a_kd_student(cifar100_small, tmp_path, teacher_ckpt):
+    teacher = teacher_ckpt("resnet14")
     train_student.main(["--path_t", str(teacher), "--model_s", "resnet8", "--distill", "kd",
                         "--dataset", "cifar100", "--data_folder", str(cifar100_small),
                         "--save_folder", str(tmp_path), "--epochs", "1", "--amp",

@@ -1,19 +1,15 @@
 """FitNet: the hint loss and regressor against hand computations, gradients, extras, one epoch."""
-import json
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-import train_student
-from distillers import Stage, get_distiller
+from distillers import Stage
 from distillers.fitnet import ConvReg, hint_loss
 from helper.errors import UserError
-from models import create_model
-
-PAIRS = [("resnet32x4", "resnet8x4"), ("wrn_40_2", "wrn_16_2"), ("vgg13", "vgg8"),
-         ("resnet32x4", "ShuffleV2")]
+from helpers import (PAIRS, assert_extras_round_trip, assert_extras_trainable, assert_gradients,
+                     make_distiller, one_epoch)
 
 
 def _args(**kw):
@@ -56,9 +52,7 @@ def test_regressor_matches_teacher_size(s_hw, t_hw, pooled):
 
 
 def _pair(**kw):
-    torch.manual_seed(0)
-    student, teacher = create_model("resnet8x4", 100), create_model("resnet32x4", 100)
-    return student, teacher, get_distiller("fitnet")(student, teacher, _args(**kw))
+    return make_distiller("fitnet", _args(**kw))
 
 
 def test_hint_gradients_reach_student_and_regressor_not_teacher():
@@ -67,25 +61,17 @@ def test_hint_gradients_reach_student_and_regressor_not_teacher():
     _, losses = d.forward_train(torch.randn(4, 3, 32, 32), torch.randint(0, 100, (4,)))
     assert set(losses) == {"cls", "kd", "hint"}
     losses["hint"].backward()
-    assert student.conv1.weight.grad.abs().sum() > 0
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in d.regressor.parameters())
-    assert all(p.grad is None for p in teacher.parameters())
+    assert_gradients(student, teacher, d.regressor)
 
 
 def test_extras_are_trained_and_saved():
     student, _, d = _pair()
-    trainable = {id(p) for p in d.trainable_parameters()}
-    assert all(id(p) in trainable for p in d.regressor.parameters())
+    assert_extras_trainable(d, d.regressor)
     state = d.extra_state_dict()
     assert {"regressor.conv.weight", "regressor.bn.running_mean"} <= set(state)
     assert not any(k.startswith("student.") for k in state)
     _, _, d2 = _pair()
-    with torch.no_grad():
-        for p in d2.regressor.parameters():
-            p.add_(1.0)
-    d2.load_extra_state_dict({k: v.clone() for k, v in state.items()})
-    for k, v in d2.extra_state_dict().items():
-        assert torch.equal(v, state[k]), k
+    assert_extras_round_trip(state, d2, shift=d2.regressor.parameters())
 
 
 def test_two_stage_variant_trains_only_up_to_the_hint_layer_first():
@@ -119,25 +105,11 @@ def test_hint_layer_must_be_a_feature_map():
         _pair(hint_layer=4)
 
 
-def run_one_epoch(method, teacher, student, data, tmp_path, extra=(), epochs_done=1):
-    ckpt = tmp_path / f"{teacher}.pth"
-    torch.save({"model": create_model(teacher, 100).state_dict(), "model_name": teacher}, ckpt)
-    # the loop stops with an error on a non-finite loss
-    train_student.main(["--distill", method, "--model_s", student, "--path_t", str(ckpt),
-                        "--dataset", "cifar100", "--data_folder", str(data),
-                        "--save_folder", str(tmp_path), "--epochs", "1", "--batch_size", "64",
-                        "--print_freq", "1000", *extra])
-    summary = json.loads(next(tmp_path.glob("students/*/summary.json")).read_text())
-    assert summary["epochs_done"] == epochs_done and np.isfinite(summary["last_acc"])
-    return summary
-
-
 @pytest.mark.parametrize("teacher,student", PAIRS)
-def test_one_epoch(teacher, student, cifar100_small, tmp_path):
-    run_one_epoch("fitnet", teacher, student, cifar100_small, tmp_path)
+def test_one_epoch(teacher, student, cifar100_small, tmp_path, teacher_ckpt):
+    one_epoch("fitnet", teacher_ckpt(teacher), student, cifar100_small, tmp_path)
 
 
-def test_two_stage_variant_through_the_script(cifar100_small, tmp_path):
-    summary = run_one_epoch("fitnet", "wrn_40_2", "wrn_16_2", cifar100_small, tmp_path,
-                            extra=["--fitnet_stage1_epochs", "1"], epochs_done=2)
-    assert summary["stages"] == ["hint", "main"]
+def test_two_stage_variant_through_the_script(cifar100_small, tmp_path, teacher_ckpt):
+    one_epoch("fitnet", teacher_ckpt("wrn_40_2"), "wrn_16_2", cifar100_small, tmp_path,
+              "--fitnet_stage1_epochs", "1", stages=["hint", "main"])

@@ -1,6 +1,5 @@
 """FSP: flow matrices and loss against hand computations, the two stages, the one-stage
 variant, and one epoch of each stage through train_student.main."""
-import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -9,13 +8,14 @@ import torch
 
 import distillers.ab  # noqa: F401  (registers ab, which adds the shared --init_epochs)
 import distillers.fsp  # noqa: F401
-import train_student
 from distillers import Stage, get_distiller
 from distillers.fsp import fsp_loss, fsp_matrices
 from helper.errors import UserError
+from helpers import (PAIRS, assert_gradients, assert_no_extras, make_distiller, one_epoch,
+                     one_line_user_error)
 from models import create_model
 
-PAIRS = [("resnet32x4", "resnet8x4"), ("wrn_40_2", "wrn_16_2"), ("vgg13", "vgg8")]
+FSP_PAIRS = PAIRS[:3]  # ShuffleV2 -> resnet32x4: the channels differ, a user error (below)
 INIT, MAIN = Stage("init", 1, lr_decay_epochs=(), selects_best=False), Stage("main", 1)
 
 
@@ -52,9 +52,7 @@ def test_fsp_matrices_and_loss_match_hand_computation():
 
 
 def _pair(**kw):
-    torch.manual_seed(0)
-    s, t = create_model("resnet8", 10), create_model("resnet14", 10)
-    return s, t, get_distiller("fsp")(s, t, _args(**kw))
+    return make_distiller("fsp", _args(**kw), "resnet8", "resnet14", num_classes=10)
 
 
 def test_init_stage_trains_feature_modules_on_fsp_alone():
@@ -65,9 +63,8 @@ def test_init_stage_trains_feature_modules_on_fsp_alone():
     _, losses = d.forward_train(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,)))
     assert set(losses) == {"fsp"}  # unweighted, as RepDistiller's pretrain.py
     losses["fsp"].backward()
-    assert all(p.grad is not None for p in student.get_feat_modules().parameters())
+    assert_gradients(student.get_feat_modules(), teacher, every_student_param=True)
     assert student.fc.weight.grad is None
-    assert all(p.grad is None for p in teacher.parameters())
     assert {id(p) for p in d.stage_parameters(INIT)} == {id(p) for p in student.get_feat_modules().parameters()}
     d.on_epoch_start(1, None, MAIN)
     d.train()
@@ -87,15 +84,13 @@ def test_one_stage_variant_weights_fsp_by_beta():
         f_t, _ = teacher(images, is_feat=True)
     assert torch.allclose(losses["fsp"], 2.0 * fsp_loss(f_s[:-1], f_t[:-1]))
     losses["fsp"].backward()
-    assert student.conv1.weight.grad.abs().sum() > 0
-    assert all(p.grad is None for p in teacher.parameters())
+    assert_gradients(student, teacher)
 
 
 def test_no_extras():
     student, _, d = _pair()
-    assert d.extra_state_dict() == {}
+    assert_no_extras(d, student)
     assert {id(p) for p in d.trainable_parameters()} == {id(p) for p in student.parameters()}
-    d.load_extra_state_dict({})
 
 
 def test_channel_mismatch_names_the_channels():
@@ -104,47 +99,22 @@ def test_channel_mismatch_names_the_channels():
         get_distiller("fsp")(create_model("resnet8", 10), create_model("resnet8x4", 10), _args())
 
 
-def teacher_checkpoint(name, path):
-    """An untrained teacher whose BN statistics are those of one batch of unit-variance inputs,
-    as a trained teacher's fit its data (with the initial 0/1 statistics an untrained deep
-    teacher's features grow so large that the FSP loss diverges)."""
-    torch.manual_seed(0)
-    model = create_model(name, 100)
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.momentum = None
-    with torch.no_grad():
-        model.train()(torch.randn(16, 3, 32, 32))
-    torch.save({"model": model.state_dict(), "model_name": name}, path)
-    return path
+@pytest.mark.parametrize("teacher,student", FSP_PAIRS)
+def test_one_epoch_per_stage(teacher, student, cifar100_small, tmp_path, teacher_ckpt):
+    _, summary = one_epoch("fsp", teacher_ckpt(teacher), student, cifar100_small, tmp_path,
+                           "--init_epochs", "1", stages=["init", "main"])
+    assert summary["finished"]
 
 
-def _main(teacher, student, data, tmp_path, extra=()):
-    ckpt = teacher_checkpoint(teacher, tmp_path / f"{teacher}.pth")
-    train_student.main(["--distill", "fsp", "--model_s", student, "--path_t", str(ckpt),
-                        "--dataset", "cifar100", "--data_folder", str(data),
-                        "--save_folder", str(tmp_path), "--init_epochs", "1", "--epochs", "1",
-                        "--batch_size", "64", "--print_freq", "1000", *extra])
-    return json.loads(next(tmp_path.glob("students/*/summary.json")).read_text())
-
-
-@pytest.mark.parametrize("teacher,student", PAIRS)
-def test_one_epoch_per_stage(teacher, student, cifar100_small, tmp_path):
-    summary = _main(teacher, student, cifar100_small, tmp_path)
-    assert summary["stages"] == ["init", "main"] and summary["epochs_done"] == 2
-    assert summary["finished"] and np.isfinite(summary["last_acc"])
-
-
-def test_one_stage_through_the_script(cifar100_small, tmp_path):
+def test_one_stage_through_the_script(cifar100_small, tmp_path, teacher_ckpt):
     # -b 1: the untrained teacher's FSP matrices make -b 50 diverge at lr 0.05 in one stage
-    summary = _main("wrn_40_2", "wrn_16_2", cifar100_small, tmp_path, ["--fsp_one_stage", "-b", "1"])
-    assert summary["stages"] == ["main"] and summary["epochs_done"] == 1 and summary["finished"]
+    _, summary = one_epoch("fsp", teacher_ckpt("wrn_40_2"), "wrn_16_2", cifar100_small, tmp_path,
+                           "--init_epochs", "1", "--fsp_one_stage", "-b", "1", stages=["main"])
+    assert summary["finished"]
 
 
-def test_shufflenet_student_is_a_user_error(cifar100_small, tmp_path, capsys):
-    with pytest.raises(SystemExit) as e:
-        _main("resnet32x4", "ShuffleV2", cifar100_small, tmp_path)
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "ShuffleV2 has [24, 116, 232, 464]" in err[0]
+def test_shufflenet_student_is_a_user_error(cifar100_small, tmp_path, capsys, teacher_ckpt):
+    err = one_line_user_error(capsys, "fsp", "ShuffleV2", cifar100_small, tmp_path,
+                              "--init_epochs", "1", teacher=teacher_ckpt("resnet32x4"))
+    assert "ShuffleV2 has [24, 116, 232, 464]" in err
     assert not list(tmp_path.glob("students/*/last.pth"))

@@ -1,6 +1,5 @@
 """FT: the factor loss against hand computations, paraphraser/translator shapes, the two
 stages' gradients, extras, and one epoch of each stage through train_student.main."""
-import json
 import math
 from types import SimpleNamespace
 
@@ -10,13 +9,10 @@ import torch
 
 import distillers.ab  # noqa: F401  (registers ab, which adds the shared --init_epochs)
 import distillers.ft  # noqa: F401
-import train_student
-from distillers import Stage, get_distiller
+from distillers import Stage
 from distillers.ft import Paraphraser, Translator, ft_loss
-from models import create_model
-
-PAIRS = [("resnet32x4", "resnet8x4"), ("wrn_40_2", "wrn_16_2"), ("vgg13", "vgg8"),
-         ("resnet32x4", "ShuffleV2")]
+from helpers import (PAIRS, assert_extras_round_trip, assert_extras_trainable, assert_gradients,
+                     make_distiller, one_epoch)
 INIT, MAIN = Stage("init", 1, lr_decay_epochs=(), selects_best=False), Stage("main", 1)
 
 
@@ -63,9 +59,7 @@ def test_paraphraser_and_translator_shapes():
 
 
 def _pair(**kw):
-    torch.manual_seed(0)
-    s, t = create_model("resnet8", 10), create_model("resnet8x4", 10)
-    return s, t, get_distiller("ft")(s, t, _args(**kw))
+    return make_distiller("ft", _args(**kw), "resnet8", "resnet8x4", num_classes=10)
 
 
 def test_init_stage_trains_the_paraphraser_alone():
@@ -93,9 +87,8 @@ def test_main_stage_trains_student_and_translator():
     _, losses = d.forward_train(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,)))
     assert set(losses) == {"cls", "ft"}
     losses["ft"].backward()
-    assert student.conv1.weight.grad.abs().sum() > 0
-    assert all(p.grad is not None for p in d.translator.parameters())
-    assert all(p.grad is None for p in [*d.paraphraser.parameters(), *teacher.parameters()])
+    assert_gradients(student, teacher, d.translator, extras_nonzero=False)
+    assert all(p.grad is None for p in d.paraphraser.parameters())
     chosen = {id(p) for p in d.stage_parameters(MAIN)}
     assert chosen == {id(p) for p in [*student.parameters(), *d.translator.parameters()]}
 
@@ -109,39 +102,15 @@ def test_init_lr_follows_repdistiller():
 
 def test_extras_are_trained_and_saved():
     _, _, d = _pair()
-    trainable = {id(p) for p in d.trainable_parameters()}
-    assert all(id(p) in trainable for m in (d.paraphraser, d.translator) for p in m.parameters())
+    assert_extras_trainable(d, d.paraphraser, d.translator)
     state = d.extra_state_dict()
     assert {"paraphraser.encoder.0.weight", "translator.encoder.1.running_mean"} <= set(state)
     _, _, d2 = _pair()
-    with torch.no_grad():
-        for p in d2.parameters():
-            p.add_(1.0)
-    d2.load_extra_state_dict({k: v.clone() for k, v in state.items()})
-    assert all(torch.equal(v, state[k]) for k, v in d2.extra_state_dict().items())
-
-
-def teacher_checkpoint(name, path):
-    """An untrained teacher whose BN statistics are those of one batch of unit-variance inputs,
-    as a trained teacher's fit its data."""
-    torch.manual_seed(0)
-    model = create_model(name, 100)
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.momentum = None
-    with torch.no_grad():
-        model.train()(torch.randn(16, 3, 32, 32))
-    torch.save({"model": model.state_dict(), "model_name": name}, path)
-    return path
+    assert_extras_round_trip(state, d2, shift=d2.parameters())
 
 
 @pytest.mark.parametrize("teacher,student", PAIRS)
-def test_one_epoch_per_stage(teacher, student, cifar100_small, tmp_path):
-    ckpt = teacher_checkpoint(teacher, tmp_path / f"{teacher}.pth")
-    train_student.main(["--distill", "ft", "--model_s", student, "--path_t", str(ckpt),
-                        "--dataset", "cifar100", "--data_folder", str(cifar100_small),
-                        "--save_folder", str(tmp_path), "--init_epochs", "1", "--epochs", "1",
-                        "--batch_size", "64", "--print_freq", "1000"])
-    summary = json.loads(next(tmp_path.glob("students/*/summary.json")).read_text())
-    assert summary["stages"] == ["init", "main"] and summary["epochs_done"] == 2
-    assert summary["finished"] and np.isfinite(summary["last_acc"])
+def test_one_epoch_per_stage(teacher, student, cifar100_small, tmp_path, teacher_ckpt):
+    _, summary = one_epoch("ft", teacher_ckpt(teacher), student, cifar100_small, tmp_path,
+                           "--init_epochs", "1", stages=["init", "main"])
+    assert summary["finished"]

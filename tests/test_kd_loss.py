@@ -1,28 +1,19 @@
 """KD's loss against a value computed by hand, and the base distiller's contract."""
-import math
 from types import SimpleNamespace
 
 import torch
 
 from distillers import get_distiller, kd_loss
 from helper.loop import step_lr
+from helpers import assert_gradients, kd_by_hand, make_distiller
 from models import create_model
-
-
-def _softmax(row, T):
-    e = [math.exp(v / T) for v in row]
-    return [v / sum(e) for v in e]
 
 
 def test_kd_loss_matches_hand_computation():
     s = [[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]]
     t = [[2.0, 1.0, 0.0], [1.0, 1.0, 1.5]]
     T = 4.0
-    expected = 0.0
-    for rs, rt in zip(s, t):
-        ps, pt = _softmax(rs, T), _softmax(rt, T)
-        expected += sum(q * (math.log(q) - math.log(p)) for p, q in zip(ps, pt))
-    expected = expected / len(s) * T * T
+    expected = kd_by_hand(s, t, T)
     got = kd_loss(torch.tensor(s), torch.tensor(t), T).item()
     assert abs(got - expected) < 1e-6
 
@@ -40,9 +31,8 @@ def _args(**kw):
 
 
 def test_kd_distiller_terms_gradients_and_frozen_teacher():
-    torch.manual_seed(0)
-    student, teacher = create_model("resnet8", 10), create_model("resnet14", 10)
-    distiller = get_distiller("kd")(student, teacher, _args(cls=0.5, div=2.0))
+    student, teacher, distiller = make_distiller("kd", _args(cls=0.5, div=2.0), "resnet8",
+                                                 "resnet14", num_classes=10)
     distiller.train()
     assert not teacher.training and all(not p.requires_grad for p in teacher.parameters())
     images, targets = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
@@ -54,8 +44,7 @@ def test_kd_distiller_terms_gradients_and_frozen_teacher():
     assert torch.allclose(losses["cls"], expected_cls)
     assert torch.allclose(losses["kd"], 2.0 * kd_loss(logits, logits_t, 4.0))
     sum(losses.values()).backward()
-    assert all(p.grad is not None for p in student.parameters())
-    assert all(p.grad is None for p in teacher.parameters())
+    assert_gradients(student, teacher, every_student_param=True)
     # The teacher is not part of the trainable or saved state.
     assert len(distiller.trainable_parameters()) == len(list(student.parameters()))
     assert not any(k.startswith("teacher") for k in distiller.state_dict())

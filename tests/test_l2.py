@@ -1,5 +1,4 @@
 """L2 and PAD-L2: the losses against hand computations, the variance branch, stages, one epoch."""
-import json
 import math
 from types import SimpleNamespace
 
@@ -8,28 +7,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-import train_student
-from distillers import Stage, get_distiller
+from distillers import Stage
 from distillers.l2 import pad_l2_loss
-from models import create_model
-
-PAIRS = [("resnet32x4", "resnet8x4"), ("wrn_40_2", "wrn_16_2"), ("vgg13", "vgg8"),
-         ("resnet32x4", "ShuffleV2")]
-
-
-def save_teacher(name, path):
-    """An untrained teacher checkpoint whose BatchNorm statistics are estimated on random images.
-    A raw initialisation keeps running statistics (0, 1) that blow its pooled features up to
-    hundreds in norm, far beyond a trained teacher's, and the default lr then diverges."""
-    torch.manual_seed(0)
-    model = create_model(name, 100)
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.momentum = None  # a plain average over the batches
-    with torch.no_grad():
-        for _ in range(2):
-            model.train()(torch.randn(64, 3, 32, 32))
-    torch.save({"model": model.state_dict(), "model_name": name}, path)
+from helpers import (PAIRS, assert_extras_round_trip, assert_extras_trainable, assert_gradients,
+                     make_distiller, one_epoch)
 
 
 def test_pad_l2_loss_matches_hand_computation():
@@ -49,9 +30,7 @@ def _args(**kw):
 
 
 def _pair(method, student="resnet8x4", teacher="resnet32x4", **kw):
-    torch.manual_seed(0)
-    s, t = create_model(student, 100), create_model(teacher, 100)
-    return s, t, get_distiller(method)(s, t, _args(**kw))
+    return make_distiller(method, _args(**kw), student, teacher)
 
 
 def test_l2_matches_hand_computation_and_connects_widths():
@@ -96,10 +75,7 @@ def test_stages_compute_their_own_loss_and_gradients():
     _, losses = d.forward_train(x, y)
     assert set(losses) == {"cls", "pad_l2"}
     losses["pad_l2"].backward()
-    assert student.conv1.weight.grad.abs().sum() > 0
-    for module in (d.var_head, d.connector):
-        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
-    assert all(p.grad is None for p in teacher.parameters())
+    assert_gradients(student, teacher, d.var_head, d.connector)
 
 
 def test_pad_l2_uses_the_variance_branch_of_the_student_feature():
@@ -121,45 +97,22 @@ def test_pad_l2_uses_the_variance_branch_of_the_student_feature():
 
 def test_extras_are_trained_and_saved():
     _, _, d = _pair("pad_l2", student="ShuffleV2")
-    trainable = {id(p) for p in d.trainable_parameters()}
-    assert all(id(p) in trainable for m in (d.var_head, d.connector) for p in m.parameters())
+    assert_extras_trainable(d, d.var_head, d.connector)
     state = d.extra_state_dict()
     assert {"connector.weight", "var_head.0.weight", "var_head.1.running_var"} <= set(state)
     _, _, d2 = _pair("pad_l2", student="ShuffleV2")
-    with torch.no_grad():
-        for p in d2.parameters():
-            p.add_(1.0)
-        d2.var_head[1].running_mean.add_(1.0)
-    d2.load_extra_state_dict({k: v.clone() for k, v in state.items()})
-    for k, v in d2.extra_state_dict().items():
-        assert torch.equal(v, state[k]), k
-
-
-def _run(method, teacher, student, data, tmp_path, extra=()):
-    ckpt = tmp_path / f"{teacher}.pth"
-    save_teacher(teacher, ckpt)
-    # the loop stops with an error on a non-finite loss
-    train_student.main(["--distill", method, "--model_s", student, "--path_t", str(ckpt),
-                        "--dataset", "cifar100", "--data_folder", str(data),
-                        "--save_folder", str(tmp_path), "--epochs", "1", "--batch_size", "64",
-                        "--print_freq", "1000", *extra])
-    run = next(tmp_path.glob("students/*"))
-    summary = json.loads((run / "summary.json").read_text())
-    assert np.isfinite(summary["last_acc"])
-    return run, summary
+    assert_extras_round_trip(state, d2, shift=[*d2.parameters(), d2.var_head[1].running_mean])
 
 
 @pytest.mark.parametrize("teacher,student", PAIRS)
-def test_l2_one_epoch(teacher, student, cifar100_small, tmp_path):
-    _, summary = _run("l2", teacher, student, cifar100_small, tmp_path)
-    assert summary["epochs_done"] == 1
+def test_l2_one_epoch(teacher, student, cifar100_small, tmp_path, teacher_ckpt):
+    one_epoch("l2", teacher_ckpt(teacher), student, cifar100_small, tmp_path)
 
 
 @pytest.mark.parametrize("teacher,student", PAIRS)
-def test_pad_l2_runs_both_stages(teacher, student, cifar100_small, tmp_path):
-    run, summary = _run("pad_l2", teacher, student, cifar100_small, tmp_path,
-                        extra=["--pad_l2_l2_epochs", "1"])
-    assert summary["stages"] == ["l2", "pad"] and summary["epochs_done"] == 2
+def test_pad_l2_runs_both_stages(teacher, student, cifar100_small, tmp_path, teacher_ckpt):
+    run, summary = one_epoch("pad_l2", teacher_ckpt(teacher), student, cifar100_small, tmp_path,
+                             "--pad_l2_l2_epochs", "1", stages=["l2", "pad"])
     assert summary["finished"] and summary["stage"] == "pad"
     assert summary["best_epoch"] in (0, 2)  # the L2 stage does not compete for best.pth
     assert torch.load(run / "last.pth", weights_only=False)["stage"] == "pad"

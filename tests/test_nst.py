@@ -1,19 +1,15 @@
 """NST: the squared MMD against a loop over channel pairs, pooling, gradients, one epoch."""
-import json
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-import train_student
 from distillers import get_distiller
 from distillers.nst import nst_loss
 from helper.errors import UserError
+from helpers import PAIRS, assert_gradients, assert_no_extras, make_distiller, one_epoch
 from models import create_model
-
-PAIRS = [("resnet32x4", "resnet8x4"), ("wrn_40_2", "wrn_16_2"), ("vgg13", "vgg8"),
-         ("resnet32x4", "ShuffleV2")]
 
 
 def _mmd2(f_s, f_t):
@@ -43,10 +39,7 @@ def test_larger_map_is_average_pooled():
 
 
 def _pair():
-    torch.manual_seed(0)
-    student, teacher = create_model("resnet8x4", 100), create_model("resnet32x4", 100)
-    args = SimpleNamespace(cls=1.0, div=0.0, beta=50.0, kd_T=4.0)
-    return student, teacher, get_distiller("nst")(student, teacher, args)
+    return make_distiller("nst", SimpleNamespace(cls=1.0, div=0.0, beta=50.0, kd_T=4.0))
 
 
 def test_gradients_reach_student_not_teacher_and_no_extras():
@@ -59,11 +52,8 @@ def test_gradients_reach_student_not_teacher_and_no_extras():
         g_s, g_t = student(x, is_feat=True)[0][1:-1], teacher(x, is_feat=True)[0][1:-1]
     assert torch.allclose(losses["nst"], 50 * sum(nst_loss(s, t) for s, t in zip(g_s, g_t)))
     losses["nst"].backward()
-    assert student.conv1.weight.grad.abs().sum() > 0
-    assert all(p.grad is None for p in teacher.parameters())
-    assert len(d.trainable_parameters()) == len(list(student.parameters()))
-    assert d.extra_state_dict() == {}
-    d.load_extra_state_dict({})
+    assert_gradients(student, teacher)
+    assert_no_extras(d, student)
 
 
 def test_models_without_maps_are_refused():
@@ -73,13 +63,5 @@ def test_models_without_maps_are_refused():
 
 
 @pytest.mark.parametrize("teacher,student", PAIRS)
-def test_one_epoch(teacher, student, cifar100_small, tmp_path):
-    ckpt = tmp_path / f"{teacher}.pth"
-    torch.save({"model": create_model(teacher, 100).state_dict(), "model_name": teacher}, ckpt)
-    # the loop stops with an error on a non-finite loss
-    train_student.main(["--distill", "nst", "--model_s", student, "--path_t", str(ckpt),
-                        "--dataset", "cifar100", "--data_folder", str(cifar100_small),
-                        "--save_folder", str(tmp_path), "--epochs", "1", "--batch_size", "64",
-                        "--print_freq", "1000"])
-    summary = json.loads(next(tmp_path.glob("students/*/summary.json")).read_text())
-    assert summary["epochs_done"] == 1 and np.isfinite(summary["last_acc"])
+def test_one_epoch(teacher, student, cifar100_small, tmp_path, teacher_ckpt):
+    one_epoch("nst", teacher_ckpt(teacher), student, cifar100_small, tmp_path)

@@ -1,5 +1,4 @@
 """PKT: the loss against a loop over sample pairs, gradients, no extras, one epoch."""
-import json
 import math
 from types import SimpleNamespace
 
@@ -7,13 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-import train_student
-from distillers import get_distiller
 from distillers.pkt import pkt_loss
-from models import create_model
-
-PAIRS = [("resnet32x4", "resnet8x4"), ("wrn_40_2", "wrn_16_2"), ("vgg13", "vgg8"),
-         ("resnet32x4", "ShuffleV2")]
+from helpers import PAIRS, assert_gradients, assert_no_extras, make_distiller, one_epoch
 EPS = 1e-7
 
 
@@ -41,10 +35,7 @@ def test_pkt_loss_is_zero_for_scaled_features_and_ignores_zero_rows():
 
 
 def _pair():
-    torch.manual_seed(0)
-    student, teacher = create_model("resnet8x4", 100), create_model("resnet32x4", 100)
-    args = SimpleNamespace(cls=1.0, div=0.0, beta=30000.0, kd_T=4.0)
-    return student, teacher, get_distiller("pkt")(student, teacher, args)
+    return make_distiller("pkt", SimpleNamespace(cls=1.0, div=0.0, beta=30000.0, kd_T=4.0))
 
 
 def test_gradients_reach_student_not_teacher_and_no_extras():
@@ -53,21 +44,10 @@ def test_gradients_reach_student_not_teacher_and_no_extras():
     _, losses = d.forward_train(torch.randn(4, 3, 32, 32), torch.randint(0, 100, (4,)))
     assert set(losses) == {"cls", "pkt"}
     losses["pkt"].backward()
-    assert student.conv1.weight.grad.abs().sum() > 0
-    assert all(p.grad is None for p in teacher.parameters())
-    assert len(d.trainable_parameters()) == len(list(student.parameters()))
-    assert d.extra_state_dict() == {}
-    d.load_extra_state_dict({})
+    assert_gradients(student, teacher)
+    assert_no_extras(d, student)
 
 
 @pytest.mark.parametrize("teacher,student", PAIRS)
-def test_one_epoch(teacher, student, cifar100_small, tmp_path):
-    ckpt = tmp_path / f"{teacher}.pth"
-    torch.save({"model": create_model(teacher, 100).state_dict(), "model_name": teacher}, ckpt)
-    # the loop stops with an error on a non-finite loss
-    train_student.main(["--distill", "pkt", "--model_s", student, "--path_t", str(ckpt),
-                        "--dataset", "cifar100", "--data_folder", str(cifar100_small),
-                        "--save_folder", str(tmp_path), "--epochs", "1", "--batch_size", "64",
-                        "--print_freq", "1000"])
-    summary = json.loads(next(tmp_path.glob("students/*/summary.json")).read_text())
-    assert summary["epochs_done"] == 1 and np.isfinite(summary["last_acc"])
+def test_one_epoch(teacher, student, cifar100_small, tmp_path, teacher_ckpt):
+    one_epoch("pkt", teacher_ckpt(teacher), student, cifar100_small, tmp_path)

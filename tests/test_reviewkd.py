@@ -1,5 +1,4 @@
 """ReviewKD: HCL and ABF against computations written out here, warm-up, features, state, runs."""
-import json
 import math
 from types import SimpleNamespace
 
@@ -8,11 +7,11 @@ import pytest
 import torch
 
 import distillers.reviewkd  # noqa: F401  (registers --distill reviewkd)
-import train_student
-from conftest import write_cifar100
 from distillers import get_distiller
 from distillers.reviewkd import ABF, hcl_loss
 from helper.errors import UserError
+from helpers import (PAIRS, assert_extras_round_trip, assert_extras_trainable, assert_gradients,
+                     make_distiller, one_epoch)
 from models import create_model
 
 
@@ -73,9 +72,8 @@ def test_abf_fuses_with_the_upsampled_residual_and_resizes_to_the_teacher():
 
 
 def _distiller(**kw):
-    torch.manual_seed(0)
-    student, teacher = create_model("resnet8", 100), create_model("resnet14", 100)
-    return get_distiller("reviewkd")(student, teacher, _args(**kw)), student, teacher
+    student, teacher, d = make_distiller("reviewkd", _args(**kw), "resnet8", "resnet14")
+    return d, student, teacher
 
 
 def test_warm_up_counts_epochs_from_zero_as_the_reference():
@@ -114,28 +112,21 @@ def test_gradients_reach_student_and_every_abf_never_the_teacher():
     distiller.on_epoch_start(30)
     _, losses = distiller.forward_train(torch.randn(8, 3, 32, 32), torch.randint(0, 100, (8,)))
     sum(losses.values()).backward()
-    assert all(p.grad is not None for p in student.parameters())
     extras = [p for n, p in distiller.named_parameters() if not n.startswith("student.")]
     assert len(extras) == 4 * 6 + 3 * 2  # 4 ABFs: conv+BN twice each; attention conv in 3
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in extras)
-    assert all(p.grad is None for p in teacher.parameters())
+    assert_gradients(student, teacher, extras, every_student_param=True)
 
 
 def test_extras_are_trained_and_saved_and_round_trip():
     distiller, student, _ = _distiller()
     trainable = {id(p) for p in distiller.trainable_parameters()}
     extras = {n: p for n, p in distiller.named_parameters() if not n.startswith("student.")}
-    assert all(id(p) in trainable for p in extras.values())
+    assert_extras_trainable(distiller, extras.values())
     assert len(trainable) == len(extras) + len(list(student.parameters()))
     saved = {k: v.clone() for k, v in distiller.extra_state_dict().items()}
     assert set(extras) <= set(saved) and any("running_var" in k for k in saved)
     other, _, _ = _distiller()
-    with torch.no_grad():
-        for p in other.abfs.parameters():
-            p.add_(1.0)
-    other.load_extra_state_dict(saved)
-    for k, v in other.extra_state_dict().items():
-        assert torch.equal(v, saved[k]), k
+    assert_extras_round_trip(saved, other, shift=other.abfs.parameters())
 
 
 def test_shapes_follow_the_models_and_stage_counts_must_match():
@@ -155,42 +146,11 @@ def test_models_without_stage_maps_are_refused():
         get_distiller("reviewkd")(create_model("mlp_800", 10), create_model("resnet8", 10), _args())
 
 
-@pytest.fixture(scope="module")
-def cifar100_tiny(tmp_path_factory):
-    """100 training images (a batch of 64, then 36); smaller than ``cifar100_small`` to keep
-    the four runs short on one CPU thread."""
-    return write_cifar100(tmp_path_factory.mktemp("cifar100_tiny"), n_train=100, n_test=50)
-
-
-def save_teacher(name, path):
-    """An untrained teacher whose BatchNorm statistics are set from one batch, so that its
-    features have the scale of a trained network's rather than growing with depth."""
-    torch.manual_seed(0)
-    model = create_model(name, 100)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.momentum = None
-    model.train()
-    with torch.no_grad():
-        model(torch.randn(32, 3, 32, 32))
-    torch.save({"model": model.state_dict(), "model_name": name}, path)
-
-
-PAIRS = [("resnet32x4", "resnet8x4"), ("wrn_40_2", "wrn_16_2"), ("vgg13", "vgg8"),
-         ("resnet32x4", "ShuffleV2")]
-
-
 @pytest.mark.parametrize("teacher,student", PAIRS)
-def test_one_epoch_through_train_student(cifar100_tiny, tmp_path, teacher, student):
-    ckpt = tmp_path / f"{teacher}.pth"
-    save_teacher(teacher, ckpt)
+def test_one_epoch_through_train_student(cifar100_tiny, tmp_path, teacher, student, teacher_ckpt):
     # Without warm-up, so that the review loss is on in this single epoch.
-    train_student.main(["--distill", "reviewkd", "--model_s", student, "--path_t", str(ckpt),
-                        "--dataset", "cifar100", "--data_folder", str(cifar100_tiny),
-                        "--save_folder", str(tmp_path), "--epochs", "1", "--batch_size", "64",
-                        "--print_freq", "1000", "--reviewkd_warmup", "0"])
-    (summary_path,) = tmp_path.glob("students/*/summary.json")
-    summary = json.loads(summary_path.read_text())
+    _, summary = one_epoch("reviewkd", teacher_ckpt(teacher), student, cifar100_tiny, tmp_path,
+                           "--reviewkd_warmup", "0")
     assert summary["finished"] and math.isfinite(summary["last_acc"])
     assert (summary["args"]["cls"], summary["args"]["div"], summary["args"]["beta"]) == (1, 0, 5)
     assert summary["parameters"]["extras"] > 0

@@ -1,5 +1,4 @@
 """RKD: distance and angle losses against loops over pairs and triplets, gradients, one epoch."""
-import json
 import math
 from types import SimpleNamespace
 
@@ -7,13 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-import train_student
-from distillers import get_distiller
 from distillers.rkd import pairwise_distances, rkd_angle_loss, rkd_distance_loss
-from models import create_model
-
-PAIRS = [("resnet32x4", "resnet8x4"), ("wrn_40_2", "wrn_16_2"), ("vgg13", "vgg8"),
-         ("resnet32x4", "ShuffleV2")]
+from helpers import PAIRS, assert_gradients, assert_no_extras, make_distiller, one_epoch
 
 
 def _smooth_l1(a, b):
@@ -55,10 +49,8 @@ def test_losses_vanish_for_a_scaled_copy():
 
 
 def _pair(**kw):
-    torch.manual_seed(0)
-    student, teacher = create_model("resnet8x4", 100), create_model("resnet32x4", 100)
     args = SimpleNamespace(**{"cls": 1.0, "div": 0.0, "beta": 1.0, "kd_T": 4.0, **kw})
-    return student, teacher, get_distiller("rkd")(student, teacher, args)
+    return make_distiller("rkd", args)
 
 
 def test_weights_and_gradients_reach_student_not_teacher():
@@ -73,9 +65,8 @@ def test_weights_and_gradients_reach_student_not_teacher():
     assert torch.allclose(losses["rkd_d"], 25 * rkd_distance_loss(f_s, f_t))
     assert torch.allclose(losses["rkd_a"], 50 * rkd_angle_loss(f_s, f_t))
     (losses["rkd_d"] + losses["rkd_a"]).backward()
-    assert student.conv1.weight.grad.abs().sum() > 0
+    assert_gradients(student, teacher)
     assert student.fc.weight.grad is None  # feats[-1] is before the classifier
-    assert all(p.grad is None for p in teacher.parameters())
     _, _, d = _pair(rkd_w_a=0.0)
     _, losses = d.train().forward_train(x, y)
     assert set(losses) == {"cls", "rkd_d"}
@@ -83,19 +74,9 @@ def test_weights_and_gradients_reach_student_not_teacher():
 
 def test_no_extras():
     student, _, d = _pair()
-    assert len(d.trainable_parameters()) == len(list(student.parameters()))
-    assert d.extra_state_dict() == {}
-    d.load_extra_state_dict({})
+    assert_no_extras(d, student)
 
 
 @pytest.mark.parametrize("teacher,student", PAIRS)
-def test_one_epoch(teacher, student, cifar100_small, tmp_path):
-    ckpt = tmp_path / f"{teacher}.pth"
-    torch.save({"model": create_model(teacher, 100).state_dict(), "model_name": teacher}, ckpt)
-    # the loop stops with an error on a non-finite loss
-    train_student.main(["--distill", "rkd", "--model_s", student, "--path_t", str(ckpt),
-                        "--dataset", "cifar100", "--data_folder", str(cifar100_small),
-                        "--save_folder", str(tmp_path), "--epochs", "1", "--batch_size", "64",
-                        "--print_freq", "1000"])
-    summary = json.loads(next(tmp_path.glob("students/*/summary.json")).read_text())
-    assert summary["epochs_done"] == 1 and np.isfinite(summary["last_acc"])
+def test_one_epoch(teacher, student, cifar100_small, tmp_path, teacher_ckpt):
+    one_epoch("rkd", teacher_ckpt(teacher), student, cifar100_small, tmp_path)

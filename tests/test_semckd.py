@@ -1,5 +1,4 @@
 """SemCKD: the loss and the attention against loops written out here, gradients, state, runs."""
-import json
 import math
 from types import SimpleNamespace
 
@@ -8,11 +7,11 @@ import pytest
 import torch
 
 import distillers.semckd  # noqa: F401  (registers --distill semckd)
-import train_student
-from conftest import write_cifar100
 from distillers import get_distiller
 from distillers.semckd import CrossLayerAttention, semckd_loss
 from helper.errors import UserError
+from helpers import (PAIRS, assert_extras_round_trip, assert_extras_trainable, assert_gradients,
+                     make_distiller, one_epoch)
 from models import create_model
 
 
@@ -80,9 +79,9 @@ def test_attention_matches_per_sample_computation_for_full_and_smaller_batches(b
 
 
 def _distiller(batch_size=64):
-    torch.manual_seed(0)
-    student, teacher = create_model("resnet8", 100), create_model("resnet14", 100)
-    return get_distiller("semckd")(student, teacher, _args(batch_size=batch_size)), student, teacher
+    student, teacher, d = make_distiller("semckd", _args(batch_size=batch_size), "resnet8",
+                                         "resnet14")
+    return d, student, teacher
 
 
 def test_a_full_then_a_smaller_batch_train_and_gradients_reach_student_and_extras_only():
@@ -96,9 +95,7 @@ def test_a_full_then_a_smaller_batch_train_and_gradients_reach_student_and_extra
         assert set(losses) == {"cls", "kd", "semckd"} and logits.shape == (b, 100)
         assert all(torch.isfinite(v) and v > 0 for v in losses.values())
         sum(losses.values()).backward()
-        assert all(p.grad is not None for p in student.parameters())
-        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in extras)
-        assert all(p.grad is None for p in teacher.parameters())
+        assert_gradients(student, teacher, extras, every_student_param=True)
     with pytest.raises(UserError, match="at most 64"):
         distiller.forward_train(torch.randn(65, 3, 32, 32), torch.randint(0, 100, (65,)))
 
@@ -107,19 +104,14 @@ def test_extras_are_trained_and_saved_and_round_trip():
     distiller, student, _ = _distiller(batch_size=16)
     trainable = {id(p) for p in distiller.trainable_parameters()}
     extras = {n: p for n, p in distiller.named_parameters() if not n.startswith("student.")}
-    assert all(id(p) in trainable for p in extras.values())
+    assert_extras_trainable(distiller, extras.values())
     assert len(trainable) == len(extras) + len(list(student.parameters()))
     state = distiller.extra_state_dict()
     assert set(extras) <= set(state) and any("running_mean" in k for k in state)
     assert distiller.attention.query[0].linear1.in_features == 16
     saved = {k: v.clone() for k, v in state.items()}
     other, _, _ = _distiller(batch_size=16)
-    with torch.no_grad():
-        for p in other.attention.parameters():
-            p.add_(1.0)
-    other.load_extra_state_dict(saved)
-    for k, v in other.extra_state_dict().items():
-        assert torch.equal(v, saved[k]), k
+    assert_extras_round_trip(saved, other, shift=other.attention.parameters())
 
 
 def test_models_without_stage_maps_are_refused():
@@ -127,41 +119,10 @@ def test_models_without_stage_maps_are_refused():
         get_distiller("semckd")(create_model("mlp_800", 10), create_model("resnet8", 10), _args())
 
 
-PAIRS = [("resnet32x4", "resnet8x4"), ("wrn_40_2", "wrn_16_2"), ("vgg13", "vgg8"),
-         ("resnet32x4", "ShuffleV2")]
-
-
-@pytest.fixture(scope="module")
-def cifar100_tiny(tmp_path_factory):
-    """100 training images: a batch of 64, then a smaller one of 36, which must train too.
-    Smaller than ``cifar100_small`` to keep the four runs within a minute on one CPU thread."""
-    return write_cifar100(tmp_path_factory.mktemp("cifar100_tiny"), n_train=100, n_test=50)
-
-
-def save_teacher(name, path):
-    """An untrained teacher whose BatchNorm statistics are set from one batch, so that its
-    features have the scale of a trained network's rather than growing with depth."""
-    torch.manual_seed(0)
-    model = create_model(name, 100)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.momentum = None
-    model.train()
-    with torch.no_grad():
-        model(torch.randn(32, 3, 32, 32))
-    torch.save({"model": model.state_dict(), "model_name": name}, path)
-
-
 @pytest.mark.parametrize("teacher,student", PAIRS)
-def test_one_epoch_through_train_student(cifar100_tiny, tmp_path, teacher, student):
-    ckpt = tmp_path / f"{teacher}.pth"
-    save_teacher(teacher, ckpt)
-    train_student.main(["--distill", "semckd", "--model_s", student, "--path_t", str(ckpt),
-                        "--dataset", "cifar100", "--data_folder", str(cifar100_tiny),
-                        "--save_folder", str(tmp_path), "--epochs", "1", "--batch_size", "64",
-                        "--print_freq", "1000"])
-    (summary_path,) = tmp_path.glob("students/*/summary.json")
-    summary = json.loads(summary_path.read_text())
+def test_one_epoch_through_train_student(cifar100_tiny, tmp_path, teacher, student, teacher_ckpt):
+    # cifar100_tiny: a batch of 64, then a smaller one of 36, which must train too
+    _, summary = one_epoch("semckd", teacher_ckpt(teacher), student, cifar100_tiny, tmp_path)
     assert summary["finished"] and math.isfinite(summary["last_acc"])
     assert summary["args"]["beta"] == 400 and summary["args"]["div"] == 1
     assert summary["parameters"]["extras"] > 0

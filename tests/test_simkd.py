@@ -1,6 +1,5 @@
 """SimKD: the loss against a hand computation, test logits through the reused classifier,
 the self-contained deployed student, teachers whose classifier cannot be reused, real runs."""
-import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -10,11 +9,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import distillers.simkd  # noqa: F401  (registers simkd until distillers/__init__ imports it)
-import train_student
 from distillers import get_distiller
 from distillers.simkd import SimKDStudent, simkd_loss
 from helper.checkpoint import load_teacher
 from helper.errors import UserError
+from helpers import (PAIRS, NoClassifierTeacher, assert_extras_round_trip, make_distiller,
+                     one_epoch, read_summary, run_student)
 from models import create_deployed, create_model
 
 
@@ -42,9 +42,8 @@ def _args(**kw):
 
 
 def _simkd(student="resnet8x4", teacher="resnet32x4", **kw):
-    torch.manual_seed(0)
-    s, t = create_model(student, 100), create_model(teacher, 100)
-    return get_distiller("simkd")(s, t, _args(**kw)), s, t
+    s, t, d = make_distiller("simkd", _args(**kw), student, teacher)
+    return d, s, t
 
 
 def test_projector_shape_and_extra_parameters():
@@ -104,8 +103,7 @@ def test_extras_round_trip_and_deployed_model_gives_the_same_logits():
     state = {k: v.clone() for k, v in distiller.extra_state_dict().items()}
     assert set(state) == {f"projector.{k}" for k in distiller.projector.state_dict()}
     other, _, _ = _simkd()
-    other.load_extra_state_dict(state)
-    assert all(torch.equal(v, state[k]) for k, v in other.extra_state_dict().items())
+    assert_extras_round_trip(state, other)
 
     deploy = distiller.deploy_state()
     assert deploy["builder"] == "simkd" and deploy["kwargs"]["student"] == "resnet8x4"
@@ -126,50 +124,25 @@ def test_extras_round_trip_and_deployed_model_gives_the_same_logits():
     get_distiller("simkd")(create_model("resnet8", 100), model, _args())
 
 
-class _NoClassifier(nn.Module):
-    model_name = "odd"
-
-    def feature_shapes(self, preact=False):
-        return [(8, 4, 4), (8,)]
-
-    def get_classifier(self):
-        raise NotImplementedError
-
-
 def test_teacher_whose_classifier_cannot_be_reused_is_a_user_error():
     student = create_model("resnet8", 100)
     with pytest.raises(UserError, match="classifier"):
-        get_distiller("simkd")(student, _NoClassifier(), _args())
+        get_distiller("simkd")(student, NoClassifierTeacher(), _args())
     # ShuffleV2's last stage has 464 channels, its classifier takes the 1024-dim pooled feature.
     with pytest.raises(UserError, match="1024"):
         get_distiller("simkd")(student, create_model("ShuffleV2", 100), _args())
 
 
-def _main(data, save, teacher, student, distill="simkd", *extra):
-    train_student.main(["--distill", distill, "--model_s", student, "--path_t", str(teacher),
-                        "--dataset", "cifar100", "--data_folder", str(data), "--save_folder", str(save),
-                        "--epochs", "1", "--batch_size", "64", "--print_freq", "1000", *extra])
-    return next((save / "students").iterdir())
-
-
-def _teacher(tmp_path, name):
-    path = tmp_path / f"{name}.pth"
-    torch.save({"model": create_model(name, 100).state_dict(), "model_name": name}, path)
-    return path
-
-
-@pytest.mark.parametrize("teacher,student", [("resnet32x4", "resnet8x4"), ("wrn_40_2", "wrn_16_2"),
-                                             ("vgg13", "vgg8"), ("resnet32x4", "ShuffleV2")])
-def test_one_epoch_on_cifar100_files(cifar100_small, tmp_path, teacher, student):
-    run = _main(cifar100_small, tmp_path / "save", _teacher(tmp_path, teacher), student)
-    summary = json.loads((run / "summary.json").read_text())
-    assert summary["epochs_done"] == 1 and np.isfinite(summary["last_acc"])
+@pytest.mark.parametrize("teacher,student", PAIRS)
+def test_one_epoch_on_cifar100_files(cifar100_small, tmp_path, teacher, student, teacher_ckpt):
+    run, _ = one_epoch("simkd", teacher_ckpt(teacher), student, cifar100_small, tmp_path / "save")
     assert "_simkd_r~0_a~0_b~1_" in run.name.replace(":", "~")
 
 
-def test_trained_student_loads_as_a_teacher_with_the_same_logits(cifar100_small, tmp_path):
-    teacher_path = _teacher(tmp_path, "wrn_16_2")
-    run = _main(cifar100_small, tmp_path / "simkd", teacher_path, "resnet8")
+def test_trained_student_loads_as_a_teacher_with_the_same_logits(cifar100_small, tmp_path,
+                                                                  teacher_ckpt):
+    teacher_path = teacher_ckpt("wrn_16_2")
+    run = run_student("simkd", "resnet8", cifar100_small, tmp_path / "simkd", teacher=teacher_path)
     # best.pth exists once the test accuracy beat 0; last.pth has the same entries.
     path = run / "best.pth" if (run / "best.pth").exists() else run / "last.pth"
     deployed, checkpoint = load_teacher(path, 100)
@@ -184,6 +157,6 @@ def test_trained_student_loads_as_a_teacher_with_the_same_logits(cifar100_small,
     with torch.no_grad():
         assert torch.equal(deployed(x), distiller.forward_test(x))
 
-    kd_run = _main(cifar100_small, tmp_path / "kd", path, "resnet8", "kd")
-    summary = json.loads((kd_run / "summary.json").read_text())
+    kd_run = run_student("kd", "resnet8", cifar100_small, tmp_path / "kd", teacher=path)
+    summary = read_summary(kd_run)
     assert summary["teacher"] == "resnet8" and summary["epochs_done"] == 1

@@ -1,6 +1,5 @@
 """SRRL: the two MSE terms against a hand computation, the frozen reused classifier, extras,
 teachers whose classifier cannot be reused, and one real epoch per pair."""
-import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -9,10 +8,10 @@ import torch
 import torch.nn as nn
 
 import distillers.srrl  # noqa: F401  (registers srrl until distillers/__init__ imports it)
-import train_student
 from distillers import get_distiller
 from distillers.srrl import srrl_losses
 from helper.errors import UserError
+from helpers import PAIRS, NoClassifierTeacher, assert_gradients, make_distiller, one_epoch
 from models import create_model
 
 
@@ -41,9 +40,8 @@ def _args(**kw):
 
 @pytest.mark.parametrize("feat", ["pooled", "map"])
 def test_terms_gradients_and_frozen_classifier(feat):
-    torch.manual_seed(0)
-    student, teacher = create_model("resnet8", 100), create_model("wrn_16_2", 100)
-    distiller = get_distiller("srrl")(student, teacher, _args(beta=2.0, srrl_feat=feat))
+    student, teacher, distiller = make_distiller("srrl", _args(beta=2.0, srrl_feat=feat),
+                                                 "resnet8", "wrn_16_2")
     distiller.train()
     images, targets = torch.randn(4, 3, 32, 32), torch.randint(0, 100, (4,))
     _, losses = distiller.forward_train(images, targets)
@@ -59,15 +57,12 @@ def test_terms_gradients_and_frozen_classifier(feat):
         assert torch.allclose(losses["srrl_logit"], 2.0 * ((f @ w.t() + b - logits_t) ** 2).mean(), atol=1e-5)
     distiller.zero_grad()
     sum(losses.values()).backward()
-    assert all(p.grad is not None for p in student.parameters())
-    assert all(p.grad is not None for p in distiller.connector.parameters())
-    assert all(p.grad is None for p in teacher.parameters())
+    assert_gradients(student, teacher, distiller.connector, every_student_param=True,
+                     extras_nonzero=False)
 
 
 def test_extras_are_the_connector_only_and_round_trip():
-    torch.manual_seed(0)
-    student, teacher = create_model("resnet8x4", 100), create_model("resnet32x4", 100)
-    distiller = get_distiller("srrl")(student, teacher, _args())
+    student, _, distiller = make_distiller("srrl", _args())
     extra = (sum(p.numel() for p in distiller.trainable_parameters())
              - sum(p.numel() for p in student.parameters()))
     assert extra == sum(p.numel() for p in distiller.connector.parameters()) == 256 * 256 + 2 * 256
@@ -79,38 +74,19 @@ def test_extras_are_the_connector_only_and_round_trip():
     assert all(torch.equal(v, saved[k]) for k, v in distiller.extra_state_dict().items())
 
 
-class _NoClassifier(nn.Module):
-    model_name = "odd"
-
-    def feature_shapes(self, preact=False):
-        return [(8, 4, 4), (8,)]
-
-    def get_classifier(self):
-        raise NotImplementedError
-
-
 def test_teacher_without_reusable_classifier_is_a_user_error():
     student = create_model("resnet8", 100)
     with pytest.raises(UserError, match="classifier"):
-        get_distiller("srrl")(student, _NoClassifier(), _args())
+        get_distiller("srrl")(student, NoClassifierTeacher(), _args())
     teacher = create_model("resnet14", 100)
     teacher.get_classifier = lambda: nn.Sequential(teacher.fc)
     with pytest.raises(UserError, match="nn.Linear"):
         get_distiller("srrl")(student, teacher, _args())
 
 
-@pytest.mark.parametrize("teacher,student", [("resnet32x4", "resnet8x4"), ("wrn_40_2", "wrn_16_2"),
-                                             ("vgg13", "vgg8"), ("resnet32x4", "ShuffleV2")])
-def test_one_epoch_on_cifar100_files(cifar100_small, tmp_path, teacher, student):
-    path = tmp_path / "t.pth"
-    torch.save({"model": create_model(teacher, 100).state_dict(), "model_name": teacher}, path)
-    train_student.main(["--distill", "srrl", "--model_s", student, "--path_t", str(path),
-                        "--dataset", "cifar100", "--data_folder", str(cifar100_small),
-                        "--save_folder", str(tmp_path), "--epochs", "1", "--batch_size", "64",
-                        "--print_freq", "1000"])
-    run = next((tmp_path / "students").iterdir())
+@pytest.mark.parametrize("teacher,student", PAIRS)
+def test_one_epoch_on_cifar100_files(cifar100_small, tmp_path, teacher, student, teacher_ckpt):
+    run, _ = one_epoch("srrl", teacher_ckpt(teacher), student, cifar100_small, tmp_path)
     assert "_srrl_" in run.name
-    summary = json.loads((run / "summary.json").read_text())
-    assert summary["epochs_done"] == 1 and np.isfinite(summary["last_acc"])
     last = torch.load(run / "last.pth", weights_only=True)
     assert all(k.startswith("connector.") for k in last["extras"])

@@ -1,6 +1,5 @@
 """SSKD: rotations, similarities, the error-level ranking and the four loss terms against
 hand computations, each stage's gradients, extras, and one epoch of each stage."""
-import json
 import math
 from types import SimpleNamespace
 
@@ -9,15 +8,13 @@ import pytest
 import torch
 
 import distillers.sskd  # noqa: F401  (registers sskd)
-import train_student
 from conftest import write_cifar100
 from distillers import Stage, get_distiller
 from distillers.sskd import keep_mask, masked_kd, rotations, similarity
 from helper.errors import UserError
+from helpers import (PAIRS, assert_extras_round_trip, assert_extras_trainable, assert_gradients,
+                     make_distiller, one_epoch)
 from models import create_model
-
-PAIRS = [("resnet32x4", "resnet8x4"), ("wrn_40_2", "wrn_16_2"), ("vgg13", "vgg8"),
-         ("resnet32x4", "ShuffleV2")]
 TEACHER_SS, MAIN = Stage("teacher_ss", 1, lr=0.05, lr_decay_epochs=(30, 45), selects_best=False), Stage("main", 1)
 
 
@@ -77,9 +74,7 @@ def test_similarity_keep_mask_and_masked_kd_match_hand_computation():
 
 
 def _pair(**kw):
-    torch.manual_seed(0)
-    s, t = create_model("resnet8", 10), create_model("resnet14", 10)
-    return s, t, get_distiller("sskd")(s, t, _args(**kw))
+    return make_distiller("sskd", _args(**kw), "resnet8", "resnet14", num_classes=10)
 
 
 def test_main_stage_terms_match_hand_computation():
@@ -131,25 +126,19 @@ def test_main_stage_trains_student_and_its_head():
     d.train()
     _, losses = d.forward_train(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,)))
     sum(losses.values()).backward()
-    assert all(p.grad is not None for p in student.parameters())
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in d.student_head.parameters())
-    assert all(p.grad is None for p in [*d.teacher_head.parameters(), *teacher.parameters()])
+    assert_gradients(student, teacher, d.student_head, every_student_param=True)
+    assert all(p.grad is None for p in d.teacher_head.parameters())
     chosen = {id(p) for p in d.stage_parameters(MAIN)}
     assert chosen == {id(p) for p in [*student.parameters(), *d.student_head.parameters()]}
 
 
 def test_extras_are_trained_and_saved():
     _, _, d = _pair()
-    trainable = {id(p) for p in d.trainable_parameters()}
-    assert all(id(p) in trainable for m in (d.student_head, d.teacher_head) for p in m.parameters())
+    assert_extras_trainable(d, d.student_head, d.teacher_head)
     state = d.extra_state_dict()
     assert {"student_head.0.weight", "teacher_head.2.bias"} <= set(state)
     _, _, d2 = _pair()
-    with torch.no_grad():
-        for p in d2.parameters():
-            p.add_(1.0)
-    d2.load_extra_state_dict({k: v.clone() for k, v in state.items()})
-    assert all(torch.equal(v, state[k]) for k, v in d2.extra_state_dict().items())
+    assert_extras_round_trip(state, d2, shift=d2.parameters())
 
 
 def test_non_square_inputs_are_a_user_error():
@@ -159,33 +148,14 @@ def test_non_square_inputs_are_a_user_error():
 
 
 @pytest.fixture(scope="module")
-def cifar100_tiny(tmp_path_factory):
+def cifar100_32(tmp_path_factory):
     """32 training images: SSKD feeds every image four times to both models, so the
     320-image fixture would take minutes on one CPU thread."""
-    return write_cifar100(tmp_path_factory.mktemp("cifar100_tiny"), n_train=32, n_test=32)
-
-
-def teacher_checkpoint(name, path):
-    """An untrained teacher whose BN statistics are those of one batch of unit-variance inputs,
-    as a trained teacher's fit its data."""
-    torch.manual_seed(0)
-    model = create_model(name, 100)
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.momentum = None
-    with torch.no_grad():
-        model.train()(torch.randn(16, 3, 32, 32))
-    torch.save({"model": model.state_dict(), "model_name": name}, path)
-    return path
+    return write_cifar100(tmp_path_factory.mktemp("cifar100_32"), n_train=32, n_test=32)
 
 
 @pytest.mark.parametrize("teacher,student", PAIRS)
-def test_one_epoch_per_stage(teacher, student, cifar100_tiny, tmp_path):
-    ckpt = teacher_checkpoint(teacher, tmp_path / f"{teacher}.pth")
-    train_student.main(["--distill", "sskd", "--model_s", student, "--path_t", str(ckpt),
-                        "--dataset", "cifar100", "--data_folder", str(cifar100_tiny),
-                        "--save_folder", str(tmp_path), "--sskd_t_epochs", "1", "--epochs", "1",
-                        "--batch_size", "16", "--print_freq", "1000"])
-    summary = json.loads(next(tmp_path.glob("students/*/summary.json")).read_text())
-    assert summary["stages"] == ["teacher_ss", "main"] and summary["epochs_done"] == 2
-    assert summary["finished"] and np.isfinite(summary["last_acc"])
+def test_one_epoch_per_stage(teacher, student, cifar100_32, tmp_path, teacher_ckpt):
+    _, summary = one_epoch("sskd", teacher_ckpt(teacher), student, cifar100_32, tmp_path,
+                           "--sskd_t_epochs", "1", stages=["teacher_ss", "main"], batch_size=16)
+    assert summary["finished"]

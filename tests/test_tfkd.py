@@ -1,6 +1,5 @@
 """Teacher-free KD: both losses against hand computations, the teacher decided by the mode,
 gradients, no extras, one epoch of each mode."""
-import json
 import math
 from types import SimpleNamespace
 
@@ -8,14 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-import train_student
 from distillers import get_distiller
 from distillers.tfkd import tfkd_self_loss, tfkd_virtual_loss, virtual_teacher
 from helper.errors import UserError
+from helpers import PAIRS, assert_gradients, assert_no_extras, one_epoch
 from models import create_model
-
-PAIRS = [("resnet32x4", "resnet8x4"), ("wrn_40_2", "wrn_16_2"), ("vgg13", "vgg8"),
-         ("resnet32x4", "ShuffleV2")]
 
 
 def _softmax(v, T=1.0):
@@ -85,11 +81,8 @@ def test_self_mode_weights_gradients_and_no_extras():
         expected = 0.95 * 2.0 * tfkd_self_loss(student(x), teacher(x), 20.0)
     assert torch.allclose(losses["tfkd"], expected)
     losses["tfkd"].backward()
-    assert student.conv1.weight.grad.abs().sum() > 0
-    assert all(p.grad is None for p in teacher.parameters())
-    assert len(d.trainable_parameters()) == len(list(student.parameters()))
-    assert d.extra_state_dict() == {}
-    d.load_extra_state_dict({})
+    assert_gradients(student, teacher)
+    assert_no_extras(d, student)
 
 
 def test_virtual_mode_gradients():
@@ -104,24 +97,13 @@ def test_virtual_mode_gradients():
     assert student.conv1.weight.grad.abs().sum() > 0
 
 
-def _main(student, data, tmp_path, extra):
-    train_student.main(["--distill", "tfkd", "--model_s", student, "--dataset", "cifar100",
-                        "--data_folder", str(data), "--save_folder", str(tmp_path),
-                        "--epochs", "1", "--batch_size", "64", "--print_freq", "1000", *extra])
-    summary = json.loads(next(tmp_path.glob("students/*/summary.json")).read_text())
-    assert summary["epochs_done"] == 1 and np.isfinite(summary["last_acc"])
-    return summary
-
-
 @pytest.mark.parametrize("teacher,student", PAIRS)
-def test_self_mode_one_epoch(teacher, student, cifar100_small, tmp_path):
-    ckpt = tmp_path / f"{teacher}.pth"
-    torch.save({"model": create_model(teacher, 100).state_dict(), "model_name": teacher}, ckpt)
-    # the loop stops with an error on a non-finite loss
-    summary = _main(student, cifar100_small, tmp_path, ["--path_t", str(ckpt)])
+def test_self_mode_one_epoch(teacher, student, cifar100_small, tmp_path, teacher_ckpt):
+    _, summary = one_epoch("tfkd", teacher_ckpt(teacher), student, cifar100_small, tmp_path)
     assert summary["teacher"] == teacher
 
 
 def test_virtual_mode_one_epoch_without_a_teacher(cifar100_small, tmp_path):
-    summary = _main("resnet8x4", cifar100_small, tmp_path, ["--tfkd_mode", "virtual"])
+    _, summary = one_epoch("tfkd", None, "resnet8x4", cifar100_small, tmp_path,
+                           "--tfkd_mode", "virtual")
     assert summary["teacher"] == "none" and summary["parameters"]["teacher"] == 0

@@ -1,0 +1,88 @@
+"""Helpers shared by several methods: model names in messages, checks of the feature shapes,
+pooling two maps to one size, the teacher's reusable classifier, and RepDistiller's init stage
+(AB, FSP, FT) with the parameter and mode choices of multi-stage methods."""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from helper.errors import UserError
+
+from .base import Stage
+
+
+def model_name(model) -> str:
+    """The name a model was created under (``create_model``), else its class name."""
+    return getattr(model, "model_name", type(model).__name__)
+
+
+# ---- feature shapes ---------------------------------------------------------------------
+def _require_maps(shapes, method, what, name):
+    if not shapes or any(len(s) != 3 for s in shapes):
+        raise UserError(f"--distill {method} needs convolutional {what}, which {name} does not "
+                        "have; choose a convolutional model")
+    return shapes
+
+
+def stage_maps(model, shapes, method):
+    """Check that ``shapes`` (of some ``feats`` entries) are all conv maps (C, H, W)."""
+    return _require_maps(shapes, method, "feature maps", model_name(model))
+
+
+def conv_maps_or_error(model, feats_shapes, method):
+    """The intermediate stage maps ``feats[1:-1]``; a UserError when they are not maps."""
+    return _require_maps(feats_shapes[1:-1], method, "stage maps", type(model).__name__)
+
+
+def pool_to_smaller(f_s: torch.Tensor, f_t: torch.Tensor):
+    """Adaptive-average-pool the larger of two maps to the other's size, as RepDistiller
+    does for AT and VID (comparing heights)."""
+    if f_s.shape[2] > f_t.shape[2]:
+        f_s = F.adaptive_avg_pool2d(f_s, f_t.shape[2:])
+    elif f_s.shape[2] < f_t.shape[2]:
+        f_t = F.adaptive_avg_pool2d(f_t, f_s.shape[2:])
+    return f_s, f_t
+
+
+# ---- the teacher's classifier (SRRL, SimKD) ---------------------------------------------
+def reusable_classifier(teacher, method: str, in_features: int) -> nn.Linear:
+    """The teacher's final ``nn.Linear`` taking ``in_features`` inputs, or a UserError."""
+    name = model_name(teacher)
+    try:
+        classifier = teacher.get_classifier()
+    except NotImplementedError:
+        classifier = None
+    if not isinstance(classifier, nn.Linear):
+        raise UserError(f"--distill {method} reuses the teacher's classifier, but {name} has no "
+                        "single nn.Linear classifier; choose another teacher")
+    if classifier.in_features != in_features:
+        raise UserError(f"--distill {method} feeds the teacher's classifier a {in_features}-dim "
+                        f"feature, but {name}'s classifier takes {classifier.in_features}; "
+                        "choose another teacher")
+    return classifier
+
+
+# ---- stages -----------------------------------------------------------------------------
+def init_stages(args, init_lr=None):
+    """RepDistiller's two stages (``helper/pretrain.py`` then the main loop): ``init`` for
+    ``--init_epochs`` epochs at a constant lr (``init_lr`` or ``--learning_rate``), with the
+    main stage's momentum and weight decay, not competing for best.pth; then ``main``.
+    (``--init_epochs`` itself is defined by AB's ``add_arguments``.)"""
+    epochs = int(getattr(args, "init_epochs", 30))
+    if epochs < 0:
+        raise UserError(f"--init_epochs must be 0 or more, got {epochs}")
+    init = [Stage("init", epochs, lr=init_lr, lr_decay_epochs=(), selects_best=False)]
+    return (init if epochs else []) + [Stage("main", args.epochs)]
+
+
+def parameters_except(distiller, module):
+    """The distiller's trainable parameters outside ``module`` (an extra of an earlier stage)."""
+    skip = {id(p) for p in module.parameters()}
+    return [p for p in distiller.trainable_parameters() if id(p) not in skip]
+
+
+def train_feat_modules_only(student):
+    """RepDistiller's init-stage modes: ``model_s.eval()`` then the feature modules back to
+    train, so layers outside ``get_feat_modules()`` (the classifier, WRN's last BN) keep
+    their running statistics."""
+    student.eval()
+    student.get_feat_modules().train()
