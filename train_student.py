@@ -4,16 +4,15 @@
 """
 from pathlib import Path
 
-from dataset import build_loaders
 from dataset.batch_keys import add_batch_keys
 from distillers import get_distiller
 from helper.checkpoint import create_pretrained, load_teacher
-from helper.distributed import launch, per_process_batch
+from helper.distributed import launch
 from helper.errors import UserError
 from helper.loop import validate
 from helper.options import parse_student_args
 from helper.run_folder import student_run_name
-from helper.trainer import fit, resume_checkpoint, seed_everything, user_errors
+from helper.trainer import build_data, train, user_errors
 from models.base import fit_to_data
 
 
@@ -23,12 +22,7 @@ def run(args, ctx):
         needs_teacher = method.requires_teacher(args)
         if needs_teacher and args.path_t is None:
             raise UserError(f"--distill {args.distill} needs a teacher; pass --path_t CHECKPOINT")
-        batch_size = per_process_batch(args, ctx)
-        seed = seed_everything(args, ctx.rank)
-        train_loader, val_loader, info = build_loaders(
-            args.dataset, args.data_folder, batch_size, ctx.device, seed=seed, rank=ctx.rank,
-            world_size=ctx.world_size, jitter=args.jitter, num_workers=args.num_workers,
-            dali=args.dali)
+        train_loader, val_loader, info = build_data(args, ctx)
         teacher, teacher_name = None, "none"
         if needs_teacher:
             teacher, _ = load_teacher(args.path_t, info["num_classes"], args.model_t)
@@ -44,8 +38,7 @@ def run(args, ctx):
         meta = {"model_name": args.model_s, "num_classes": info["num_classes"],
                 "dataset": args.dataset, "distill": args.distill, "teacher": teacher_name,
                 "path_t": args.path_t}
-        resume = resume_checkpoint(args, run_path, meta)
-        fit(args, distiller, train_loader, val_loader, run_path, meta, ctx=ctx, resume=resume)
+        train(args, distiller, train_loader, val_loader, run_path, meta, ctx)
 
 
 def main(argv=None):

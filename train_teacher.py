@@ -4,32 +4,25 @@
 """
 from pathlib import Path
 
-from dataset import build_loaders
 from distillers import get_distiller
 from helper.checkpoint import create_pretrained
-from helper.distributed import launch, per_process_batch
+from helper.distributed import launch
 from helper.options import parse_teacher_args
 from helper.run_folder import teacher_run_name
-from helper.trainer import fit, resume_checkpoint, seed_everything, user_errors
+from helper.trainer import build_data, train, user_errors
 from models.base import fit_to_data
 
 
 def run(args, ctx):
     with user_errors(ctx.rank):
-        batch_size = per_process_batch(args, ctx)
-        seed = seed_everything(args, ctx.rank)
-        train_loader, val_loader, info = build_loaders(
-            args.dataset, args.data_folder, batch_size, ctx.device, seed=seed, rank=ctx.rank,
-            world_size=ctx.world_size, jitter=args.jitter, num_workers=args.num_workers,
-            dali=args.dali)
+        train_loader, val_loader, info = build_data(args, ctx)
         model = fit_to_data(create_pretrained(args.model, info["num_classes"], args.pretrained),
                             info["input_size"])
         distiller = get_distiller("vanilla")(model, None, args, data_info=info).to(ctx.device)
         run_path = Path(args.save_folder) / "teachers" / teacher_run_name(args)
         meta = {"model_name": args.model, "num_classes": info["num_classes"],
                 "dataset": args.dataset, "distill": "vanilla", "teacher": None}
-        resume = resume_checkpoint(args, run_path, meta)
-        fit(args, distiller, train_loader, val_loader, run_path, meta, ctx=ctx, resume=resume)
+        train(args, distiller, train_loader, val_loader, run_path, meta, ctx)
 
 
 def main(argv=None):

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from helper.checkpoint import FORMAT, load_file, rng_state, set_rng_state
-from helper.distributed import Context, sync_buffers, wrap
+from helper.distributed import Context, per_process_batch, sync_buffers, wrap
 from helper.precision import Precision
 from helper.errors import UserError
 from helper.loop import set_lr, step_lr, train_one_epoch, validate
@@ -78,6 +78,22 @@ def resume_checkpoint(args, run_path, meta):
             raise UserError(f"cannot resume from {path}: it was written for {key} "
                             f"{checkpoint.get(key)!r}, this run uses {meta.get(key)!r}")
     return checkpoint
+
+
+def build_data(args, ctx):
+    """Seed this process and build its loaders: ``(train_loader, val_loader, info)``."""
+    from dataset import build_loaders
+    batch_size = per_process_batch(args, ctx)
+    seed = seed_everything(args, ctx.rank)
+    return build_loaders(args.dataset, args.data_folder, batch_size, ctx.device, seed=seed,
+                         rank=ctx.rank, world_size=ctx.world_size, jitter=args.jitter,
+                         num_workers=args.num_workers, dali=args.dali)
+
+
+def train(args, distiller, train_loader, val_loader, run_path, meta, ctx):
+    """Check the run folder (continue it with --resume, or refuse to overwrite it), then fit."""
+    resume = resume_checkpoint(args, run_path, meta)
+    return fit(args, distiller, train_loader, val_loader, run_path, meta, ctx=ctx, resume=resume)
 
 
 def _stage_at(stages, epoch):
