@@ -19,8 +19,9 @@ def _simkd():
     students = ["resnet8x4", "vgg8", "ShuffleV2_1_5"]
     entries = [(None, T_SIMKD, "vanilla", 79.42, {})]
     for method, values in rows.values():
+        teacher = None if method == "vanilla" else T_SIMKD  # the student-alone row has no teacher
         for student, value in zip(students, values):
-            entries.append((None if method == "vanilla" else T_SIMKD, student, method, value, {}))
+            entries.append((teacher, student, method, value, {}))
     for factor, values in ((8, [76.73, 74.74, 78.96]), (4, [77.88, 75.62, 79.48]),
                            (2, [78.08, 75.76, 79.54])):
         for student, value in zip(students, values):
@@ -48,18 +49,17 @@ def _repdistiller():
         "fsp": [72.91, None, 69.95, 70.11, 71.89, 72.62, 70.23],
         "nst": [73.68, 72.24, 69.60, 69.53, 71.96, 73.30, 71.53],
         "crd": [75.48, 74.14, 71.16, 71.46, 73.48, 75.51, 73.94]}
+    alone = {"teacher": 0, "vanilla": 1}  # rows of models trained alone: which model of the pair
     entries = []
-    for method, values in rows.items():
-        for (teacher, student), value in zip(pairs, values):
+    for row, values in rows.items():
+        for pair, value in zip(pairs, values):
             if value is None:
                 continue
-            if method == "teacher":
-                entries.append((None, teacher, "vanilla", value, {}))
-            elif method == "vanilla":
-                entries.append((None, student, "vanilla", value, {}))
-            else:
-                weights = {"cls": 0.1, "div": 0.9} if method == "kd" else {"div": 0.0}
-                entries.append((teacher, student, method, value, weights))
+            if row in alone:
+                entries.append((None, pair[alone[row]], "vanilla", value, {}))
+            else:  # RepDistiller's weights: -r 0.1 -a 0.9 for KD, -a 0 for the others
+                weights = {"cls": 0.1, "div": 0.9} if row == "kd" else {"div": 0.0}
+                entries.append((*pair, row, value, weights))
     return _dedupe(entries)
 
 
