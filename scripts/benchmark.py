@@ -32,11 +32,15 @@ to the middle of that stage, past every warm-up. Methods that cannot work with t
 reported as ``n/a (reason)``.
 
 Each method runs in a fresh subprocess (``--one METHOD``, which prints one JSON line), so
-methods do not share allocator state or warmed caches. Peak memory is, on CUDA,
-``torch.cuda.max_memory_allocated`` during the synthetic run (after
-``reset_peak_memory_stats``); on the CPU the peak resident set size of that subprocess
-(``ru_maxrss``) at the end of the synthetic run, which includes the Python/torch baseline
-(printed under the table) but not the end-to-end run's data set.
+methods do not share allocator state or warmed caches. Within it, after the warm-ups, the
+method on synthetic batches, the floor (its own models, the same synthetic batches) and the
+method end to end take turns every ``--chunk`` iterations (one ``train_one_epoch`` call per
+turn), so that the ratios compare times taken over the same minutes even when the speed of
+shared cores drifts. Peak memory is read after the method's warm-up and first timed chunk,
+before the floor and the data set exist (the peak is reached by the first optimizer step): on
+CUDA ``torch.cuda.max_memory_allocated`` (after ``reset_peak_memory_stats``), on the CPU the
+peak resident set size of the subprocess (``ru_maxrss``), which includes the Python/torch
+baseline (printed under the table).
 
 Methods with a pass over the training set at epoch starts (MGD's channel matching: any
 distiller with ``rematch``) get it timed separately: a few batches of the unaugmented
@@ -269,13 +273,52 @@ def _reset_peak(device):
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def _train(model, optimizer, loader, precision):
-    return train_one_epoch(model, loader, optimizer, 1, print_freq=10**9, log=lambda *a: None,
-                           precision=precision)
+def _timed_run(model, optimizer, loader, precision, record, warmup):
+    """Run the toolbox's loop over ``loader``; ``(seconds per timed iteration, loss terms)``.
+
+    A non-finite loss (the loop checks at its last iteration, after all the others were
+    timed) is noted in ``record["nonfinite"]``; the times measured are kept."""
+    terms = None
+    try:
+        stats = train_one_epoch(model, loader, optimizer, 1, print_freq=10**9,
+                                log=lambda *a: None, precision=precision)
+        terms = sorted(stats["terms"])
+    except NonFiniteLoss as e:
+        record.setdefault("nonfinite", str(e))
+    return loader.times(warmup), terms
+
+
+class Phase:
+    """One kind of iteration (a model on synthetic or real batches), timed in chunks: each
+    chunk is one call of the toolbox's ``train_one_epoch`` over ``n`` batches."""
+
+    def __init__(self, model, optimizer, args, batches, device, include_data):
+        self.model, self.optimizer, self.batches = model, optimizer, batches
+        self.precision = Precision.from_args(args, device)
+        self.device, self.include_data = device, include_data
+        self.times, self.terms = [], None
+
+    def run(self, n, record, timed=True):
+        if n <= 0:
+            return
+        loader = TimedLoader(self.batches, n, self.device, self.include_data)
+        times, terms = _timed_run(self.model, self.optimizer, loader, self.precision, record, 0)
+        self.terms = terms or self.terms
+        if timed:
+            self.times += times
+
+
+def chunks(total, size):
+    return [min(size, total - start) for start in range(0, total, size)]
 
 
 def measure(method, opts):
-    """Everything about one method, as a JSON-ready dict."""
+    """Everything about one method, as a JSON-ready dict.
+
+    The machine's speed can drift within minutes (shared cores), so the method's synthetic
+    iterations, the floor's (built in this process after the method's peak memory is read)
+    and the end-to-end iterations are interleaved in chunks of ``--chunk`` iterations, and
+    every ratio compares medians taken over the same minutes."""
     device = torch.device(opts.device)
     record = {"method": method, "status": "ok", "device": opts.device,
               "baseline_mib": _peak_memory_mib(torch.device("cpu")),
@@ -291,30 +334,44 @@ def measure(method, opts):
     record["extra_params"] = count_parameters(model) - record["student_params"]
     record["extra_buffer_elements"] = (sum(b.numel() for b in model.buffers())
                                        - sum(b.numel() for b in model.student.buffers()))
-    precision = Precision.from_args(args, device)
     batch_keys = () if method == FLOOR else type(model).batch_keys
-    n = opts.warmup + opts.iters
+    synthetic, real = opts.data in ("synthetic", "both"), opts.data in ("real", "both")
+    sizes = chunks(opts.iters, opts.chunk)
     try:
-        if opts.data in ("synthetic", "both"):
-            _reset_peak(device)
-            loader = TimedLoader(synthetic_batches(batch_keys, args, opts, device), n, device,
-                                 include_data=False)
-            stats = _train(model, optimizer, loader, precision)
-            times = loader.times(opts.warmup)
-            record.update(synthetic_ms=_median_ms(times), synthetic_all_ms=[1000 * t for t in times],
-                          peak_mib=_peak_memory_mib(device), loss_terms=sorted(stats["terms"]))
-        if opts.data in ("real", "both"):
-            _reset_peak(device)
+        _reset_peak(device)
+        phases = {}
+        if synthetic:
+            phases["synthetic"] = Phase(model, optimizer, args,
+                                        synthetic_batches(batch_keys, args, opts, device),
+                                        device, include_data=False)
+        else:
             source = real_loader(batch_keys, args, opts, device)
-            loader = TimedLoader(epochs(source), n, device, include_data=True)
-            stats = _train(model, optimizer, loader, precision)
-            times = loader.times(opts.warmup)
-            record.update(e2e_ms=_median_ms(times), e2e_all_ms=[1000 * t for t in times],
-                          e2e_peak_mib=_peak_memory_mib(device), loss_terms=sorted(stats["terms"]))
-            if hasattr(model, "rematch"):
-                record.update(epoch_start_pass(model, source, opts, device))
-    except NonFiniteLoss as e:
-        return {**record, "status": "failed", "reason": str(e)}
+            phases["e2e"] = Phase(model, optimizer, args, epochs(source), device, True)
+        first = next(iter(phases.values()))
+        first.run(opts.warmup, record, timed=False)
+        first.run(sizes[0], record)
+        # the method alone so far: its peak memory (the floor and the data set come next)
+        record["peak_mib"] = _peak_memory_mib(device)
+        if synthetic and method != FLOOR:
+            f_model, f_optimizer, f_args, _ = build(FLOOR, opts, device)
+            phases["floor"] = Phase(f_model, f_optimizer, f_args,
+                                    synthetic_batches((), f_args, opts, device), device, False)
+            phases["floor"].run(opts.warmup, record, timed=False)
+        if synthetic and real:
+            source = real_loader(batch_keys, args, opts, device)
+            phases["e2e"] = Phase(model, optimizer, args, epochs(source), device, True)
+            phases["e2e"].run(opts.warmup, record, timed=False)
+        for i, size in enumerate(sizes):
+            for phase in phases.values():
+                if not (i == 0 and phase is first):
+                    phase.run(size, record)
+        record["loss_terms"] = first.terms
+        for name, phase in phases.items():
+            record[f"{name}_ms"] = _median_ms(phase.times)
+            record[f"{name}_all_ms"] = [1000 * t for t in phase.times]
+        record["process_peak_mib"] = _peak_memory_mib(device)
+        if real and hasattr(model, "rematch"):
+            record.update(epoch_start_pass(model, source, opts, device))
     except UserError as e:  # e.g. a batch key its provider cannot make for this data
         return {**record, "status": "n/a", "reason": str(e)}
     return record
@@ -371,7 +428,8 @@ def child_argv(opts, method):
     argv = [sys.executable, str(Path(__file__).resolve()), "--one", method,
             "--teacher", opts.teacher, "--student", opts.student,
             "--batch_size", str(opts.batch_size), "--iters", str(opts.iters),
-            "--warmup", str(opts.warmup), "--threads", str(opts.threads), "--data", opts.data,
+            "--warmup", str(opts.warmup), "--chunk", str(opts.chunk),
+            "--threads", str(opts.threads), "--data", opts.data,
             "--device", opts.device, "--train_size", str(opts.train_size)]
     return argv + (["--amp"] if opts.amp else [])
 
@@ -437,11 +495,14 @@ def _fmt_seconds(s):
 
 
 def add_ratios(results):
+    """Ratio to the floor measured in the method's own process (``floor_ms``, interleaved with
+    it); the floor's row (and a record without its own floor) uses the floor's process."""
     floor = next((r for r in results if r["method"] == FLOOR and r["status"] == "ok"), None)
     floor_ms = floor.get("synthetic_ms") if floor else None
     for r in results:
         if r["status"] == "ok":
-            r["ratio_to_floor"] = _ratio(r.get("synthetic_ms"), floor_ms)
+            paired = r.get("floor_ms") if r["method"] != FLOOR else r.get("synthetic_ms")
+            r["ratio_to_floor"] = _ratio(r.get("synthetic_ms"), paired or floor_ms)
             r["ratio_e2e_to_synthetic"] = _ratio(r.get("e2e_ms"), r.get("synthetic_ms"))
     return results
 
@@ -454,6 +515,8 @@ def table(results, opts):
         name = r["method"] + (" (b)" if r.get("epoch_pass_s") is not None else "")
         if r["method"] == FLOOR:
             name = "floor (a)"
+        if r.get("nonfinite"):
+            name += " (c)"
         if r["status"] != "ok":
             reason = " ".join(str(r.get("reason", "")).split())
             lines.append(f"| {r['method']} | {r['status']} ({reason}) | | | | | |")
@@ -463,16 +526,19 @@ def table(results, opts):
             f"| {name}{stage} | {_fmt_count(r.get('extra_params'))} | {_fmt(r.get('synthetic_ms'))} "
             f"| {_fmt(r.get('ratio_to_floor'), 2)} | {_fmt(r.get('e2e_ms'))} "
             f"| {_fmt(r.get('ratio_e2e_to_synthetic'), 2)} "
-            f"| {_fmt(r.get('peak_mib', r.get('e2e_peak_mib')), 0, ' MiB')} |")
+            f"| {_fmt(r.get('peak_mib'), 0, ' MiB')} |")
     return lines
 
 
 def notes(results, opts):
     ok = [r for r in results if r["status"] == "ok"]
-    baseline = min((r["baseline_mib"] for r in ok), default=None)
+    baseline = min((r["baseline_mib"] for r in ok if "baseline_mib" in r), default=None)
     iters = math.ceil(opts.train_size / opts.batch_size)
     out = ["(a) floor: teacher forward under torch.no_grad + student forward, cross-entropy, "
-           "backward, SGD step; the other ratios divide by its synthetic time."]
+           "backward, SGD step. Each method's process also times the floor, taking turns with "
+           f"the method and the end-to-end run every {opts.chunk} iterations, and its ratios "
+           "use that floor (the speed of shared cores drifts within minutes); the floor's row "
+           "is its own process."]
     if any(r.get("epoch_pass_s") is not None for r in ok):
         for r in ok:
             if r.get("epoch_pass_s") is not None:
@@ -484,14 +550,19 @@ def notes(results, opts):
                     f"({r['epoch_pass_batch_ms']:.1f} ms per batch of {opts.batch_size}, "
                     f"extrapolated from a few batches, + {r['epoch_pass_solve_s'] * 1000:.0f} ms "
                     "assignment).")
+    bad = [r["method"] for r in ok if r.get("nonfinite")]
+    if bad:
+        out.append(f"(c) {', '.join(bad)}: the loss became non-finite on these random images with "
+                   "random weights (a property of the data, not of the timing); the times "
+                   "measured up to the loop's check at the last iteration are reported.")
+    when = ("the method's warm-up and first timed iterations, before the floor and the "
+            "end-to-end data set are built" if opts.data != "real" else
+            "the method's warm-up and first end-to-end iterations (with the data set)")
     if opts.device == "cuda":
-        out.append("Peak memory: torch.cuda.max_memory_allocated during the "
-                   + ("synthetic" if opts.data != "real" else "end-to-end") + " run.")
+        out.append(f"Peak memory: torch.cuda.max_memory_allocated after {when}.")
     else:
-        out.append("Peak memory: peak RSS (ru_maxrss) of the method's own process at the end of "
-                   + ("the synthetic run" if opts.data != "real" else
-                      "the end-to-end run (with the training set's images)")
-                   + "; it includes the Python/torch/toolbox baseline of "
+        out.append(f"Peak memory: peak RSS (ru_maxrss) of the method's own process after {when}; "
+                   "it includes the Python/torch/toolbox baseline of "
                    f"{_fmt(baseline, 0, ' MiB')} measured after the imports.")
     out.append(f"Median of {opts.iters} iterations after {opts.warmup} warm-up, batch "
                f"{opts.batch_size}, each method in a fresh process; multi-stage methods are "
@@ -520,7 +591,10 @@ def parser():
     p.add_argument("--methods", default="all",
                    help="all, or a comma-separated list (kd,at,...); the floor always runs")
     p.add_argument("--iters", type=int, default=20, help="timed iterations")
-    p.add_argument("--warmup", type=int, default=5, help="untimed iterations first")
+    p.add_argument("--warmup", type=int, default=5, help="untimed iterations first (of each kind)")
+    p.add_argument("--chunk", type=int, default=5,
+                   help="iterations per turn when the method, the floor and the end-to-end run "
+                        "take turns in a method's process")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads in each method's process")
     p.add_argument("--amp", action="store_true", help="mixed precision as train_student.py --amp")
     p.add_argument("--data", default="both", choices=DATA_CHOICES,
@@ -544,7 +618,7 @@ def check(opts):
     for flag in ("teacher", "student"):
         if getattr(opts, flag) not in names:
             raise UserError(f"unknown --{flag} {getattr(opts, flag)!r}; choose one of: {', '.join(names)}")
-    for flag in ("batch_size", "iters", "threads", "train_size"):
+    for flag in ("batch_size", "iters", "chunk", "threads", "train_size"):
         if getattr(opts, flag) < 1:
             raise UserError(f"--{flag} must be at least 1, got {getattr(opts, flag)}")
     if opts.warmup < 0:
