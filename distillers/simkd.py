@@ -8,7 +8,7 @@ from helper.errors import UserError
 from models import create_model, register_deployed
 from models.base import FeatureModel
 
-from .base import Distiller, kd_loss
+from .base import Distiller
 from .common import reusable_classifier
 from .registry import register_distiller
 
@@ -99,7 +99,7 @@ class SimKD(Distiller):
         if self.cls_weight:
             losses["cls"] = self.cls_weight * F.cross_entropy(logits_s, targets)
         if self.div_weight:
-            losses["kd"] = self.div_weight * kd_loss(logits_s, logits_t, self.kd_T)
+            losses["kd"] = self.div_weight * self.kd_term(logits_s, logits_t)
         losses["simkd"] = self.beta * simkd_loss(proj, feats_t[-2])
         return logits, losses
 

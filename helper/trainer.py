@@ -106,7 +106,7 @@ def _stage_at(stages, epoch):
 
 
 def _optimizer(args, distiller, stage):
-    return torch.optim.SGD(distiller.stage_parameters(stage), lr=stage.lr or args.learning_rate,
+    return torch.optim.SGD(distiller.stage_parameters(stage), lr=args.learning_rate if stage.lr is None else stage.lr,
                            momentum=args.momentum, weight_decay=args.weight_decay)
 
 
@@ -157,7 +157,7 @@ def fit(args, distiller, train_loader, val_loader, run_path, meta, *, ctx=None, 
                 if len(stages) > 1:
                     log(f"stage {stage.name}: {stage.epochs} epochs")
             decay = args.lr_decay_epochs if stage.lr_decay_epochs is None else stage.lr_decay_epochs
-            lr = step_lr(stage_epoch, stage.lr or args.learning_rate, decay, args.lr_decay_rate)
+            lr = step_lr(stage_epoch, args.learning_rate if stage.lr is None else stage.lr, decay, args.lr_decay_rate)
             set_lr(optimizer, lr)
             train_loader.set_epoch(epoch)
             distiller.on_epoch_start(stage_epoch, train_loader, stage)
