@@ -10,7 +10,7 @@ import torch
 
 from helper.checkpoint import FORMAT, load_file, rng_state, set_rng_state
 from helper.distributed import Context, per_process_batch, sync_buffers, wrap
-from helper.precision import Precision
+from helper.precision import Precision, compile_models, make_sgd
 from helper.errors import UserError
 from helper.loop import set_lr, step_lr, train_one_epoch, validate
 from helper.run_folder import RunFolder
@@ -106,8 +106,9 @@ def _stage_at(stages, epoch):
 
 
 def _optimizer(args, distiller, stage):
-    return torch.optim.SGD(distiller.stage_parameters(stage), lr=args.learning_rate if stage.lr is None else stage.lr,
-                           momentum=args.momentum, weight_decay=args.weight_decay)
+    return make_sgd(distiller.stage_parameters(stage),
+                    lr=args.learning_rate if stage.lr is None else stage.lr,
+                    momentum=args.momentum, weight_decay=args.weight_decay)
 
 
 def fit(args, distiller, train_loader, val_loader, run_path, meta, *, ctx=None, resume=None,
@@ -123,6 +124,8 @@ def fit(args, distiller, train_loader, val_loader, run_path, meta, *, ctx=None, 
     channels_last = getattr(args, "channels_last", False)
     if channels_last:
         distiller.to(memory_format=torch.channels_last)
+    if getattr(args, "compile", False):
+        compile_models(distiller)
     stages = distiller.stages(args)
     total = sum(stage.epochs for stage in stages)
     start_epoch, best_acc, best_epoch, wall = 1, 0.0, 0, 0.0

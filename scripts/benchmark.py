@@ -1,7 +1,7 @@
 """Training speed of every distillation method on one teacher/student pair (CIFAR models).
 
     python scripts/benchmark.py --teacher resnet32x4 --student resnet8x4 --batch_size 64 \\
-        --methods all --iters 20 --warmup 5 --threads 2 [--amp] [--data both] [--device cpu]
+        --methods all --iters 20 --warmup 5 --threads 2 [--amp] [--compile] [--data both] [--device cpu]
 
 For each method (and the "floor", see below) it measures the median time of one training
 iteration and the peak memory:
@@ -78,7 +78,7 @@ from distillers import distiller_classes, get_distiller  # noqa: E402
 from helper.errors import UserError  # noqa: E402
 from helper.loop import NonFiniteLoss, train_one_epoch  # noqa: E402
 from helper.options import parse_student_args  # noqa: E402
-from helper.precision import Precision  # noqa: E402
+from helper.precision import Precision, compile_models, make_sgd  # noqa: E402
 from helper.trainer import _optimizer, count_parameters  # noqa: E402
 from models import create_model, model_names  # noqa: E402
 
@@ -165,6 +165,10 @@ class Floor(nn.Module):
         for p in teacher.parameters():
             p.requires_grad_(False)
 
+    @property
+    def teacher(self):
+        return self._teacher[0]
+
     def _apply(self, fn, *args, **kwargs):
         super()._apply(fn, *args, **kwargs)
         self._teacher[0]._apply(fn, *args, **kwargs)
@@ -188,7 +192,7 @@ def method_args(method, opts):
             "--batch_size", str(opts.batch_size), "--dataset", "cifar100"]
     if opts.amp:
         argv.append("--amp")
-    return parse_student_args(argv)
+    return parse_student_args(argv + (["--compile"] if opts.compile else []))
 
 
 def data_info(opts):
@@ -204,8 +208,10 @@ def build(method, opts, device):
     if method == FLOOR:
         args = method_args("vanilla", opts)
         model = Floor(student, teacher).to(device)
-        optimizer = torch.optim.SGD(student.parameters(), lr=args.learning_rate,
-                                    momentum=args.momentum, weight_decay=args.weight_decay)
+        if opts.compile:
+            compile_models(model)
+        optimizer = make_sgd(student.parameters(), lr=args.learning_rate,
+                             momentum=args.momentum, weight_decay=args.weight_decay)
         return model, optimizer, args, {"stage": "main", "stages": ["main"]}
     cls = get_distiller(method)
     args = method_args(method, opts)
@@ -217,6 +223,8 @@ def build(method, opts, device):
     # the middle of the main stage: past every warm-up (ReviewKD, DKD), no re-matching (MGD)
     model.on_epoch_start(max(1, stage.epochs // 2 + 1), None, stage)
     model.stage = stage.name
+    if opts.compile:
+        compile_models(model)
     optimizer = _optimizer(args, model, stage)
     return model, optimizer, args, {"stage": stage.name, "stages": [s.name for s in stages]}
 
@@ -431,7 +439,7 @@ def child_argv(opts, method):
             "--warmup", str(opts.warmup), "--chunk", str(opts.chunk),
             "--threads", str(opts.threads), "--data", opts.data,
             "--device", opts.device, "--train_size", str(opts.train_size)]
-    return argv + (["--amp"] if opts.amp else [])
+    return argv + (["--amp"] if opts.amp else []) + (["--compile"] if opts.compile else [])
 
 
 def run_child(opts, method, timeout=None):
@@ -464,7 +472,7 @@ def machine_line(opts):
     if opts.amp:
         amp = "fp16 autocast + gradient scaler" if opts.device == "cuda" else "bf16 autocast"
     return (f"{where}, {opts.threads} torch threads, torch {torch.__version__}, device "
-            f"{opts.device}, amp {amp}")
+            f"{opts.device}, amp {amp}, torch.compile {'on' if opts.compile else 'off'}")
 
 
 def _fmt_count(n):
@@ -597,6 +605,8 @@ def parser():
                         "take turns in a method's process")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads in each method's process")
     p.add_argument("--amp", action="store_true", help="mixed precision as train_student.py --amp")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile student and teacher as train_student.py --compile")
     p.add_argument("--data", default="both", choices=DATA_CHOICES,
                    help="synthetic (pure compute), real (end to end) or both")
     p.add_argument("--device", default=None, choices=("cpu", "cuda"),

@@ -27,11 +27,11 @@ def test_script_commands_parse(script):
         assert argv[0] == "python", argv
         if argv[1] == "train_teacher.py":
             args = parse_teacher_args(argv[2:])
-            folders.add(("t", args.model, args.dataset, args.trial))
+            folders.add(("t", args.save_folder, args.model, args.dataset, args.trial))
         else:
             assert argv[1] == "train_student.py", argv
             args = parse_student_args(argv[2:])
-            folders.add(("s", args.model_s, args.path_t, args.distill, args.cls, args.div,
+            folders.add(("s", args.save_folder, args.model_s, args.path_t, args.distill, args.cls, args.div,
                          args.beta, args.trial))
     # Every run gets a folder of its own (a clash would make the second run refuse to start).
     assert len(folders) == len(commands)

@@ -1,0 +1,69 @@
+"""--compile and the fused SGD every run uses."""
+import json
+
+import pytest
+import torch
+
+import train_student
+import train_teacher
+from helper import precision
+from helper.precision import make_sgd
+
+
+def _params(seed):
+    torch.manual_seed(seed)
+    return [torch.nn.Parameter(torch.randn(s)) for s in ((7, 3), (5,), (2, 2, 3))]
+
+
+def test_fused_sgd_makes_the_same_updates_as_the_for_loop_sgd():
+    fused_params, loop_params = _params(0), _params(0)
+    fused = make_sgd(fused_params, lr=0.1, momentum=0.9, weight_decay=5e-4)
+    loop = torch.optim.SGD(loop_params, lr=0.1, momentum=0.9, weight_decay=5e-4, foreach=False)
+    assert fused.defaults["fused"]
+    for step in range(4):
+        torch.manual_seed(100 + step)
+        grads = [torch.randn_like(p) for p in fused_params]
+        for params, opt in ((fused_params, fused), (loop_params, loop)):
+            for p, g in zip(params, grads):
+                p.grad = g.clone()
+            opt.step()
+    for a, b in zip(fused_params, loop_params):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    # resume: the fused optimizer's state loads into a fresh one
+    again = make_sgd(_params(0), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    again.load_state_dict(fused.state_dict())
+
+
+def _mnist_args(data, save):
+    return ["--dataset", "mnist", "--data_folder", str(data), "--save_folder", str(save),
+            "--batch_size", "100", "--epochs", "1", "--print_freq", "1000"]
+
+
+def test_compile_trains_a_kd_student_as_eager_mode_does(mnist_small, tmp_path):
+    teachers = tmp_path / "t"
+    train_teacher.main(["--model", "mlp_800", "--learning_rate", "0.1", *_mnist_args(mnist_small, teachers)])
+    teacher = teachers / "teachers" / "mlp_800_vanilla_mnist_trial_0" / "best.pth"
+    runs = {}
+    for mode, extra in (("eager", []), ("compiled", ["--compile"])):
+        train_student.main(["--path_t", str(teacher), "--model_s", "mlp_800", "--distill", "kd",
+                            "--learning_rate", "0.1", *extra, *_mnist_args(mnist_small, tmp_path / mode)])
+        runs[mode] = tmp_path / mode / "students" / "S:mlp_800_T:mlp_800_mnist_kd_r:1_a:1_b:0_0"
+    summaries = {m: json.loads((p / "summary.json").read_text()) for m, p in runs.items()}
+    assert summaries["compiled"]["finished"] and summaries["compiled"]["args"]["compile"]
+    weights = {m: torch.load(p / "last.pth", weights_only=True)["model"] for m, p in runs.items()}
+    assert list(weights["compiled"]) == list(weights["eager"])  # no "_orig_mod.": interchangeable
+    for name, w in weights["eager"].items():  # same seed, same steps: only rounding differs
+        torch.testing.assert_close(weights["compiled"][name], w, rtol=1e-3, atol=1e-3)
+    assert abs(summaries["compiled"]["last_acc"] - summaries["eager"]["last_acc"]) < 0.5
+
+
+def test_compile_without_a_cpu_compiler_is_one_line(mnist_small, tmp_path, monkeypatch, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("the C++ compiler check applies to CPU runs")
+    monkeypatch.setattr(precision.shutil, "which", lambda name: None)
+    with pytest.raises(SystemExit) as e:
+        train_teacher.main(["--model", "mlp_800", "--compile", *_mnist_args(mnist_small, tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1
+    assert "--compile on the CPU needs a C++ compiler" in err
+    assert not list((tmp_path / "teachers").rglob("*.pth"))
