@@ -85,8 +85,9 @@ class Distiller(nn.Module):
         self.logit_stand = bool(getattr(args, "logit_stand", False))
         self.temperature = CurriculumTemperature.from_args(args) if getattr(args, "ctkd", False) else None
         if self.temperature is not None and not self.uses_kd_temperature():
-            raise UserError(f"--ctkd learns the KD temperature, but --distill {self.name} with "
-                            f"-d {self.div_weight:g} has no KD term; pass -d > 0 or drop --ctkd")
+            raise UserError(f"--ctkd learns the KD temperature, but --distill {self.name} has no "
+                            f"KD term here (-d {self.div_weight:g}); drop --ctkd, or pass -d > 0 "
+                            "to a method with a KD term")
 
     # ---- command-line options of the method -------------------------------------------
     @classmethod

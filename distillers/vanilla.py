@@ -14,3 +14,6 @@ class Vanilla(Distiller):
     def __init__(self, student, teacher, args, data_info=None):
         super().__init__(student, None, args, data_info)
         self.div_weight = 0.0
+
+    def uses_kd_temperature(self):
+        return False  # -d is ignored: no KD term, so --ctkd is refused
