@@ -30,7 +30,7 @@ def stage_maps(model, shapes, method):
 
 def conv_maps_or_error(model, feats_shapes, method):
     """The intermediate stage maps ``feats[1:-1]``; a UserError when they are not maps."""
-    return _require_maps(feats_shapes[1:-1], method, "stage maps", type(model).__name__)
+    return _require_maps(feats_shapes[1:-1], method, "stage maps", model_name(model))
 
 
 def pool_to_smaller(f_s: torch.Tensor, f_t: torch.Tensor):

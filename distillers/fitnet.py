@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from helper.errors import UserError
 
 from .base import Distiller, Stage
+from .common import model_name
 from .registry import register_distiller
 
 
@@ -100,7 +101,7 @@ class FitNet(Distiller):
             maps = [i for i, s in enumerate(shapes) if len(s) == 3]
             if k not in maps:
                 raise UserError(f"--hint_layer {k} is not a feature map of the {who} "
-                                f"({type(student if who == 'student' else teacher).__name__} "
+                                f"({model_name(student if who == 'student' else teacher)} "
                                 f"has maps at {maps}); choose one of those")
         self.regressor = ConvReg(s_shapes[k], t_shapes[k])
 
