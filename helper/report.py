@@ -60,23 +60,32 @@ def _label(method, args, varying):
     return f"{method} ({weights}{', ' + extra if extra else ''})"
 
 
+def group_labels(keys):
+    """``{group key: label}``: the method and weights, plus the flags that differ between
+    groups of the same method (e.g. ``amp=True``)."""
+    by_method = defaultdict(list)
+    for key in keys:
+        by_method[key[:4]].append(json.loads(key[4]))
+    labels = {}
+    for key in keys:
+        args = json.loads(key[4])
+        varying = {k for k in args if k not in ("cls", "div", "beta")
+                   and any(other.get(k) != args[k] for other in by_method[key[:4]])}
+        labels[key] = _label(key[3], args, varying)
+    return labels
+
+
 def report(runs, table=None):
     groups = defaultdict(list)
     for run in runs:
         groups[group_key(run)].append(run)
-    # Flags that differ between groups of the same method are shown in the label.
-    by_method = defaultdict(list)
-    for key in groups:
-        by_method[key[:4]].append(json.loads(key[4]))
+    labels = group_labels(groups)
     metric = TABLES[table]["metric"] if table else "best"
     lines = [f"| data | teacher | student | method | trials | best top-1 | last top-1 | published ({metric}) | diff |",
              "|---|---|---|---|---|---|---|---|---|"]
     for key in sorted(groups):
         dataset, teacher, student, method, args_json = key
         args = json.loads(args_json)
-        siblings = by_method[key[:4]]
-        varying = {k for k in args if k not in ("cls", "div", "beta")
-                   and any(other.get(k) != args[k] for other in siblings)}
         done = [r for r in groups[key] if r.get("finished")]
         running = len(groups[key]) - len(done)
         best, best_mean = _stats([r["best_acc"] for r in done])
@@ -85,7 +94,7 @@ def report(runs, table=None):
         ours = last_mean if metric == "last" else best_mean
         diff = f"{ours - published:+.2f}" if published is not None and ours is not None else ""
         trials = f"{len(done)}" + (f" (+{running} running)" if running else "")
-        lines.append(f"| {dataset} | {teacher} | {student} | {_label(method, args, varying)} | {trials} | "
+        lines.append(f"| {dataset} | {teacher} | {student} | {labels[key]} | {trials} | "
                      f"{best} | {last} | {'' if published is None else f'{published:.2f}'} | {diff} |")
     return "\n".join(lines)
 
@@ -102,8 +111,9 @@ def plot(runs, path):
     groups = defaultdict(list)
     for run in runs:
         groups[group_key(run)].append(run)
+    labels = group_labels(groups)
     fig, ax = plt.subplots(figsize=(8, 5))
-    for key, members in sorted(groups.items()):
+    for index, (key, members) in enumerate(sorted(groups.items())):
         curves = []
         for run in members:
             events = EventAccumulator(run["path"])
@@ -112,8 +122,9 @@ def plot(runs, path):
                 curves.append({e.step: e.value for e in events.Scalars("test/acc")})
         steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
         if steps:
-            ax.plot(steps, [statistics.fmean(c[s] for c in curves) for s in steps],
-                    label=f"{key[2]} {key[3]} ({len(curves)})")
+            style = ("-", "--", ":", "-.")[index // 10 % 4]  # the colour cycle has 10 colours
+            ax.plot(steps, [statistics.fmean(c[s] for c in curves) for s in steps], style,
+                    label=f"{key[2]} {labels[key]} ({len(curves)})")
     ax.set_xlabel("epoch")
     ax.set_ylabel("test top-1 (%)")
     ax.legend(fontsize=7)

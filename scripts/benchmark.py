@@ -584,7 +584,7 @@ def notes(results, opts):
                          f"{r['epoch_pass_every']} epochs)")
             estimates.append(text)
     if estimates:
-        out.append(f"--epoch_estimate ({opts.train_size:,} images = {iters} iterations of "
+        out.append(f"Epoch estimate ({opts.train_size:,} images = {iters} iterations of "
                    f"{opts.batch_size}, end to end, training only): " + ", ".join(estimates))
     return out
 

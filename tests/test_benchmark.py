@@ -83,7 +83,7 @@ def test_markdown_table(report):
         for cell in cells[2:6]:
             assert _positive_finite(float(cell))
         assert cells[6].endswith(" MiB")
-    assert any(line.startswith("--epoch_estimate (2,000 images = 250 iterations") for line in lines)
+    assert any(line.startswith("Epoch estimate (2,000 images = 250 iterations") for line in lines)
 
 
 def test_unknown_method_is_one_line_exit_2(bench, capsys):
