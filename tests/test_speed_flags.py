@@ -1,5 +1,6 @@
 """--compile and the fused SGD every run uses."""
 import json
+import shutil
 
 import pytest
 import torch
@@ -39,6 +40,8 @@ def _mnist_args(data, save):
             "--batch_size", "100", "--epochs", "1", "--print_freq", "1000"]
 
 
+@pytest.mark.skipif(not torch.cuda.is_available() and not (shutil.which("g++") or shutil.which("clang++")),
+                    reason="torch.compile on the CPU needs a C++ compiler")
 def test_compile_trains_a_kd_student_as_eager_mode_does(mnist_small, tmp_path):
     teachers = tmp_path / "t"
     train_teacher.main(["--model", "mlp_800", "--learning_rate", "0.1", *_mnist_args(mnist_small, teachers)])
