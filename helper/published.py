@@ -5,9 +5,16 @@ model trained alone and ``constraints`` are flags a run must have to match (e.g.
 projector factor). ``metric`` says which accuracy the source reports.
 """
 
+from distillers import get_distiller
+
 T_SIMKD = "resnet32x4"
 SIMKD_BETAS = {"kd": None, "fitnet": 100, "at": 1000, "sp": 3000, "vid": 1, "crd": 0.8, "srrl": 1,
                "semckd": 400}
+
+
+def _teacher(method, teacher):
+    """The row's teacher, or None for a method that trains without one (the student alone)."""
+    return teacher if get_distiller(method).needs_teacher else None
 
 
 def _simkd():
@@ -19,7 +26,7 @@ def _simkd():
     students = ["resnet8x4", "vgg8", "ShuffleV2_1_5"]
     entries = [(None, T_SIMKD, "vanilla", 79.42, {})]
     for method, values in rows.values():
-        teacher = None if method == "vanilla" else T_SIMKD  # the student-alone row has no teacher
+        teacher = _teacher(method, T_SIMKD)
         for student, value in zip(students, values):
             entries.append((teacher, student, method, value, {}))
     for factor, values in ((8, [76.73, 74.74, 78.96]), (4, [77.88, 75.62, 79.48]),
@@ -102,7 +109,7 @@ def _kd_zoo(dataset):
     entries = []
     for method, (small, large) in values.items():
         for model, value in (("resnet20", small), ("resnet110", large)):
-            entries.append((None if method == "vanilla" else model, model, method, value, {}))
+            entries.append((_teacher(method, model), model, method, value, {}))
     at_kd = {"cifar10": (92.6, 93.7), "cifar100": (68.7, 73.7)}[dataset]
     entries += [("resnet20", "resnet20", "at", at_kd[0], {"div": 1.0}),
                 ("resnet110", "resnet110", "at", at_kd[1], {"div": 1.0})]
