@@ -3,13 +3,14 @@ import torch
 import torch.nn.functional as F
 
 from .base import Distiller
-from .common import conv_maps_or_error, pool_to_smaller
+from .common import channel_mean_square, conv_maps_or_error, pool_to_smaller
 from .registry import register_distiller
 
 
 def attention_map(f: torch.Tensor, p: float = 2.0) -> torch.Tensor:
     """Spatial attention: mean over channels of ``|f|^p``, flattened, L2-normalised."""
-    return F.normalize(f.abs().pow(p).mean(1).flatten(1), dim=1)
+    a = channel_mean_square(f) if p == 2 else f.abs().pow(p).mean(1)
+    return F.normalize(a.flatten(1), dim=1)
 
 
 def at_loss(f_s: torch.Tensor, f_t: torch.Tensor, p: float = 2.0) -> torch.Tensor:

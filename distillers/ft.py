@@ -4,7 +4,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import Distiller
-from .common import init_stages, parameters_except, pool_to_smaller, stage_maps
+from .common import channel_mean_square, init_stages, parameters_except, pool_to_smaller, stage_maps
 from .registry import register_distiller
 
 # RepDistiller's helper/pretrain.py pre-trains the paraphraser at lr 0.01 for these students
@@ -61,8 +61,8 @@ def ft_loss(factor_s: torch.Tensor, factor_t: torch.Tensor, paper_factor: bool =
     factor_s, factor_t = pool_to_smaller(factor_s, factor_t)
     if paper_factor:
         return (F.normalize(factor_s.flatten(1)) - F.normalize(factor_t.flatten(1))).abs().mean()
-    return (F.normalize(factor_s.pow(2).mean(1).flatten(1))
-            - F.normalize(factor_t.pow(2).mean(1).flatten(1))).abs().mean()
+    return (F.normalize(channel_mean_square(factor_s).flatten(1))
+            - F.normalize(channel_mean_square(factor_t).flatten(1))).abs().mean()
 
 
 @register_distiller("ft", "factor")

@@ -7,18 +7,74 @@ from .common import conv_maps_or_error, pool_to_smaller
 from .registry import register_distiller
 
 
-def _poly_kernel_mean(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Mean over the batch and all channel pairs of ``(a_i . b_j)^2`` (degree 2, c = 0)."""
-    return torch.bmm(a, b.transpose(1, 2)).pow(2).mean()
+_EPS2 = 1e-24  # F.normalize's eps (1e-12), squared: the channel form normalises via the Grams
+
+
+def _gram_normalised_sq(g: torch.Tensor, d_a: torch.Tensor, d_b: torch.Tensor) -> torch.Tensor:
+    """Mean of ``(a_i . b_j)^2 / (|a_i|^2 |b_j|^2)`` from the Gram ``g = a b^T`` and the
+    squared norms of a's rows ``d_a`` and of b's rows ``d_b``, as ``d_a^-1 . g^2 d_b^-1``
+    (one elementwise pass over the Gram)."""
+    weighted = d_a.reciprocal().unsqueeze(1) @ g.square() @ d_b.reciprocal().unsqueeze(2)
+    return weighted.sum() / g.numel()
+
+
+class _StudentGrams(torch.autograd.Function):
+    """``(S S^T, S T^T)`` with ``T`` constant. Autograd would differentiate the two factors
+    of ``S S^T`` separately (three products over the maps in the backward); here the
+    gradient is ``(W_ss + W_ss^T) S + W_st T``: two."""
+
+    @staticmethod
+    def forward(ctx, s, t):
+        ctx.save_for_backward(s, t)
+        return torch.bmm(s, s.transpose(1, 2)), torch.bmm(s, t.transpose(1, 2))
+
+    @staticmethod
+    def backward(ctx, grad_ss, grad_st):
+        s, t = ctx.saved_tensors
+        return torch.bmm(grad_ss + grad_ss.transpose(1, 2), s).baddbmm_(grad_st, t), None
+
+
+def _channel_form(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``mean k(s,s) + mean k(t,t) - 2 mean k(s,t)`` from channel-by-channel Grams; the
+    normalisation is folded into them (their diagonals are the squared norms), so no
+    elementwise pass over the maps is needed."""
+    with torch.no_grad():  # the teacher-teacher term is a constant
+        g_tt = torch.bmm(t, t.transpose(1, 2))
+        d_t = g_tt.diagonal(dim1=1, dim2=2).clamp_min(_EPS2)
+        k_tt = _gram_normalised_sq(g_tt, d_t, d_t)
+    g_ss, g_st = _StudentGrams.apply(s, t.detach())
+    d_s = g_ss.diagonal(dim1=1, dim2=2).clamp_min(_EPS2)
+    return k_tt + _gram_normalised_sq(g_ss, d_s, d_s) - 2 * _gram_normalised_sq(g_st, d_s, d_t)
+
+
+def _position_form(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The same value as ``|| S^T S / C_s - T^T T / C_t ||_F^2`` (batch mean) with the
+    position-by-position Grams of the normalised maps: the MMD in the kernel's feature space
+    (``x -> x x^T``), since ``sum_ij (s_i . t_j)^2 = <S^T S, T^T T>``."""
+    s = F.normalize(s, dim=2)
+    with torch.no_grad():
+        t = F.normalize(t, dim=2)
+        g_t = torch.bmm(t.transpose(1, 2), t) / t.shape[1]
+    g_s = torch.bmm(s.transpose(1, 2), s) / s.shape[1]
+    return (g_s - g_t).square().sum((1, 2)).mean()
 
 
 def nst_loss(f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
     """Squared MMD between the channels of the two maps seen as samples: each channel's
-    spatial map is L2-normalised, the larger map average-pooled to the smaller one first."""
+    spatial map is L2-normalised, the larger map average-pooled to the smaller one first;
+    polynomial kernel ``k(x, y) = (x . y)^2``, averaged over the batch and channel pairs.
+
+    Two exact ways to compute it; the cheaper one for the shapes is used: Grams over
+    channels (``C x C``, early stages: many positions) or over positions (``HW x HW``, late
+    stages: many channels). Always in float32, also under ``--amp``: unnormalised Gram
+    entries and their squares overflow float16."""
     f_s, f_t = pool_to_smaller(f_s, f_t)
-    s = F.normalize(f_s.flatten(2), dim=2)
-    t = F.normalize(f_t.flatten(2), dim=2)
-    return _poly_kernel_mean(t, t).detach() + _poly_kernel_mean(s, s) - 2 * _poly_kernel_mean(s, t)
+    s, t = f_s.flatten(2).float(), f_t.flatten(2).float()
+    c_s, c_t, hw = s.shape[1], t.shape[1], s.shape[2]
+    with torch.autocast(s.device.type, enabled=False):
+        if hw * (c_s + c_t) < c_s * c_s + c_t * c_t + c_s * c_t:
+            return _position_form(s, t)
+        return _channel_form(s, t)
 
 
 @register_distiller("nst")

@@ -10,10 +10,28 @@ from .common import conv_maps_or_error, pool_to_smaller
 from .registry import register_distiller
 
 
+class _ChannelMSE(torch.autograd.Function):
+    """Per channel, the mean of ``(pred - target)^2`` over batch and positions: (N, C, H, W)
+    -> (C,), with the one-pass backward ``2 (pred - target) grad_c / (N H W)`` (autograd's
+    takes several passes over the map); ``target`` is constant."""
+
+    @staticmethod
+    def forward(ctx, pred, target):
+        diff = pred - target
+        ctx.save_for_backward(diff)
+        return diff.square().mean((0, 2, 3))
+
+    @staticmethod
+    def backward(ctx, grad):
+        (diff,) = ctx.saved_tensors
+        scale = grad * (2.0 * diff.shape[1] / diff.numel())
+        return diff * scale.view(1, -1, 1, 1), None
+
+
 def gaussian_nll(mean, target, var):
-    """``0.5 * ((target - mean)^2 / var + log var)`` averaged over all elements (no
-    ``log(2 pi)`` constant); ``var`` broadcasts over ``mean``."""
-    return (0.5 * ((mean - target).pow(2) / var + var.log())).mean()
+    """``0.5 * ((target - mean)^2 / var + log var)`` averaged over all elements of the
+    (N, C, H, W) maps (no ``log(2 pi)`` constant), with one variance ``var`` per channel."""
+    return 0.5 * ((_ChannelMSE.apply(mean, target.detach()) / var).mean() + var.log().mean())
 
 
 class VIDRegressor(nn.Module):
@@ -23,8 +41,8 @@ class VIDRegressor(nn.Module):
     def __init__(self, in_channels, mid_channels, out_channels, init_var=5.0, eps=1e-5):
         super().__init__()
         self.regressor = nn.Sequential(
-            nn.Conv2d(in_channels, mid_channels, 1, bias=False), nn.ReLU(),
-            nn.Conv2d(mid_channels, mid_channels, 1, bias=False), nn.ReLU(),
+            nn.Conv2d(in_channels, mid_channels, 1, bias=False), nn.ReLU(inplace=True),
+            nn.Conv2d(mid_channels, mid_channels, 1, bias=False), nn.ReLU(inplace=True),
             nn.Conv2d(mid_channels, out_channels, 1, bias=False))
         # inverse softplus, so that the initial variance is exactly init_var
         init = math.log(math.expm1(init_var - eps))
@@ -36,7 +54,7 @@ class VIDRegressor(nn.Module):
 
     def forward(self, f_s, f_t):
         f_s, f_t = pool_to_smaller(f_s, f_t)
-        return gaussian_nll(self.regressor(f_s), f_t, self.variance().view(1, -1, 1, 1))
+        return gaussian_nll(self.regressor(f_s), f_t, self.variance())
 
 
 @register_distiller("vid")

@@ -4,6 +4,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from distillers import get_distiller
 from distillers.at import at_loss
@@ -34,6 +35,19 @@ def test_at_loss_matches_hand_computation():
     f_s, f_t = rng.normal(size=(2, 3, 4, 4)), rng.normal(size=(2, 5, 4, 4))
     expected = ((_attention(f_s) - _attention(f_t)) ** 2).mean()
     assert abs(at_loss(torch.tensor(f_s), torch.tensor(f_t)).item() - expected) < 1e-12
+
+
+def test_attention_gradient_matches_autograd_of_the_plain_formula():
+    # p = 2 uses a hand-written one-pass backward (distillers.common.channel_mean_square)
+    torch.manual_seed(0)
+    f_s = torch.randn(2, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    f_t = torch.randn(2, 5, 4, 4, dtype=torch.float64)
+    plain = lambda f: F.normalize(f.pow(2).mean(1).flatten(1))  # noqa: E731
+    (got,) = torch.autograd.grad(at_loss(f_s, f_t), f_s)
+    (expected,) = torch.autograd.grad((plain(f_s) - plain(f_t)).pow(2).mean(), f_s)
+    assert torch.allclose(got, expected, rtol=0, atol=1e-15)
+    assert torch.autograd.gradcheck(lambda f: at_loss(f, f_t), (f_s,))
+    assert torch.autograd.gradcheck(lambda f: at_loss(f, f_t, p=3.0), (f_s,))
 
 
 def test_at_loss_pools_the_larger_map():

@@ -4,6 +4,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from distillers import get_distiller
 from distillers.nst import nst_loss
@@ -16,8 +17,8 @@ def _mmd2(f_s, f_t):
     """Per sample, channels as samples of unit spatial vectors, kernel (x . y)^2; batch mean."""
     total = 0.0
     for s, t in zip(f_s, f_t):
-        s = [c.ravel() / np.linalg.norm(c) for c in s]
-        t = [c.ravel() / np.linalg.norm(c) for c in t]
+        s = [c.ravel() / max(np.linalg.norm(c), 1e-12) for c in s]  # F.normalize's eps
+        t = [c.ravel() / max(np.linalg.norm(c), 1e-12) for c in t]
         k = lambda a, b: np.mean([float(x @ y) ** 2 for x in a for y in b])  # noqa: E731
         total += k(t, t) + k(s, s) - 2 * k(s, t)
     return total / len(f_s)
@@ -28,6 +29,32 @@ def test_nst_loss_matches_loop():
     f_s, f_t = rng.normal(size=(2, 3, 2, 2)), rng.normal(size=(2, 5, 2, 2))  # channels may differ
     got = nst_loss(torch.tensor(f_s), torch.tensor(f_t)).item()
     assert abs(got - _mmd2(f_s, f_t)) < 1e-12
+
+
+def _plain_nst(f_s, f_t):
+    """The textbook computation (RepDistiller's): normalised maps, three channel Grams."""
+    s, t = F.normalize(f_s.flatten(2), dim=2), F.normalize(f_t.flatten(2), dim=2)
+    k = lambda a, b: torch.bmm(a, b.transpose(1, 2)).pow(2).mean()  # noqa: E731
+    return k(t, t) + k(s, s) - 2 * k(s, t)
+
+
+# The loss is computed from channel Grams when maps have many positions (early stages) and
+# from position Grams when they have many channels (late stages); both must be exact.
+@pytest.mark.parametrize("c_s,c_t,hw,form", [(3, 5, 6, "channel"), (4, 4, 3, "channel"),
+                                             (8, 16, 2, "position"), (32, 16, 2, "position")])
+def test_both_ways_of_computing_match_the_loop_and_autograd(c_s, c_t, hw, form):
+    assert (hw * hw * (c_s + c_t) < c_s**2 + c_t**2 + c_s * c_t) == (form == "position")
+    rng = np.random.default_rng(c_s + hw)
+    f_s = np.maximum(rng.normal(size=(2, c_s, hw, hw)), 0)
+    f_s[0, 1] = 0  # a dead ReLU channel: F.normalize's eps keeps its gradient finite
+    f_t = np.maximum(rng.normal(size=(2, c_t, hw, hw)), 0)
+    s, t = torch.tensor(f_s, requires_grad=True), torch.tensor(f_t)
+    got = nst_loss(s, t)
+    assert abs(got.item() - _mmd2(f_s, f_t)) < 1e-12
+    (grad,) = torch.autograd.grad(got, s)
+    (expected,) = torch.autograd.grad(_plain_nst(s, t), s)
+    assert torch.isfinite(grad).all() and torch.allclose(grad, expected, rtol=1e-9, atol=1e-15)
+    assert torch.autograd.gradcheck(lambda x: nst_loss(x, t), (torch.randn_like(s, requires_grad=True),))
 
 
 def test_larger_map_is_average_pooled():
