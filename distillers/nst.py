@@ -66,10 +66,11 @@ def nst_loss(f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
 
     Two exact ways to compute it; the cheaper one for the shapes is used: Grams over
     channels (``C x C``, early stages: many positions) or over positions (``HW x HW``, late
-    stages: many channels). Always in float32, also under ``--amp``: unnormalised Gram
+    stages: many channels). In float32 at least, also under ``--amp``: unnormalised Gram
     entries and their squares overflow float16."""
     f_s, f_t = pool_to_smaller(f_s, f_t)
-    s, t = f_s.flatten(2).float(), f_t.flatten(2).float()
+    dtype = torch.promote_types(torch.promote_types(f_s.dtype, f_t.dtype), torch.float32)
+    s, t = f_s.flatten(2).to(dtype), f_t.flatten(2).to(dtype)
     c_s, c_t, hw = s.shape[1], t.shape[1], s.shape[2]
     with torch.autocast(s.device.type, enabled=False):
         if hw * (c_s + c_t) < c_s * c_s + c_t * c_t + c_s * c_t:

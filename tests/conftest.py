@@ -1,6 +1,7 @@
 """Shared fixtures: small real data sets built from ../shared/data, tiny CIFAR-format files,
-and untrained teacher checkpoints built once per session (helpers.py has the rest of the
+untrained teacher checkpoints built once per session, scripts/benchmark.py as a module (helpers.py has the rest of the
 scaffolding of the method tests)."""
+import importlib.util
 import pickle
 import struct
 import sys
@@ -98,3 +99,13 @@ def teacher_ckpt(tmp_path_factory):
             save_teacher(name, path)
         return path
     return get
+
+
+@pytest.fixture(scope="session")
+def bench():
+    """scripts/benchmark.py imported as a module (it is a script, not a package member)."""
+    spec = importlib.util.spec_from_file_location("benchmark_script",
+                                                  REPO / "scripts" / "benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

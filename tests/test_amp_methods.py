@@ -1,8 +1,6 @@
 """Every method trains under --amp (bf16 autocast on the CPU): one step of the toolbox's loop
 per method and stage on random batches, with finite losses and weights. Catches
 loss code that mixes dtypes (hand-written backwards, in-place updates of fp32 buffers)."""
-import importlib.util
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -13,23 +11,13 @@ from helper.loop import train_one_epoch
 from helper.precision import Precision
 from helper.trainer import _optimizer
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
-
-
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("benchmark_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.mark.parametrize("method", sorted(cls.name for cls in distiller_classes()))
 def test_one_amp_step(bench, method):
     opts = SimpleNamespace(teacher="resnet14", student="resnet8", batch_size=16, amp=True,
                            compile=False, train_size=20000)  # > CRD's 16,384 negatives
     device = torch.device("cpu")
-    model, _, args, info = bench.build(method, opts, device)  # set up for the main stage
+    model, _, args, _ = bench.build(method, opts, device)  # set up for the main stage
     batch = next(bench.synthetic_batches(type(model).batch_keys, args, opts, device))
     batch["images"] = batch["images"].clamp(-2, 2)  # image-like range: no overflow at random init
     for stage in model.stages(args):

@@ -1,5 +1,4 @@
 """scripts/benchmark.py: the table, its JSON, the timing hook, and its errors (small models)."""
-import importlib.util
 import json
 import math
 import subprocess
@@ -13,14 +12,6 @@ import torch
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
 SMALL = ["--teacher", "resnet14", "--student", "resnet8", "--iters", "2", "--warmup", "1",
          "--chunk", "1", "--batch_size", "8", "--threads", "1"]
-
-
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("benchmark_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
