@@ -134,7 +134,7 @@ class AB(Distiller):
     def forward_train(self, images, targets, **batch):
         if self.stage != "init":
             return super().forward_train(images, targets, **batch)
-        feats_s, logits_s = self.student(images, is_feat=True, preact=True)
         with torch.no_grad():
             feats_t, _ = self.teacher(images, is_feat=True, preact=True)
+        feats_s, logits_s = self.student(images, is_feat=True, preact=True)
         return logits_s, {"ab": self.ab_loss(feats_s, feats_t)}

@@ -134,9 +134,9 @@ class FitNet(Distiller):
     def forward_train(self, images, targets, **batch):
         if self.stage != "hint":
             return super().forward_train(images, targets, **batch)
-        feats_s, logits_s = self._run(self.student, images, True)
         with torch.no_grad():
             feats_t, _ = self._run(self.teacher, images, True)
+        feats_s, logits_s = self._run(self.student, images, True)
         return logits_s, {"hint": self.beta * self.hint(feats_s, feats_t)}
 
     def method_losses(self, *, feats_s, logits_s, feats_t, logits_t, targets, **batch):

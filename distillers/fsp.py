@@ -99,9 +99,9 @@ class FSP(Distiller):
     def forward_train(self, images, targets, **batch):
         if self.stage != "init":
             return super().forward_train(images, targets, **batch)
-        feats_s, logits_s = self.student(images, is_feat=True)
         with torch.no_grad():
             feats_t, _ = self.teacher(images, is_feat=True)
+        feats_s, logits_s = self.student(images, is_feat=True)
         return logits_s, {"fsp": fsp_loss(feats_s[:-1], feats_t[:-1])}
 
     def method_losses(self, *, feats_s, logits_s, feats_t, logits_t, targets, **batch):

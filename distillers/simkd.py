@@ -90,9 +90,9 @@ class SimKD(Distiller):
             "cls_out": classifier.out_features}
 
     def forward_train(self, images, targets, **batch):
-        feats_s, logits_s = self.student(images, is_feat=True)
         with torch.no_grad():
             feats_t, logits_t = self.teacher(images, is_feat=True)
+        feats_s, logits_s = self.student(images, is_feat=True)
         proj, _, logits = simkd_head(feats_s[-2], self.projector, self.teacher.get_classifier(),
                                      self.teacher_size)
         losses = {}
