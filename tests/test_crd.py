@@ -180,9 +180,9 @@ def test_extras_are_trained_saved_and_round_trip_bit_exactly():
 
 
 @pytest.mark.parametrize("teacher,student", PAIRS)
-def test_one_epoch_on_cifar100_files(cifar100_small, tmp_path, teacher, student, teacher_ckpt):
-    run, summary = one_epoch("crd", teacher_ckpt(teacher), student, cifar100_small, tmp_path,
-                             "--nce_k", "128")
+def test_one_epoch_on_cifar100_files(cifar100_tiny, tmp_path, teacher, student, teacher_ckpt):
+    run, summary = one_epoch("crd", teacher_ckpt(teacher), student, cifar100_tiny, tmp_path,
+                             "--nce_k", "64")
     assert summary["parameters"]["extras"] > 0
     last = torch.load(run / "last.pth", weights_only=True)
     assert (last["extras"]["memory.z"] > 0).all()
