@@ -1,6 +1,7 @@
 """Helpers shared by several methods: model names in messages, checks of the feature shapes,
-pooling two maps to one size, attention maps, the teacher's reusable classifier, and RepDistiller's init stage
-(AB, FSP, FT) with the parameter and mode choices of multi-stage methods."""
+pooling two maps to one size, attention maps, the teacher's reusable classifier, and
+RepDistiller's init stage (AB, FSP, FT) with the parameter and mode choices of multi-stage
+methods."""
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -61,9 +62,7 @@ class _ChannelMeanSquare(torch.autograd.Function):
 
 def channel_mean_square(f: torch.Tensor) -> torch.Tensor:
     """``f.pow(2).mean(1)``: the attention map of AT (p = 2) and FT, (N, C, ...) -> (N, ...)."""
-    if f.requires_grad:
-        return _ChannelMeanSquare.apply(f)
-    return (f * f).mean(1)
+    return _ChannelMeanSquare.apply(f)
 
 
 # ---- the teacher's classifier (SRRL, SimKD) ---------------------------------------------

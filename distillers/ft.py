@@ -4,7 +4,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import Distiller
-from .common import channel_mean_square, init_stages, parameters_except, pool_to_smaller, stage_maps
+from .common import (channel_mean_square, init_stages, parameters_except, pool_to_smaller,
+                     stage_maps)
 from .registry import register_distiller
 
 # RepDistiller's helper/pretrain.py pre-trains the paraphraser at lr 0.01 for these students
