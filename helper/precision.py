@@ -58,6 +58,11 @@ def make_sgd(params, *, lr, momentum, weight_decay):
                            fused=fused or None)
 
 
+def has_cpu_compiler() -> bool:
+    """Whether Inductor can build CPU kernels: ``$CXX`` (default g++) or clang++ is on PATH."""
+    return bool(shutil.which(os.environ.get("CXX") or "g++") or shutil.which("clang++"))
+
+
 def compile_models(distiller):
     """``--compile``: ``torch.compile`` the student and the teacher in place (``Module.compile``,
     so state-dict keys and checkpoints are unchanged). The method's own losses and extras stay
@@ -65,12 +70,11 @@ def compile_models(distiller):
     The first iterations of each mode (train, eval, last smaller batch) are slow while Inductor
     compiles."""
     device = next(distiller.student.parameters()).device
-    if device.type == "cpu":
+    if device.type == "cpu" and not has_cpu_compiler():
         compiler = os.environ.get("CXX") or "g++"
-        if not (shutil.which(compiler) or shutil.which("clang++")):
-            raise UserError(f"--compile on the CPU needs a C++ compiler ({compiler} or clang++ "
-                            "not found); install one (apt-get install g++), set CXX, or drop "
-                            "--compile")
+        raise UserError(f"--compile on the CPU needs a C++ compiler ({compiler} or clang++ "
+                        "not found); install one (apt-get install g++), set CXX, or drop "
+                        "--compile")
     distiller.student.compile()
     if distiller.teacher is not None:
         distiller.teacher.compile()

@@ -60,6 +60,14 @@ def _label(method, args, varying):
     return f"{method} ({weights}{', ' + extra if extra else ''})"
 
 
+def _groups(runs):
+    """``{group key: [runs]}``: the trials of one configuration together."""
+    groups = defaultdict(list)
+    for run in runs:
+        groups[group_key(run)].append(run)
+    return groups
+
+
 def group_labels(keys):
     """``{group key: label}``: the method and weights, plus the flags that differ between
     groups of the same method (e.g. ``amp=True``)."""
@@ -76,9 +84,7 @@ def group_labels(keys):
 
 
 def report(runs, table=None):
-    groups = defaultdict(list)
-    for run in runs:
-        groups[group_key(run)].append(run)
+    groups = _groups(runs)
     labels = group_labels(groups)
     metric = TABLES[table]["metric"] if table else "best"
     lines = [f"| data | teacher | student | method | trials | best top-1 | last top-1 | published ({metric}) | diff |",
@@ -108,9 +114,7 @@ def plot(runs, path):
     except ImportError:
         raise SystemExit("error: --plot needs matplotlib (pip install matplotlib)")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    groups = defaultdict(list)
-    for run in runs:
-        groups[group_key(run)].append(run)
+    groups = _groups(runs)
     labels = group_labels(groups)
     fig, ax = plt.subplots(figsize=(8, 5))
     for index, (key, members) in enumerate(sorted(groups.items())):

@@ -1,6 +1,6 @@
 """Shared fixtures: small real data sets built from ../shared/data, tiny CIFAR-format files,
-untrained teacher checkpoints built once per session, scripts/benchmark.py as a module (helpers.py has the rest of the
-scaffolding of the method tests)."""
+untrained teacher checkpoints built once per session, scripts/benchmark.py as a module
+(helpers.py has the rest of the scaffolding of the method tests)."""
 import importlib.util
 import pickle
 import struct

@@ -1,6 +1,5 @@
 """--compile and the fused SGD every run uses."""
 import json
-import shutil
 
 import pytest
 import torch
@@ -8,7 +7,7 @@ import torch
 import train_student
 import train_teacher
 from helper import precision
-from helper.precision import make_sgd
+from helper.precision import has_cpu_compiler, make_sgd
 
 
 def _params(seed):
@@ -40,7 +39,7 @@ def _mnist_args(data, save):
             "--batch_size", "100", "--epochs", "1", "--print_freq", "1000"]
 
 
-@pytest.mark.skipif(not torch.cuda.is_available() and not (shutil.which("g++") or shutil.which("clang++")),
+@pytest.mark.skipif(not torch.cuda.is_available() and not has_cpu_compiler(),
                     reason="torch.compile on the CPU needs a C++ compiler")
 def test_compile_trains_a_kd_student_as_eager_mode_does(mnist_small, tmp_path):
     teachers = tmp_path / "t"
