@@ -5,7 +5,6 @@
 from pathlib import Path
 
 from dataset.batch_keys import add_batch_keys
-from distillers import get_distiller
 from helper.checkpoint import create_pretrained, load_teacher
 from helper.distributed import launch
 from helper.errors import UserError
@@ -16,13 +15,14 @@ from helper.trainer import build_data, train, user_errors
 from models.base import fit_to_data
 
 
-def run(args, ctx):
+def run(config, ctx):
     with user_errors(ctx.rank):
-        method = get_distiller(args.distill)
-        needs_teacher = method.requires_teacher(args)
+        args, method = config.args, config.method
+        needs_teacher = method.requires_teacher()
         if needs_teacher and args.path_t is None:
-            raise UserError(f"--distill {args.distill} needs a teacher; pass --path_t CHECKPOINT")
-        train_loader, val_loader, info = build_data(args, ctx)
+            raise UserError(f"--distill {method.name} needs a teacher; pass --path_t CHECKPOINT")
+        config, train_loader, val_loader = build_data(config, ctx)
+        info = config.data
         teacher, teacher_name = None, "none"
         if needs_teacher:
             teacher, _ = load_teacher(args.path_t, info["num_classes"], args.model_t)
@@ -30,15 +30,15 @@ def run(args, ctx):
             fit_to_data(teacher.to(ctx.device), info["input_size"], "teacher")
             ctx.log(f"teacher {teacher_name} from {args.path_t}: test top-1 "
                     f"{validate(teacher, val_loader, ctx.device)['acc']:.2f}")
-        student = fit_to_data(create_pretrained(args.model_s, info["num_classes"], args.pretrained),
+        student = fit_to_data(create_pretrained(config.model, info["num_classes"], args.pretrained),
                               info["input_size"], "student")
-        distiller = method(student, teacher, args, data_info=info).to(ctx.device)
-        train_loader = add_batch_keys(train_loader, method.batch_keys, args)
-        run_path = Path(args.save_folder) / "students" / student_run_name(args, teacher_name)
-        meta = {"model_name": args.model_s, "num_classes": info["num_classes"],
-                "dataset": args.dataset, "distill": args.distill, "teacher": teacher_name,
+        distiller = method.build(student, teacher, config.run_info).to(ctx.device)
+        train_loader = add_batch_keys(train_loader, distiller.batch_requests(), method.name)
+        run_path = Path(args.save_folder) / "students" / student_run_name(config, teacher_name)
+        meta = {"model_name": config.model, "num_classes": info["num_classes"],
+                "dataset": args.dataset, "distill": method.name, "teacher": teacher_name,
                 "path_t": args.path_t}
-        train(args, distiller, train_loader, val_loader, run_path, meta, ctx)
+        train(config, distiller, train_loader, val_loader, run_path, meta, ctx)
 
 
 def main(argv=None):

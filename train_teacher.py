@@ -4,7 +4,6 @@
 """
 from pathlib import Path
 
-from distillers import get_distiller
 from helper.checkpoint import create_pretrained
 from helper.distributed import launch
 from helper.options import parse_teacher_args
@@ -13,16 +12,17 @@ from helper.trainer import build_data, train, user_errors
 from models.base import fit_to_data
 
 
-def run(args, ctx):
+def run(config, ctx):
     with user_errors(ctx.rank):
-        train_loader, val_loader, info = build_data(args, ctx)
-        model = fit_to_data(create_pretrained(args.model, info["num_classes"], args.pretrained),
+        config, train_loader, val_loader = build_data(config, ctx)
+        info = config.data
+        model = fit_to_data(create_pretrained(config.model, info["num_classes"], config.args.pretrained),
                             info["input_size"])
-        distiller = get_distiller("vanilla")(model, None, args, data_info=info).to(ctx.device)
-        run_path = Path(args.save_folder) / "teachers" / teacher_run_name(args)
-        meta = {"model_name": args.model, "num_classes": info["num_classes"],
-                "dataset": args.dataset, "distill": "vanilla", "teacher": None}
-        train(args, distiller, train_loader, val_loader, run_path, meta, ctx)
+        distiller = config.method.build(model, None, config.run_info).to(ctx.device)
+        run_path = Path(config.args.save_folder) / "teachers" / teacher_run_name(config)
+        meta = {"model_name": config.model, "num_classes": info["num_classes"],
+                "dataset": config.args.dataset, "distill": "vanilla", "teacher": None}
+        train(config, distiller, train_loader, val_loader, run_path, meta, ctx)
 
 
 def main(argv=None):

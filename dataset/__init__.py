@@ -7,7 +7,7 @@
             ...
 
 See ``dataset/tensor_loader.py`` for how batches are made and why an epoch is reproducible from
-``(seed, epoch)`` alone.
+``(seed, epoch)`` alone, and ``dataset/loader.py`` for the interface every loader offers.
 """
 from pathlib import Path
 

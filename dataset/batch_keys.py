@@ -11,7 +11,8 @@ _PROVIDERS: Dict[str, Callable] = {}
 
 
 def register_batch_key(key: str):
-    """Register ``fn(loader, args) -> loader`` that adds ``key`` to every training batch."""
+    """Register ``fn(loader, **parameters) -> loader`` that adds ``key`` to every training
+    batch; the parameters are the method's (``Distiller.batch_requests``)."""
     def wrap(fn):
         if key in _PROVIDERS:
             raise ValueError(f"batch key {key!r} is registered twice")
@@ -20,11 +21,13 @@ def register_batch_key(key: str):
     return wrap
 
 
-def add_batch_keys(loader, keys, args):
-    for key in keys:
+def add_batch_keys(loader, requests: Dict[str, dict], method: str):
+    """``loader`` wrapped so that its batches hold every key of ``requests`` (``{key:
+    parameters}``) that loaders do not yield already."""
+    for key, parameters in requests.items():
         if key in BUILTIN_KEYS:
             continue
         if key not in _PROVIDERS:
-            raise UserError(f"no data pipeline provides {key!r} for --distill {args.distill}")
-        loader = _PROVIDERS[key](loader, args)
+            raise UserError(f"no data pipeline provides {key!r} for --distill {method}")
+        loader = _PROVIDERS[key](loader, **parameters)
     return loader

@@ -66,7 +66,8 @@ class ContrastSampler:
 
 
 class ContrastLoader:
-    """Wraps a training loader (``TensorLoader``) and adds ``contrast_index`` to each batch."""
+    """Wraps a training ``Loader`` (``dataset/loader.py``) and adds ``contrast_index`` to each
+    batch; everything else is the wrapped loader's."""
 
     def __init__(self, loader, k: int, mode: str = "exact"):
         self.loader = loader
@@ -97,7 +98,12 @@ class ContrastLoader:
             batch["contrast_index"] = self.sampler.sample(batch["index"], batch["targets"], g)
             yield batch
 
+    def unaugmented(self):
+        """The wrapped loader's ``unaugmented()`` (no ``contrast_index``: MGD's matching pass
+        needs only the images)."""
+        return self.loader.unaugmented()
+
 
 @register_batch_key("contrast_index")
-def add_contrast_index(loader, args):
-    return ContrastLoader(loader, int(getattr(args, "nce_k", 16384)), getattr(args, "mode", "exact"))
+def add_contrast_index(loader, nce_k: int, mode: str):
+    return ContrastLoader(loader, nce_k, mode)

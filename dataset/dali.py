@@ -16,7 +16,8 @@ copied). ``--dali gpu`` without CUDA is a UserError.
 
 Sample index: the reader gets the file list with each file's position in the list as its
 "label", so every batch carries ``'index'`` (as the other loaders); ``'targets'`` are looked
-up from it on the device. Batches are ``{'images', 'targets', 'index'}``.
+up from it on the device. Batches are ``{'images', 'targets', 'index'}``; ``DaliLoader`` is a
+``Loader`` (``dataset/loader.py``).
 
 Sharding and exact counts (checked against DALI 2.4's ``DALIGenericIterator``): the reader
 is sharded by rank (``shard_id=rank, num_shards=world_size``; DALI's shards are contiguous
@@ -36,6 +37,10 @@ shard sizes.
   sample, which is what ``DistributedSampler`` and ``TensorLoader`` do. In one process that
   is exactly the data set, once. Shards move to the next rank every epoch (DALI's default
   ``stick_to_shard=False``), and ``random_shuffle`` mixes within a 1024-sample buffer.
+- ``unaugmented()`` (MGD's matching pass): a second pipeline with the evaluation transforms,
+  no shuffle and ``stick_to_shard=True``, cut like the loader it belongs to; rank r reads
+  ``shard(N, r, world_size, pad=train, contiguous=True)`` of the file list, in order
+  (``dataset/loader.py``).
 
 Seeds and reproducibility: the pipeline is built at the first iteration and seeded from
 ``(seed, epoch of that iteration, rank)``; ranks differ. A run's epochs are reproducible
@@ -48,13 +53,12 @@ the rest of the epoch away first (DALI cannot reset within an epoch).
 Works in one process and in many, with or without a process group (SimKD's DALI path only
 runs distributed).
 """
-import math
-
 import torch
 
 from helper.errors import UserError
 
-from .folder import CROP, IMAGENET_MEAN, IMAGENET_STD, RESIZE
+from .imagenet_transforms import CROP, IMAGENET_MEAN, IMAGENET_STD, RESIZE
+from .loader import batches_per_epoch, shard
 from .tensor_loader import epoch_seed
 
 READER = "Reader"
@@ -74,12 +78,7 @@ def check_dali(mode, device):
         raise UserError("--dali gpu needs CUDA; use --dali cpu")
 
 
-def shard_range(n, shard_id, num_shards):
-    """DALI's shard ``[begin, end)`` of a list of ``n`` samples."""
-    return (shard_id * n) // num_shards, ((shard_id + 1) * n) // num_shards
-
-
-def _build_pipeline(files, *, train, mode, batch_size, num_threads, device_id, seed, shard_id,
+def _build_pipeline(files, *, augment, mode, batch_size, num_threads, device_id, seed, shard_id,
                     num_shards):
     from nvidia.dali import fn, pipeline_def, types
 
@@ -91,8 +90,8 @@ def _build_pipeline(files, *, train, mode, batch_size, num_threads, device_id, s
     def pipeline():
         encoded, index = fn.readers.file(
             files=files, labels=list(range(len(files))), shard_id=shard_id, num_shards=num_shards,
-            random_shuffle=train, stick_to_shard=not train, pad_last_batch=True, name=READER)
-        if train:
+            random_shuffle=augment, stick_to_shard=not augment, pad_last_batch=True, name=READER)
+        if augment:
             images = fn.decoders.image_random_crop(
                 encoded, device=decoder, output_type=types.RGB, random_area=[0.08, 1.0],
                 random_aspect_ratio=[3 / 4, 4 / 3], num_attempts=100)
@@ -116,15 +115,17 @@ class DaliLoader:
         samples: ``[(path, class_index), ...]`` (an ImageFolder's ``samples``).
         batch_size: samples per batch on this rank.
         device: where batches are delivered.
-        train: training pipeline (random crop, mirror, shuffle) or evaluation pipeline.
+        train: training (padded shards, equal on all ranks) or validation (exact shards).
+        augment: random crop, mirror and shuffle (default: ``train``), or the evaluation
+            transforms in file order.
         mode: 'cpu' or 'gpu'.
         seed, rank, world_size: see the module docstring.
         num_threads: DALI worker threads.
         drop_last: (training) drop the last batch when it is smaller than ``batch_size``.
     """
 
-    def __init__(self, samples, batch_size, device, *, train, mode='cpu', seed=0, rank=0,
-                 world_size=1, num_threads=2, drop_last=False):
+    def __init__(self, samples, batch_size, device, *, train, augment=None, mode='cpu', seed=0,
+                 rank=0, world_size=1, num_threads=2, drop_last=False):
         self.device = torch.device(device)
         check_dali(mode, self.device)
         if world_size < 1 or not 0 <= rank < world_size:
@@ -138,27 +139,24 @@ class DaliLoader:
         self.targets = self.targets_cpu.to(self.device)
         self.batch_size = int(batch_size)
         self.train = bool(train)
+        self.augment = self.train if augment is None else bool(augment)
         self.drop_last = bool(drop_last) and self.train
         self.mode = mode
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
         self.num_threads = max(1, int(num_threads))
         self.epoch = 0
         self.dataset_size = len(self.files)
-        if self.train:
-            self.num_samples = math.ceil(self.dataset_size / self.world_size)
-        else:
-            begin, end = shard_range(self.dataset_size, self.rank, self.world_size)
-            self.num_samples = end - begin
+        self.num_samples = len(shard(self.dataset_size, self.rank, self.world_size, pad=self.train,
+                                     contiguous=True)[0])
         self._iterator = None
         self._unfinished = False
+        self._unaugmented = None
 
     def set_epoch(self, epoch):
         self.epoch = int(epoch)
 
     def __len__(self):
-        if self.drop_last:
-            return self.num_samples // self.batch_size
-        return math.ceil(self.num_samples / self.batch_size)
+        return batches_per_epoch(self.num_samples, self.batch_size, self.drop_last)
 
     def pipeline_seed(self, epoch=None):
         epoch = self.epoch if epoch is None else int(epoch)
@@ -173,7 +171,7 @@ class DaliLoader:
                     device_id = torch.cuda.current_device()
             else:
                 device_id = None
-            pipe = _build_pipeline(self.files, train=self.train, mode=self.mode,
+            pipe = _build_pipeline(self.files, augment=self.augment, mode=self.mode,
                                    batch_size=self.batch_size, num_threads=self.num_threads,
                                    device_id=device_id, seed=self.pipeline_seed(),
                                    shard_id=self.rank, num_shards=self.world_size)
@@ -206,7 +204,19 @@ class DaliLoader:
             yield {'images': images, 'targets': self.targets[index], 'index': index}
         self._unfinished = False
 
+    def unaugmented(self):
+        """This rank's shard (padded as in training) in file order through the evaluation
+        pipeline: MGD's matching pass. A second pipeline, built at the first call."""
+        if self._unaugmented is None:
+            samples = list(zip(self.files, self.targets_cpu.tolist()))
+            self._unaugmented = DaliLoader(
+                samples, self.batch_size, self.device, train=self.train, augment=False,
+                mode=self.mode, seed=self.seed, rank=self.rank, world_size=self.world_size,
+                num_threads=self.num_threads)
+        return iter(self._unaugmented)
+
     def __repr__(self):
         return (f"DaliLoader(mode={self.mode}, dataset_size={self.dataset_size}, "
                 f"num_samples={self.num_samples}, batch_size={self.batch_size}, train={self.train}, "
+                f"augment={self.augment}, "
                 f"rank={self.rank}/{self.world_size}, device={self.device})")

@@ -21,15 +21,14 @@ Workers return uint8 images (a quarter of the bytes of float through shared and 
 memory); they are normalised with the ImageNet mean and std on ``device`` by the same
 operations as ``ToTensor`` + ``Normalize`` (bit-identical results).
 
-Batches are the dicts of ``dataset/tensor_loader.py``: ``{'images', 'targets', 'index'}`` on
-``device``; the loaders have ``set_epoch``, ``__len__`` (batches this rank runs),
-``num_samples`` (samples this rank sees per epoch), ``dataset_size`` and ``targets_cpu``.
+``FolderLoader`` is a ``Loader`` (``dataset/loader.py``): batches ``{'images', 'targets',
+'index'}`` on ``device``, ``set_epoch``, ``__len__``, the sizes, and ``unaugmented()``.
 
 Sharding and order (``EpochSampler``): the same as ``TensorLoader`` and as torch's
 ``DistributedSampler(seed=seed * 100003)``: one permutation per epoch from a generator
 seeded with ``epoch_seed(seed, epoch)``, padded to a multiple of ``world_size`` by repeating
-its start (training), rank ``r`` taking positions ``r::world_size``. Validation is not
-shuffled nor padded: each sample is seen by exactly one rank.
+its start (training), rank ``r`` taking positions ``r::world_size`` (``loader.shard``).
+Validation is not shuffled nor padded: each sample is seen by exactly one rank.
 
 Reproducibility: the same generator then draws one seed per position of the epoch, and each
 sample's augmentation runs with torch's RNG seeded with it (in the worker, or inside
@@ -40,23 +39,20 @@ workers take their seeds once, when they start.)
 
 ``--dali cpu|gpu`` builds DALI pipelines over the same file lists instead (``dataset/dali.py``).
 """
-import math
+import copy
 import tarfile
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Sampler
-from torchvision import transforms
 from torchvision.datasets import ImageFolder
 
 from helper.errors import UserError
 
+from .dali import DaliLoader, check_dali
+from .imagenet_transforms import CROP, IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
+from .loader import batches_per_epoch, shard
 from .tensor_loader import epoch_seed, normalize
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-CROP = 224
-RESIZE = 256
 
 # name: title, sub-folders tried below --data_folder, validation folder names in order
 _SPECS = {
@@ -187,12 +183,8 @@ class EpochSampler(Sampler):
         self.shuffle, self.pad, self.augment = bool(shuffle), bool(pad), bool(augment)
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
         self.epoch = 0
-        if self.pad:
-            self.num_samples = math.ceil(self.n / self.world_size)
-            self.total_size = self.num_samples * self.world_size
-        else:
-            self.num_samples = len(range(self.rank, self.n, self.world_size))
-            self.total_size = self.n
+        self.positions, self.total_size = shard(self.n, self.rank, self.world_size, pad=self.pad)
+        self.num_samples = len(self.positions)
 
     def set_epoch(self, epoch):
         self.epoch = int(epoch)
@@ -201,14 +193,11 @@ class EpochSampler(Sampler):
         """This rank's sample indices and per-sample seeds (or None) for ``epoch``."""
         epoch = self.epoch if epoch is None else int(epoch)
         g = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
-        indices = torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)
-        if self.total_size > self.n:
-            indices = indices.repeat(math.ceil(self.total_size / self.n))[:self.total_size]
+        order = torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)
         seeds = None
         if self.augment:
-            seeds = torch.randint(0, 2 ** 62, (self.total_size,), generator=g)
-            seeds = seeds[self.rank::self.world_size]
-        return indices[self.rank::self.world_size], seeds
+            seeds = torch.randint(0, 2 ** 62, (self.total_size,), generator=g)[self.positions]
+        return order[self.positions % self.n], seeds
 
     def __iter__(self):
         indices, seeds = self.plan()
@@ -224,16 +213,6 @@ class EpochSampler(Sampler):
         return self.num_samples
 
 
-def train_transform():
-    return transforms.Compose([transforms.RandomResizedCrop(CROP), transforms.RandomHorizontalFlip(),
-                               transforms.PILToTensor()])
-
-
-def eval_transform():
-    return transforms.Compose([transforms.Resize(RESIZE), transforms.CenterCrop(CROP),
-                               transforms.PILToTensor()])
-
-
 class FolderLoader:
     """A torchvision ``DataLoader`` over an ``IndexedImageFolder``, yielding the toolbox's batch
     dicts on ``device`` (see the module docstring)."""
@@ -247,6 +226,7 @@ class FolderLoader:
         self.train = bool(train)
         self.drop_last = bool(drop_last)
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
+        self.num_workers = int(num_workers)
         self.epoch = 0
         self.sampler = EpochSampler(len(dataset), shuffle=train, pad=train, augment=train,
                                     seed=seed, rank=rank, world_size=world_size)
@@ -267,13 +247,25 @@ class FolderLoader:
         self.sampler.set_epoch(epoch)
 
     def __len__(self):
-        if self.drop_last:
-            return self.num_samples // self.batch_size
-        return math.ceil(self.num_samples / self.batch_size)
+        return batches_per_epoch(self.num_samples, self.batch_size, self.drop_last)
 
     def __iter__(self):
         self.generator.manual_seed(epoch_seed(self.seed, self.epoch))
-        for images, targets, index in self.loader:
+        yield from self._batches(self.loader)
+
+    def unaugmented(self):
+        """This rank's samples (padded as in training) in data-set order through the evaluation
+        transform (``Resize(256)`` + ``CenterCrop(224)``): MGD's matching pass."""
+        dataset = copy.copy(self.dataset)  # shares the file list, not the transform
+        dataset.transform = eval_transform()
+        sampler = EpochSampler(len(dataset), shuffle=False, pad=self.train, augment=False,
+                               rank=self.rank, world_size=self.world_size)
+        loader = DataLoader(dataset, batch_size=self.batch_size, sampler=sampler,
+                            num_workers=self.num_workers, pin_memory=self._cuda)
+        return self._batches(loader)
+
+    def _batches(self, loader):
+        for images, targets, index in loader:
             images = images.to(self.device, non_blocking=self._cuda)
             yield {'images': normalize(images, self.mean, self.std),
                    'targets': targets.to(self.device, non_blocking=self._cuda),
@@ -321,8 +313,7 @@ def build_folder_loaders(name, data_folder, batch_size, device, *, seed=0, rank=
     num_workers = int(num_workers)
     device = torch.device(device)
     if dali is not None:
-        from .dali import check_dali  # fail before the (possibly long) folder scan
-        check_dali(dali, device)
+        check_dali(dali, device)  # fail before the (possibly long) folder scan
 
     train_set, val_set = scan_folder_dataset(key, data_folder)
     for split in (train_set, val_set):
@@ -333,7 +324,6 @@ def build_folder_loaders(name, data_folder, batch_size, device, *, seed=0, rank=
             'train_size': len(train_set), 'val_size': len(val_set)}
     common = dict(seed=seed, rank=rank, world_size=world_size)
     if dali is not None:
-        from .dali import DaliLoader
         threads = max(1, num_workers)
         train_loader = DaliLoader(train_set.samples, batch_size, device, train=True, mode=dali,
                                   num_threads=threads, drop_last=drop_last, **common)

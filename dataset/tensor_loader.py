@@ -17,10 +17,11 @@ positions ``r::world_size``. The augmentation parameters are drawn for the whole
 permutation and sliced the same way, so ranks get different augmentations. Without padding
 (validation) each sample is seen by exactly one rank.
 """
-import math
 from typing import Optional, Sequence
 
 import torch
+
+from .loader import batches_per_epoch, shard
 
 SEED_STRIDE = 100003
 
@@ -155,36 +156,26 @@ class TensorLoader:
         self.std = torch.tensor(std, dtype=torch.float32).view(shape).to(self.device)
 
         self.dataset_size = len(images)
-        if self.pad:
-            self.num_samples = math.ceil(self.dataset_size / self.world_size)
-            self.total_size = self.num_samples * self.world_size
-        else:
-            self.num_samples = len(range(self.rank, self.dataset_size, self.world_size))
-            self.total_size = self.dataset_size
+        self.positions, self.total_size = shard(self.dataset_size, self.rank, self.world_size,
+                                                pad=self.pad)
+        self.num_samples = len(self.positions)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        if self.drop_last:
-            return self.num_samples // self.batch_size
-        return math.ceil(self.num_samples / self.batch_size)
+        return batches_per_epoch(self.num_samples, self.batch_size, self.drop_last)
 
     def epoch_plan(self, epoch: Optional[int] = None):
         """This rank's sample indices for ``epoch`` and their augmentation parameters (CPU)."""
         epoch = self.epoch if epoch is None else int(epoch)
         g = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
         n = self.dataset_size
-        if self.shuffle:
-            indices = torch.randperm(n, generator=g)
-        else:
-            indices = torch.arange(n)
-        if self.total_size > n:
-            indices = indices.repeat(math.ceil(self.total_size / n))[:self.total_size]
+        order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
         params = None
         if self.transform is not None:
-            params = self.transform.draw(self.total_size, g)[self.rank::self.world_size]
-        return indices[self.rank::self.world_size], params
+            params = self.transform.draw(self.total_size, g)[self.positions]
+        return order[self.positions % n], params
 
     def __iter__(self):
         indices, params = self.epoch_plan()
@@ -205,10 +196,7 @@ class TensorLoader:
     def unaugmented(self):
         """This rank's samples (the padded shard of ``epoch_plan``, in data-set order) in
         batches of ``batch_size``, normalised but not augmented: MGD's matching pass."""
-        indices = torch.arange(self.dataset_size)
-        if self.total_size > self.dataset_size:
-            indices = indices.repeat(math.ceil(self.total_size / self.dataset_size))[:self.total_size]
-        indices = indices[self.rank::self.world_size]
+        indices = self.positions % self.dataset_size
         index_dev = indices.to(self.device)
         for start in range(0, len(indices), self.batch_size):
             sl = slice(start, start + self.batch_size)

@@ -1,7 +1,10 @@
 """Distillation methods, one file each, created by name through the registry."""
-from .base import Distiller, Stage, kd_loss  # noqa: F401
+from .base import Distiller, RunInfo, Stage, WeightOptions, Weights  # noqa: F401
+from .kd import KDOptions, KDTerm, kd_loss  # noqa: F401
+from .options import MethodOptions, option, options_from  # noqa: F401
 from .registry import distiller_classes, distiller_names, get_distiller, register_distiller  # noqa: F401
 
 # Importing the method files registers them.
 from . import (vanilla, kd, fitnet, at, sp, vid, crd, srrl, simkd, semckd, reviewkd,  # noqa: F401,E402
                dkd, dist, mgd, ab, fsp, ft, sskd, logits, l2, rkd, pkt, cc, nst, tfkd)
+from .build import MethodConfig, option_owners  # noqa: F401,E402

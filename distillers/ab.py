@@ -1,13 +1,16 @@
 """Heo, Lee, Yun & Choi 2019, "Knowledge Transfer via Distillation of Activation Boundaries
-Formed by Hidden Neurons"; RepDistiller's init stage (``common.init_stages``) and its
-``--init_epochs`` flag are shared with FT and FSP."""
+Formed by Hidden Neurons"; RepDistiller's init stage (``common.InitStageDistiller``) and
+its ``--init_epochs`` flag are shared with FT and FSP."""
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 
 from helper.errors import UserError
 
-from .base import Distiller
-from .common import init_stages, model_name, parameters_except, stage_maps, train_feat_modules_only
+from .base import Weights
+from .common import InitStageDistiller, InitStageOptions, model_name, parameters_except, stage_maps
+from .options import option
 from .registry import register_distiller
 
 
@@ -55,7 +58,7 @@ def connector(s_shape, t_shape) -> nn.Module:
 
 
 @register_distiller("ab", "abound")
-class AB(Distiller):
+class AB(InitStageDistiller):
     """Activation boundaries: Heo, Lee, Yun & Choi 2019, "Knowledge Transfer via Distillation
     of Activation Boundaries Formed by Hidden Neurons" (AAAI). Reference code: RepDistiller's
     ``distiller_zoo/AB.py`` (``ABLoss``), ``models/util.py`` (``Connector``),
@@ -89,18 +92,15 @@ class AB(Distiller):
     """
 
     preact = True
-    default_weights = {"cls": 1.0, "div": 0.0, "beta": 1.0}
+    default_weights = Weights(cls=1.0, div=0.0, beta=1.0)
 
-    @classmethod
-    def add_arguments(cls, parser):
-        g = parser.add_argument_group("ab (--init_epochs is shared with ft and fsp)")
-        g.add_argument("--init_epochs", "--init-epochs", type=int, default=30,
-                       help="epochs of the init stage of ab, ft and fsp (RepDistiller: 30)")
-        g.add_argument("--ab_margin", "--ab-margin", type=float, default=1.0,
-                       help="margin m of the activation-boundary loss (paper and code: 1)")
+    @dataclass(frozen=True)
+    class Options(InitStageOptions):
+        ab_margin: float = option(1.0, "margin m of the activation-boundary loss (paper and "
+                                  "code: 1)", "--ab-margin")
 
-    def __init__(self, student, teacher, args, data_info=None):
-        super().__init__(student, teacher, args, data_info)
+    def __init__(self, student, teacher, options=None, **kw):
+        super().__init__(student, teacher, options, **kw)
         s_shapes = stage_maps(student, student.feature_shapes(True)[1:-1], self.name)
         t_shapes = stage_maps(teacher, teacher.feature_shapes(True)[1:-1], self.name)
         if len(s_shapes) != len(t_shapes):
@@ -108,32 +108,19 @@ class AB(Distiller):
                             f"has {len(s_shapes)} and {model_name(teacher)} {len(t_shapes)}; "
                             "choose models with as many stages")
         self.connectors = nn.ModuleList([connector(s, t) for s, t in zip(s_shapes, t_shapes)])
-        self.criterion = ABLoss(len(s_shapes), float(getattr(args, "ab_margin", 1.0)))
+        self.criterion = ABLoss(len(s_shapes), float(self.options.ab_margin))
 
-    def stages(self, args):
-        return init_stages(args)
+    def init_parameters(self):
+        return list(self.student.get_feat_modules().parameters()) + list(self.connectors.parameters())
 
-    def stage_parameters(self, stage):
-        if stage.name == "init":
-            return list(self.student.get_feat_modules().parameters()) + list(self.connectors.parameters())
+    def main_parameters(self):
         return parameters_except(self, self.connectors)
-
-    def train(self, mode=True):
-        super().train(mode)
-        if mode and self.stage == "init":
-            train_feat_modules_only(self.student)
-        return self
-
-    def uses_teacher_output(self):
-        return self.stage == "init"
 
     def ab_loss(self, feats_s, feats_t):
         g_s = [c(f) for c, f in zip(self.connectors, feats_s[1:-1])]
         return self.criterion(g_s, feats_t[1:-1])
 
-    def forward_train(self, images, targets, **batch):
-        if self.stage != "init":
-            return super().forward_train(images, targets, **batch)
+    def init_step(self, images):
         with torch.no_grad():
             feats_t, _ = self.teacher(images, is_feat=True, preact=True)
         feats_s, logits_s = self.student(images, is_feat=True, preact=True)

@@ -1,9 +1,12 @@
 """Zagoruyko & Komodakis 2017, "Paying More Attention to Attention"."""
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
-from .base import Distiller
+from .base import Distiller, Weights
 from .common import channel_mean_square, conv_maps_or_error, pool_to_smaller
+from .options import MethodOptions, option
 from .registry import register_distiller
 
 
@@ -43,17 +46,16 @@ class AT(Distiller):
         and we keep the paper's ``|.|``.
     """
 
-    default_weights = {"cls": 1.0, "div": 1.0, "beta": 1000.0}
+    @dataclass(frozen=True)
+    class Options(MethodOptions):
+        at_p: float = option(2.0, "power p of the attention maps mean_c |f|^p (paper and code: 2)",
+                             "--at-p")
 
-    @classmethod
-    def add_arguments(cls, parser):
-        g = parser.add_argument_group("at")
-        g.add_argument("--at_p", "--at-p", type=float, default=2.0,
-                       help="power p of the attention maps mean_c |f|^p (paper and code: 2)")
+    default_weights = Weights(cls=1.0, div=1.0, beta=1000.0)
 
-    def __init__(self, student, teacher, args, data_info=None):
-        super().__init__(student, teacher, args, data_info)
-        self.p = float(getattr(args, "at_p", 2.0))
+    def __init__(self, student, teacher, options=None, **kw):
+        super().__init__(student, teacher, options, **kw)
+        self.p = float(self.options.at_p)
         conv_maps_or_error(student, student.feature_shapes(self.preact), self.name)
         conv_maps_or_error(teacher, teacher.feature_shapes(self.preact), self.name)
 

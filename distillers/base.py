@@ -1,4 +1,5 @@
-"""The distiller contract (DESIGN.md, "Distiller") and the losses every method shares."""
+"""The distiller contract (DESIGN.md, "Distiller"): the base class, its stages, weights and
+what a method may know of the run."""
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
@@ -7,19 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from helper.errors import UserError
-from .ctkd import CurriculumTemperature
-from .logit_std import maybe_standardize
-
-
-def kd_loss(logits_s: torch.Tensor, logits_t: torch.Tensor, T: float) -> torch.Tensor:
-    """Hinton et al. 2015: KL(p_t^T || p_s^T) * T^2, averaged over the batch.
-
-    As RepDistiller's ``DistillKL``: ``batchmean`` KL, scaled by T^2 so that gradients keep
-    their magnitude when T changes.
-    """
-    log_p_s = F.log_softmax(logits_s / T, dim=1)
-    log_p_t = F.log_softmax(logits_t / T, dim=1)
-    return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * T * T
+from .options import MethodOptions, option
 
 
 @dataclass(frozen=True)
@@ -37,38 +26,71 @@ class Stage:
     selects_best: bool = True
 
 
+@dataclass(frozen=True)
+class Weights:
+    """The effective weights of SimKD's ``cls * CE + div * KD + beta * method``."""
+    cls: float = 1.0
+    div: float = 0.0
+    beta: float = 0.0
+
+
+@dataclass(frozen=True)
+class WeightOptions(MethodOptions):
+    """The ``-c/-d/-b`` flags; ``None`` takes the method's ``default_weights``."""
+    title = "loss weights: cls * CE + div * KD + beta * method (SimKD -c -d -b, RepDistiller -r -a -b)"
+    cls: Optional[float] = option(None, "weight of cross-entropy (method default, 1 for most)",
+                                  "-c", "-r", "--gamma", type=float)
+    div: Optional[float] = option(None, "weight of the KD term (method default, 1 for most)",
+                                  "-d", "-a", "--alpha", type=float)
+    beta: Optional[float] = option(None, "weight of the method's own loss (method default)",
+                                   "-b", type=float)
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What a method may know of the run: its length, the batch of one process and the data."""
+    epochs: int = 1
+    batch_size: int = 64
+    num_classes: int = 100
+    input_size: Optional[Tuple[int, ...]] = None  # (C, H, W); None: the model's own
+    train_size: int = 0
+    val_size: int = 0
+
+
 class Distiller(nn.Module):
     """Holds the student, the frozen teacher and the method's trainable extras.
 
     The total loss follows SimKD's convention ``cls * CE + div * KD + beta * method``; the
-    ``cls`` and ``kd`` terms are computed here, a method adds its own in ``method_losses``.
+    ``cls`` and ``kd`` terms are computed here (the KD term by the ``kd`` object that
+    ``kd.py`` builds, with its switches), a method adds its own in ``method_losses``.
 
     The teacher is deliberately *not* a registered submodule: it never appears in
     ``parameters()`` or ``state_dict()``, so it is never handed to the optimizer, saved with the
     student, or wrapped by DistributedDataParallel. ``_apply`` moves it along with the rest.
 
-    Class attributes a method may set:
-      - ``needs_teacher``: False for methods that train without a teacher.
+    A method declares its flags as ``Options`` (a frozen ``MethodOptions`` dataclass) and
+    receives only an instance of it, with the effective ``Weights``, the KD term and
+    ``RunInfo``. Class attributes a method may set:
       - ``teacher_feats`` / ``student_feats``: whether the method needs the feature lists
         (False: only logits are computed, which is cheaper for the teacher).
       - ``preact``: features taken before the last ReLU of each stage.
-      - ``batch_keys``: extra entries the data pipeline must put in each batch (e.g. CRD's
-        ``contrast_index``); the loop passes them to ``forward_train`` as keyword arguments.
+      - ``default_weights``: ``-c``, ``-d``, ``-b`` when not given.
     """
 
-    needs_teacher = True
+    Options = MethodOptions
     teacher_feats = True
     student_feats = True
     preact = False
-    batch_keys: Tuple[str, ...] = ()
-    default_weights = {"cls": 1.0, "div": 1.0, "beta": 0.0}  # -c, -d, -b when not given
+    default_weights = Weights(cls=1.0, div=1.0, beta=0.0)
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, args, data_info=None):
+    def __init__(self, student: nn.Module, teacher: Optional[nn.Module], options=None, *,
+                 weights: Optional[Weights] = None, kd=None, run: Optional[RunInfo] = None):
         super().__init__()
-        self.data_info = data_info or {}  # num_classes, input_size, train_size, val_size
+        self.options = self.Options() if options is None else options
+        self.run_info = run or RunInfo()
         self.epoch = 0  # epoch within the current stage, from 1
         self.stage = "main"
-        if self.needs_teacher and teacher is None:
+        if self.requires_teacher(self.options) and teacher is None:
             raise UserError(f"--distill {self.name} needs a teacher; pass --path_t CHECKPOINT")
         self.student = student
         self._teacher = [teacher] if teacher is not None else []
@@ -76,28 +98,31 @@ class Distiller(nn.Module):
             teacher.eval()
             for p in teacher.parameters():
                 p.requires_grad_(False)
-        self.cls_weight = float(args.cls)
-        self.div_weight = float(args.div)
-        self.beta = float(args.beta)
-        self.kd_T = float(args.kd_T)
-        # Switches of the KD term (flags defined in kd.py): z-scored logits (Sun et al. 2024)
-        # and a learned curriculum temperature (CTKD, Li et al. 2023), an extra parameter.
-        self.logit_stand = bool(getattr(args, "logit_stand", False))
-        self.temperature = CurriculumTemperature.from_args(args) if getattr(args, "ctkd", False) else None
-        if self.temperature is not None and not self.uses_kd_temperature():
-            raise UserError(f"--ctkd learns the KD temperature, but --distill {self.name} has no "
-                            f"KD term here (-d {self.div_weight:g}); drop --ctkd, or pass -d > 0 "
-                            "to a method with a KD term")
+        weights = weights or self.default_weights
+        self.cls_weight, self.div_weight, self.beta = float(weights.cls), float(weights.div), float(weights.beta)
+        # The KD term and its switches (kd.py); its learned temperature (--ctkd) is an extra.
+        self.kd = kd
+        self.temperature = getattr(kd, "temperature", None)
 
-    # ---- command-line options of the method -------------------------------------------
+    # ---- options -----------------------------------------------------------------------
     @classmethod
-    def add_arguments(cls, parser):
-        """Add the method's own flags to ``parser`` (an argparse group)."""
+    def requires_teacher(cls, options) -> bool:
+        """Whether a run with these options needs ``--path_t``; the one place that says so."""
+        return True
 
     @classmethod
-    def requires_teacher(cls, args) -> bool:
-        """Whether this run needs ``--path_t`` (a method may decide from its flags)."""
-        return cls.needs_teacher
+    def effective_weights(cls, options, given: WeightOptions, kd_T: float) -> Tuple[Weights, float]:
+        """The weights and KD temperature a run uses: the flags given, else the method's
+        defaults (a method whose options imply a setting overrides this)."""
+        d = cls.default_weights
+        pick = lambda value, default: float(default if value is None else value)  # noqa: E731
+        return Weights(pick(given.cls, d.cls), pick(given.div, d.div), pick(given.beta, d.beta)), kd_T
+
+    def batch_requests(self) -> Dict[str, dict]:
+        """Extra entries the data pipeline must put in each training batch, ``{key: parameters
+        of its provider}`` (e.g. CRD's ``contrast_index`` with ``nce_k``); the loop passes
+        them to ``forward_train`` as keyword arguments."""
+        return {}
 
     # ---- teacher -----------------------------------------------------------------------
     @property
@@ -116,9 +141,9 @@ class Distiller(nn.Module):
             self.teacher.eval()
         return self
 
-    def stages(self, args) -> List[Stage]:
-        """The stages this method trains in; one by default."""
-        return [Stage("main", args.epochs)]
+    def stages(self) -> List[Stage]:
+        """The stages this method trains in; one of ``run_info.epochs`` by default."""
+        return [Stage("main", self.run_info.epochs)]
 
     def stage_parameters(self, stage: Stage):
         """What the optimizer of ``stage`` trains."""
@@ -167,16 +192,17 @@ class Distiller(nn.Module):
         return self.div_weight != 0
 
     def kd_temperature(self):
-        return self.kd_T if self.temperature is None else self.temperature(self.epoch)
+        """The KD temperature of this epoch (``--kd_T``, or the learned one)."""
+        return self.kd.temperature_at(self.epoch)
 
     def kd_term(self, logits_s, logits_t):
-        """The unweighted KD term, with the ``--logit_stand`` and ``--ctkd`` switches."""
-        s, t = maybe_standardize(logits_s, logits_t, self.logit_stand)
-        return kd_loss(s, t, self.kd_temperature())
+        """The unweighted KD term, with the switches of ``kd.py``."""
+        return self.kd(logits_s, logits_t, self.epoch)
 
     def uses_teacher_output(self) -> bool:
-        """Whether ``method_losses`` reads the teacher's output (beyond the KD term)."""
-        return self.needs_teacher
+        """Whether this step's ``method_losses`` reads the teacher's output (beyond the KD
+        term); a method may answer by stage."""
+        return self.teacher is not None
 
     def method_losses(self, *, feats_s, logits_s, feats_t, logits_t, targets, **batch):
         """The method's own weighted loss terms, ``{name: beta * loss}``."""

@@ -1,12 +1,14 @@
 """Peng et al. 2019, "Correlation Congruence for Knowledge Distillation"."""
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
 from helper.errors import UserError
 
-from .base import Distiller
+from .base import Distiller, Weights
+from .options import MethodOptions, option
 from .registry import register_distiller
 
 KERNELS = ("repdistiller", "gaussian", "bilinear")
@@ -63,27 +65,25 @@ class CC(Distiller):
 
     teacher_feats = True
     student_feats = True
-    default_weights = {"cls": 1.0, "div": 0.0, "beta": 0.02}
+    default_weights = Weights(cls=1.0, div=0.0, beta=0.02)
 
-    @classmethod
-    def add_arguments(cls, parser):
-        g = parser.add_argument_group("cc")
-        g.add_argument("--cc_feat_dim", "--cc-feat-dim", type=int, default=128,
-                       help="width of the linear embeddings of both pooled features")
-        g.add_argument("--cc_kernel", "--cc-kernel", choices=KERNELS, default="repdistiller",
-                       help="repdistiller: the authors' code as RepDistiller; gaussian/bilinear: "
-                            "the paper's correlation matrices as torchdistill")
-        g.add_argument("--cc_gamma", "--cc-gamma", type=float, default=0.4,
-                       help="Gaussian kernel gamma (--cc_kernel gaussian)")
-        g.add_argument("--cc_p_order", "--cc-p-order", type=int, default=2,
-                       help="Taylor order of the Gaussian kernel (--cc_kernel gaussian)")
+    @dataclass(frozen=True)
+    class Options(MethodOptions):
+        cc_feat_dim: int = option(
+            128, "width of the linear embeddings of both pooled features", "--cc-feat-dim")
+        cc_kernel: str = option(
+            "repdistiller", "repdistiller: the authors' code as RepDistiller; gaussian/bilinear: "
+            "the paper's correlation matrices as torchdistill", "--cc-kernel", choices=KERNELS)
+        cc_gamma: float = option(0.4, "Gaussian kernel gamma (--cc_kernel gaussian)", "--cc-gamma")
+        cc_p_order: int = option(
+            2, "Taylor order of the Gaussian kernel (--cc_kernel gaussian)", "--cc-p-order")
 
-    def __init__(self, student, teacher, args, data_info=None):
-        super().__init__(student, teacher, args, data_info)
-        feat_dim = int(getattr(args, "cc_feat_dim", 128))
-        self.kernel = getattr(args, "cc_kernel", "repdistiller")
-        self.gamma = float(getattr(args, "cc_gamma", 0.4))
-        self.p_order = int(getattr(args, "cc_p_order", 2))
+    def __init__(self, student, teacher, options=None, **kw):
+        super().__init__(student, teacher, options, **kw)
+        feat_dim = int(self.options.cc_feat_dim)
+        self.kernel = self.options.cc_kernel
+        self.gamma = float(self.options.cc_gamma)
+        self.p_order = int(self.options.cc_p_order)
         if feat_dim < 1 or self.p_order < 0 or self.kernel not in KERNELS:
             raise UserError(f"CC needs --cc_feat_dim >= 1, --cc_p_order >= 0 and --cc_kernel in "
                             f"{KERNELS}; got {feat_dim}, {self.p_order}, {self.kernel!r}")

@@ -2,13 +2,16 @@
 pooling two maps to one size, attention maps, the teacher's reusable classifier, and
 RepDistiller's init stage (AB, FSP, FT) with the parameter and mode choices of multi-stage
 methods."""
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from helper.errors import UserError
 
-from .base import Stage
+from .base import Distiller, Stage
+from .options import MethodOptions, option, require
 
 
 def model_name(model) -> str:
@@ -84,16 +87,23 @@ def reusable_classifier(teacher, method: str, in_features: int) -> nn.Linear:
 
 
 # ---- stages -----------------------------------------------------------------------------
-def init_stages(args, init_lr=None):
+@dataclass(frozen=True)
+class InitStageOptions(MethodOptions):
+    """RepDistiller's init stage, shared by AB, FSP and FT (their ``Options`` derive from it)."""
+    title = "init stage (ab, fsp, ft)"
+    init_epochs: int = option(30, "epochs of the init stage of ab, ft and fsp (RepDistiller: 30)",
+                              "--init-epochs")
+
+    def check(self):
+        require(self.init_epochs >= 0, f"--init_epochs must be 0 or more, got {self.init_epochs}")
+
+
+def init_stages(init_epochs: int, main_epochs: int, init_lr=None):
     """RepDistiller's two stages (``helper/pretrain.py`` then the main loop): ``init`` for
-    ``--init_epochs`` epochs at a constant lr (``init_lr`` or ``--learning_rate``), with the
-    main stage's momentum and weight decay, not competing for best.pth; then ``main``.
-    (``--init_epochs`` itself is defined by AB's ``add_arguments``.)"""
-    epochs = int(getattr(args, "init_epochs", 30))
-    if epochs < 0:
-        raise UserError(f"--init_epochs must be 0 or more, got {epochs}")
-    init = [Stage("init", epochs, lr=init_lr, lr_decay_epochs=(), selects_best=False)]
-    return (init if epochs else []) + [Stage("main", args.epochs)]
+    ``init_epochs`` epochs at a constant lr (``init_lr`` or ``--learning_rate``), with the
+    main stage's momentum and weight decay, not competing for best.pth; then ``main``."""
+    init = [Stage("init", init_epochs, lr=init_lr, lr_decay_epochs=(), selects_best=False)]
+    return (init if init_epochs else []) + [Stage("main", main_epochs)]
 
 
 def parameters_except(distiller, module):
@@ -108,3 +118,53 @@ def train_feat_modules_only(student):
     their running statistics."""
     student.eval()
     student.get_feat_modules().train()
+
+
+class InitStageDistiller(Distiller):
+    """A method with RepDistiller's init stage (AB, FSP, FT): ``init`` trains the method's
+    own parameters (``init_parameters``) on ``init_step``'s loss alone, in ``init_train_mode``;
+    then ``main`` trains everything but what ``main_parameters`` leaves out. A subclass's
+    ``Options`` derive from ``InitStageOptions`` (``--init_epochs``)."""
+
+    Options = InitStageOptions
+
+    def has_init_stage(self) -> bool:
+        return True
+
+    def init_lr(self):
+        """The init stage's constant lr; None: ``--learning_rate``."""
+        return None
+
+    def stages(self):
+        epochs = self.options.init_epochs if self.has_init_stage() else 0
+        return init_stages(epochs, self.run_info.epochs, self.init_lr())
+
+    def init_parameters(self):
+        raise NotImplementedError
+
+    def main_parameters(self):
+        return self.trainable_parameters()
+
+    def stage_parameters(self, stage):
+        return self.init_parameters() if stage.name == "init" else self.main_parameters()
+
+    def init_train_mode(self):
+        train_feat_modules_only(self.student)
+
+    def train(self, mode=True):
+        super().train(mode)
+        if mode and self.stage == "init":
+            self.init_train_mode()
+        return self
+
+    def uses_teacher_output(self):
+        return self.stage == "init"
+
+    def init_step(self, images):
+        """``(student logits, {name: loss})`` of one init-stage batch."""
+        raise NotImplementedError
+
+    def forward_train(self, images, targets, **batch):
+        if self.stage == "init":
+            return self.init_step(images)
+        return super().forward_train(images, targets, **batch)

@@ -1,5 +1,6 @@
 """Tian, Krishnan & Isola 2020, "Contrastive Representation Distillation" (ICLR)."""
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -7,7 +8,8 @@ import torch.nn as nn
 import dataset.crd  # noqa: F401  (registers the 'contrast_index' batch key)
 from helper.errors import UserError
 
-from .base import Distiller
+from .base import Distiller, Weights
+from .options import MethodOptions, option, require
 from .registry import register_distiller
 
 EPS = 1e-7  # the reference's
@@ -129,32 +131,35 @@ class CRD(Distiller):
     matmul when that is cheaper than gathering them (same dot products).
     """
 
-    batch_keys = ("index", "contrast_index")
-    default_weights = {"cls": 1.0, "div": 1.0, "beta": 0.8}
+    default_weights = Weights(cls=1.0, div=1.0, beta=0.8)
 
-    @classmethod
-    def add_arguments(cls, parser):
-        g = parser.add_argument_group("crd")
-        g.add_argument("--feat_dim", type=int, default=128, help="CRD embedding dimension")
-        g.add_argument("--mode", default="exact", choices=["exact", "relax"],
-                       help="CRD positive: the sample itself (exact) or any sample of its class")
-        g.add_argument("--nce_k", type=int, default=16384, help="CRD negatives per sample")
-        g.add_argument("--nce_t", type=float, default=0.07, help="CRD temperature")
-        g.add_argument("--nce_m", type=float, default=0.5, help="CRD memory bank momentum")
+    @dataclass(frozen=True)
+    class Options(MethodOptions):
+        feat_dim: int = option(128, "CRD embedding dimension")
+        mode: str = option("exact", "CRD positive: the sample itself (exact) or any sample of "
+                           "its class", choices=("exact", "relax"))
+        nce_k: int = option(16384, "CRD negatives per sample")
+        nce_t: float = option(0.07, "CRD temperature")
+        nce_m: float = option(0.5, "CRD memory bank momentum")
 
-    def __init__(self, student, teacher, args, data_info=None):
-        super().__init__(student, teacher, args, data_info)
-        n_data = self.data_info.get("train_size")
+        def check(self):
+            require(self.feat_dim >= 1 and 0 <= self.nce_m < 1,
+                    f"CRD needs --feat_dim >= 1 and 0 <= --nce_m < 1, got {self.feat_dim}, "
+                    f"{self.nce_m}")
+
+    def __init__(self, student, teacher, options=None, **kw):
+        super().__init__(student, teacher, options, **kw)
+        n_data = self.run_info.train_size
         if not n_data:
             raise UserError("--distill crd needs the training set size for its memory banks")
-        feat_dim = int(getattr(args, "feat_dim", 128))
-        nce_m = float(getattr(args, "nce_m", 0.5))
-        if feat_dim < 1 or not 0 <= nce_m < 1:
-            raise UserError(f"CRD needs --feat_dim >= 1 and 0 <= --nce_m < 1, got {feat_dim}, {nce_m}")
+        feat_dim, nce_m = self.options.feat_dim, self.options.nce_m
         self.n_data = int(n_data)
         self.embed_s = Embed(student.feature_shapes()[-1][0], feat_dim)
         self.embed_t = Embed(teacher.feature_shapes()[-1][0], feat_dim)
-        self.memory = ContrastMemory(feat_dim, self.n_data, float(getattr(args, "nce_t", 0.07)), nce_m)
+        self.memory = ContrastMemory(feat_dim, self.n_data, self.options.nce_t, nce_m)
+
+    def batch_requests(self):
+        return {"index": {}, "contrast_index": {"nce_k": self.options.nce_k, "mode": self.options.mode}}
 
     def method_losses(self, *, feats_s, feats_t, index=None, contrast_index=None, **batch):
         if contrast_index is None:

@@ -26,9 +26,12 @@ Equivalences and differences:
     student, as theirs (it is in the optimizer's parameter list).
 """
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+
+from .options import MethodOptions, option
 
 
 class _ReverseGrad(torch.autograd.Function):
@@ -66,28 +69,26 @@ class CurriculumTemperature(nn.Module):
         self.param = nn.Parameter(torch.ones(()))
 
     @classmethod
-    def from_args(cls, args):
-        return cls(getattr(args, "ctkd_t_start", 1.0), getattr(args, "ctkd_t_range", 20.0),
-                   getattr(args, "ctkd_loops", 10), getattr(args, "ctkd_lambda_min", 0.0),
-                   getattr(args, "ctkd_lambda_max", 1.0))
+    def from_options(cls, options: "CTKDOptions"):
+        return cls(options.ctkd_t_start, options.ctkd_t_range, options.ctkd_loops,
+                   options.ctkd_lambda_min, options.ctkd_lambda_max)
 
     def forward(self, epoch: int) -> torch.Tensor:
         lam = cosine_lambda(epoch, self.loops, self.lambda_min, self.lambda_max)
         return self.t_start + self.t_range * torch.sigmoid(reverse_grad(self.param, lam))
 
 
-def add_arguments(parser):
-    """The CTKD flags; added once, by ``kd.py``'s ``add_arguments``."""
-    g = parser.add_argument_group("ctkd (curriculum temperature, with --distill kd or dkd)")
-    g.add_argument("--ctkd", action="store_true",
-                   help="learn the KD temperature adversarially (Li et al. 2023)")
-    g.add_argument("--ctkd_t_start", "--ctkd-t-start", type=float, default=1.0,
-                   help="lowest temperature (their --t_start)")
-    g.add_argument("--ctkd_t_range", "--ctkd-t-range", type=float, default=20.0,
-                   help="temperature range above --ctkd_t_start (their --t_end)")
-    g.add_argument("--ctkd_loops", "--ctkd-loops", type=float, default=10,
-                   help="epochs over which lambda rises along a cosine (their --decay_loops)")
-    g.add_argument("--ctkd_lambda_min", "--ctkd-lambda-min", type=float, default=0.0,
-                   help="gradient-reversal strength at the start (their -decay_max)")
-    g.add_argument("--ctkd_lambda_max", "--ctkd-lambda-max", type=float, default=1.0,
-                   help="gradient-reversal strength after --ctkd_loops epochs (their -decay_min)")
+@dataclass(frozen=True)
+class CTKDOptions(MethodOptions):
+    """The CTKD flags, part of the KD term's options (``kd.KDOptions``)."""
+    title = "ctkd (curriculum temperature of the KD term; with --distill kd or dkd)"
+    ctkd: bool = option(False, "learn the KD temperature adversarially (Li et al. 2023)")
+    ctkd_t_start: float = option(1.0, "lowest temperature (their --t_start)", "--ctkd-t-start")
+    ctkd_t_range: float = option(20.0, "temperature range above --ctkd_t_start (their --t_end)",
+                                 "--ctkd-t-range")
+    ctkd_loops: float = option(10.0, "epochs over which lambda rises along a cosine (their "
+                               "--decay_loops)", "--ctkd-loops")
+    ctkd_lambda_min: float = option(0.0, "gradient-reversal strength at the start (their "
+                                    "-decay_max)", "--ctkd-lambda-min")
+    ctkd_lambda_max: float = option(1.0, "gradient-reversal strength after --ctkd_loops epochs "
+                                    "(their -decay_min)", "--ctkd-lambda-max")

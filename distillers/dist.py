@@ -1,7 +1,10 @@
 """Huang et al. 2022, "Knowledge Distillation from A Stronger Teacher" (DIST, NeurIPS)."""
+from dataclasses import dataclass
+
 import torch
 
-from .base import Distiller
+from .base import Distiller, Weights
+from .options import MethodOptions, option
 from .registry import register_distiller
 
 
@@ -49,23 +52,22 @@ class DIST(Distiller):
 
     teacher_feats = False
     student_feats = False
-    default_weights = {"cls": 1.0, "div": 0.0, "beta": 2.0}
+    default_weights = Weights(cls=1.0, div=0.0, beta=2.0)
 
-    @classmethod
-    def add_arguments(cls, parser):
-        g = parser.add_argument_group("dist")
-        g.add_argument("--dist_beta", "--dist-beta", type=float, default=1.0,
-                       help="weight of the inter-class relation (per sample, across classes)")
-        g.add_argument("--dist_gamma", "--dist-gamma", type=float, default=1.0,
-                       help="weight of the intra-class relation (per class, across the batch)")
-        g.add_argument("--dist_tau", "--dist-tau", type=float, default=4.0,
-                       help="softmax temperature (CIFAR recipe 4, ImageNet 1)")
+    @dataclass(frozen=True)
+    class Options(MethodOptions):
+        dist_beta: float = option(
+            1.0, "weight of the inter-class relation (per sample, across classes)", "--dist-beta")
+        dist_gamma: float = option(
+            1.0, "weight of the intra-class relation (per class, across the batch)", "--dist-gamma")
+        dist_tau: float = option(
+            4.0, "softmax temperature (CIFAR recipe 4, ImageNet 1)", "--dist-tau")
 
-    def __init__(self, student, teacher, args, data_info=None):
-        super().__init__(student, teacher, args, data_info)
-        self.inter_weight = float(getattr(args, "dist_beta", 1.0))
-        self.intra_weight = float(getattr(args, "dist_gamma", 1.0))
-        self.tau = float(getattr(args, "dist_tau", 4.0))
+    def __init__(self, student, teacher, options=None, **kw):
+        super().__init__(student, teacher, options, **kw)
+        self.inter_weight = float(self.options.dist_beta)
+        self.intra_weight = float(self.options.dist_gamma)
+        self.tau = float(self.options.dist_tau)
 
     def method_losses(self, *, feats_s, logits_s, feats_t, logits_t, targets, **batch):
         loss = dist_loss(logits_s, logits_t, self.inter_weight, self.intra_weight, self.tau)

@@ -1,9 +1,11 @@
 """Zhao et al. 2022, "Decoupled Knowledge Distillation" (CVPR)."""
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
-from .base import Distiller
-from .logit_std import maybe_standardize
+from .base import Distiller, Weights
+from .options import MethodOptions, option
 from .registry import register_distiller
 
 
@@ -61,28 +63,27 @@ class DKD(Distiller):
 
     teacher_feats = False
     student_feats = False
-    default_weights = {"cls": 1.0, "div": 0.0, "beta": 1.0}
+    default_weights = Weights(cls=1.0, div=0.0, beta=1.0)
 
-    @classmethod
-    def add_arguments(cls, parser):
-        g = parser.add_argument_group("dkd")
-        g.add_argument("--dkd_alpha", "--dkd-alpha", type=float, default=1.0, help="TCKD weight")
-        g.add_argument("--dkd_beta", "--dkd-beta", type=float, default=8.0,
-                       help="NCKD weight (mdistiller's CIFAR-100 configs: 8, 6 or 2 per pair)")
-        g.add_argument("--dkd_warmup", "--dkd-warmup", type=float, default=20,
-                       help="epochs of linear warm-up of the DKD term (0: none)")
+    @dataclass(frozen=True)
+    class Options(MethodOptions):
+        dkd_alpha: float = option(1.0, "TCKD weight", "--dkd-alpha")
+        dkd_beta: float = option(
+            8.0, "NCKD weight (mdistiller's CIFAR-100 configs: 8, 6 or 2 per pair)", "--dkd-beta")
+        dkd_warmup: float = option(
+            20.0, "epochs of linear warm-up of the DKD term (0: none)", "--dkd-warmup")
 
-    def __init__(self, student, teacher, args, data_info=None):
-        super().__init__(student, teacher, args, data_info)
-        self.alpha = float(getattr(args, "dkd_alpha", 1.0))
-        self.nckd_beta = float(getattr(args, "dkd_beta", 8.0))
-        self.warmup = float(getattr(args, "dkd_warmup", 20))
+    def __init__(self, student, teacher, options=None, **kw):
+        super().__init__(student, teacher, options, **kw)
+        self.alpha = float(self.options.dkd_alpha)
+        self.nckd_beta = float(self.options.dkd_beta)
+        self.warmup = float(self.options.dkd_warmup)
 
     def uses_kd_temperature(self):
         return True
 
     def method_losses(self, *, feats_s, logits_s, feats_t, logits_t, targets, **batch):
         factor = min(self.epoch / self.warmup, 1.0) if self.warmup > 0 else 1.0
-        s, t = maybe_standardize(logits_s, logits_t, self.logit_stand)
+        s, t = self.kd.standardize(logits_s, logits_t)
         loss = dkd_loss(s, t, targets, self.alpha, self.nckd_beta, self.kd_temperature())
         return {"dkd": self.beta * factor * loss}

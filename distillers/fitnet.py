@@ -1,12 +1,15 @@
 """Romero et al. 2015, "FitNets: Hints for Thin Deep Nets"."""
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from helper.errors import UserError
 
-from .base import Distiller, Stage
+from .base import Distiller, Stage, Weights
 from .common import model_name
+from .options import MethodOptions, option, require
 from .registry import register_distiller
 
 
@@ -76,24 +79,24 @@ class FitNet(Distiller):
         uses one index for both (``--hint_layer``). We follow the code.
     """
 
-    default_weights = {"cls": 1.0, "div": 1.0, "beta": 100.0}
+    default_weights = Weights(cls=1.0, div=1.0, beta=100.0)
 
-    @classmethod
-    def add_arguments(cls, parser):
-        g = parser.add_argument_group("fitnet")
-        g.add_argument("--hint_layer", "--hint-layer", type=int, default=1,
-                       help="index into feats=[stem, stage_1, ...] of the hint/guided layer "
-                            "(SimKD: 1, RepDistiller: 2)")
-        g.add_argument("--fitnet_stage1_epochs", "--fitnet-stage1-epochs", type=int, default=0,
-                       help="the paper's two-stage training: hint-only epochs before CE+KD "
-                            "(0: one stage with all terms, as the reference code)")
+    @dataclass(frozen=True)
+    class Options(MethodOptions):
+        hint_layer: int = option(1, "index into feats=[stem, stage_1, ...] of the hint/guided "
+                                 "layer (SimKD: 1, RepDistiller: 2)", "--hint-layer")
+        fitnet_stage1_epochs: int = option(
+            0, "the paper's two-stage training: hint-only epochs before CE+KD (0: one stage "
+            "with all terms, as the reference code)", "--fitnet-stage1-epochs")
 
-    def __init__(self, student, teacher, args, data_info=None):
-        super().__init__(student, teacher, args, data_info)
-        self.hint_layer = int(getattr(args, "hint_layer", 1))
-        self.stage1_epochs = int(getattr(args, "fitnet_stage1_epochs", 0))
-        if self.stage1_epochs < 0:
-            raise UserError(f"--fitnet_stage1_epochs must be 0 or more, got {self.stage1_epochs}")
+        def check(self):
+            require(self.fitnet_stage1_epochs >= 0,
+                    f"--fitnet_stage1_epochs must be 0 or more, got {self.fitnet_stage1_epochs}")
+
+    def __init__(self, student, teacher, options=None, **kw):
+        super().__init__(student, teacher, options, **kw)
+        self.hint_layer = int(self.options.hint_layer)
+        self.stage1_epochs = int(self.options.fitnet_stage1_epochs)
         s_shapes = student.feature_shapes(self.preact)
         t_shapes = teacher.feature_shapes(self.preact)
         k = self.hint_layer
@@ -105,8 +108,8 @@ class FitNet(Distiller):
                                 f"has maps at {maps}); choose one of those")
         self.regressor = ConvReg(s_shapes[k], t_shapes[k])
 
-    def stages(self, args):
-        main = Stage("main", args.epochs)
+    def stages(self):
+        main = Stage("main", self.run_info.epochs)
         if self.stage1_epochs == 0:
             return [main]
         return [Stage("hint", self.stage1_epochs, selects_best=False), main]

@@ -1,11 +1,14 @@
 """Yim, Joo, Bae & Kim 2017, "A Gift from Knowledge Distillation"."""
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 from helper.errors import UserError
 
-from .base import Distiller, Stage
-from .common import init_stages, model_name, stage_maps, train_feat_modules_only
+from .base import Weights
+from .common import InitStageDistiller, InitStageOptions, model_name, stage_maps
+from .options import option
 from .registry import register_distiller
 
 
@@ -28,7 +31,7 @@ def fsp_loss(feats_s, feats_t) -> torch.Tensor:
 
 
 @register_distiller("fsp")
-class FSP(Distiller):
+class FSP(InitStageDistiller):
     """Flow of solution procedure: Yim, Joo, Bae & Kim 2017, "A Gift from Knowledge
     Distillation: Fast Optimization, Network Minimization and Transfer Learning" (CVPR).
     Reference code: RepDistiller's ``distiller_zoo/FSP.py``, ``helper/pretrain.py`` and
@@ -56,19 +59,18 @@ class FSP(Distiller):
     main task alone, as the code does. We follow the code.
     """
 
-    default_weights = {"cls": 1.0, "div": 0.0, "beta": 50.0}
+    default_weights = Weights(cls=1.0, div=0.0, beta=50.0)
 
-    @classmethod
-    def add_arguments(cls, parser):
-        g = parser.add_argument_group("fsp (also --init_epochs)")
-        g.add_argument("--fsp_one_stage", "--fsp-one-stage", action="store_true",
-                       help="no init stage: beta * FSP with CE (and KD) during all --epochs "
-                            "(without it -b has no effect, as in RepDistiller: the FSP loss is "
-                            "unweighted in the init stage and absent afterwards)")
+    @dataclass(frozen=True)
+    class Options(InitStageOptions):
+        fsp_one_stage: bool = option(
+            False, "no init stage: beta * FSP with CE (and KD) during all --epochs (without it "
+            "-b has no effect, as in RepDistiller: the FSP loss is unweighted in the init stage "
+            "and absent afterwards)", "--fsp-one-stage")
 
-    def __init__(self, student, teacher, args, data_info=None):
-        super().__init__(student, teacher, args, data_info)
-        self.one_stage = bool(getattr(args, "fsp_one_stage", False))
+    def __init__(self, student, teacher, options=None, **kw):
+        super().__init__(student, teacher, options, **kw)
+        self.one_stage = bool(self.options.fsp_one_stage)
         s_shapes = stage_maps(student, student.feature_shapes()[:-1], self.name)
         t_shapes = stage_maps(teacher, teacher.feature_shapes()[:-1], self.name)
         s_c, t_c = [s[0] for s in s_shapes], [t[0] for t in t_shapes]
@@ -79,26 +81,16 @@ class FSP(Distiller):
                             f"{model_name(teacher)} has {t_c} (differ at {', '.join(differ)}); "
                             "choose a student of the teacher's family or another method")
 
-    def stages(self, args):
-        return [Stage("main", args.epochs)] if self.one_stage else init_stages(args)
+    def has_init_stage(self):
+        return not self.one_stage
 
-    def stage_parameters(self, stage):
-        if stage.name == "init":
-            return list(self.student.get_feat_modules().parameters())
-        return self.trainable_parameters()
-
-    def train(self, mode=True):
-        super().train(mode)
-        if mode and self.stage == "init":
-            train_feat_modules_only(self.student)
-        return self
+    def init_parameters(self):
+        return list(self.student.get_feat_modules().parameters())
 
     def uses_teacher_output(self):
         return self.one_stage or self.stage == "init"
 
-    def forward_train(self, images, targets, **batch):
-        if self.stage != "init":
-            return super().forward_train(images, targets, **batch)
+    def init_step(self, images):
         with torch.no_grad():
             feats_t, _ = self.teacher(images, is_feat=True)
         feats_s, logits_s = self.student(images, is_feat=True)

@@ -1,11 +1,15 @@
 """Kim, Park & Kwak 2018, "Paraphrasing Complex Network: Network Compression via Factor Transfer"."""
+from dataclasses import dataclass
+from typing import Optional
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import Distiller
-from .common import (channel_mean_square, init_stages, parameters_except, pool_to_smaller,
-                     stage_maps)
+from .base import Weights
+from .common import (InitStageDistiller, InitStageOptions, channel_mean_square, model_name,
+                     parameters_except, pool_to_smaller, stage_maps)
+from .options import option
 from .registry import register_distiller
 
 # RepDistiller's helper/pretrain.py pre-trains the paraphraser at lr 0.01 for these students
@@ -67,7 +71,7 @@ def ft_loss(factor_s: torch.Tensor, factor_t: torch.Tensor, paper_factor: bool =
 
 
 @register_distiller("ft", "factor")
-class FT(Distiller):
+class FT(InitStageDistiller):
     """Factor transfer: Kim, Park & Kwak 2018, "Paraphrasing Complex Network: Network
     Compression via Factor Transfer" (NeurIPS). Reference code: RepDistiller's
     ``distiller_zoo/FT.py`` (``FactorTransfer``), ``models/util.py`` (``Paraphraser``,
@@ -93,50 +97,51 @@ class FT(Distiller):
       - The authors' paraphraser and translator have no BN; RepDistiller's translator has.
     """
 
-    default_weights = {"cls": 1.0, "div": 0.0, "beta": 200.0}
+    default_weights = Weights(cls=1.0, div=0.0, beta=200.0)
 
-    @classmethod
-    def add_arguments(cls, parser):
-        g = parser.add_argument_group("ft (also --init_epochs)")
-        g.add_argument("--ft_rate", "--ft-rate", type=float, default=0.5,
-                       help="paraphrase rate k: factor channels = int(k * teacher channels)")
-        g.add_argument("--ft_init_lr", "--ft-init-lr", type=float, default=None,
-                       help="lr of the paraphraser's init stage (default as RepDistiller: 0.01 "
-                            "for CIFAR ResNet/WRN students, else --learning_rate)")
-        g.add_argument("--ft_paper_factor", "--ft-paper-factor", action="store_true",
-                       help="normalise the whole factor as the paper (RepDistiller: mean_c F^2)")
+    @dataclass(frozen=True)
+    class Options(InitStageOptions):
+        ft_rate: float = option(0.5, "paraphrase rate k: factor channels = int(k * teacher "
+                                "channels)", "--ft-rate")
+        ft_init_lr: Optional[float] = option(
+            None, "lr of the paraphraser's init stage (default as RepDistiller: 0.01 for CIFAR "
+            "ResNet/WRN students, else --learning_rate)", "--ft-init-lr", type=float)
+        ft_paper_factor: bool = option(False, "normalise the whole factor as the paper "
+                                       "(RepDistiller: mean_c F^2)", "--ft-paper-factor")
 
-    def __init__(self, student, teacher, args, data_info=None):
-        super().__init__(student, teacher, args, data_info)
+    def __init__(self, student, teacher, options=None, **kw):
+        super().__init__(student, teacher, options, **kw)
         s_shape = stage_maps(student, student.feature_shapes()[-2:-1], self.name)[0]
         t_shape = stage_maps(teacher, teacher.feature_shapes()[-2:-1], self.name)[0]
-        k = float(getattr(args, "ft_rate", 0.5))
-        self.paper_factor = bool(getattr(args, "ft_paper_factor", False))
+        k = float(self.options.ft_rate)
+        self.paper_factor = bool(self.options.ft_paper_factor)
         self.paraphraser = Paraphraser(t_shape[0], k)
         self.translator = Translator(s_shape[0], t_shape[0], k)
 
-    def stages(self, args):
-        lr = getattr(args, "ft_init_lr", None)
-        if lr is None and getattr(args, "model_s", None) in INIT_LR_001:
-            lr = 0.01
-        return init_stages(args, init_lr=lr)
+    def init_lr(self):
+        if self.options.ft_init_lr is not None:
+            return self.options.ft_init_lr
+        return 0.01 if model_name(self.student) in INIT_LR_001 else None
 
-    def stage_parameters(self, stage):
-        if stage.name == "init":
-            return list(self.paraphraser.parameters())
+    def init_parameters(self):
+        return list(self.paraphraser.parameters())
+
+    def main_parameters(self):
         return parameters_except(self, self.paraphraser)
+
+    def init_train_mode(self):
+        self.student.eval()
 
     def train(self, mode=True):
         super().train(mode)
-        if mode and self.stage == "init":
-            self.student.eval()
-        elif mode:
+        if mode and self.stage != "init":
             self.paraphraser.eval()
         return self
 
-    def forward_train(self, images, targets, **batch):
-        if self.stage != "init":
-            return super().forward_train(images, targets, **batch)
+    def uses_teacher_output(self):
+        return True
+
+    def init_step(self, images):
         with torch.no_grad():
             feats_t, _ = self.teacher(images, is_feat=True)
             logits_s = self.student(images)  # for the logged accuracy only

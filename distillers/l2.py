@@ -1,11 +1,15 @@
 """L2 on the penultimate features, and Zhang et al. 2020, "Prime-Aware Adaptive Distillation"."""
+from dataclasses import dataclass
+from typing import Optional
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from helper.errors import UserError
 
-from .base import Distiller, Stage
+from .base import Distiller, Stage, Weights
+from .options import MethodOptions, option, require
 from .registry import register_distiller
 
 
@@ -44,10 +48,10 @@ class L2(Distiller):
 
     teacher_feats = True
     student_feats = True
-    default_weights = {"cls": 1.0, "div": 0.0, "beta": 1.0}
+    default_weights = Weights(cls=1.0, div=0.0, beta=1.0)
 
-    def __init__(self, student, teacher, args, data_info=None):
-        super().__init__(student, teacher, args, data_info)
+    def __init__(self, student, teacher, options=None, **kw):
+        super().__init__(student, teacher, options, **kw)
         self.s_dim, self.t_dim = _pooled_dims(student, teacher, self.name)
         self.connector = _connector(self.s_dim, self.t_dim)
 
@@ -82,23 +86,25 @@ class PADL2(L2):
     PAD stage from another run's checkpoint).
     """
 
-    def __init__(self, student, teacher, args, data_info=None):
-        super().__init__(student, teacher, args, data_info)
-        self.l2_epochs = getattr(args, "pad_l2_l2_epochs", None)
-        if self.l2_epochs is not None and self.l2_epochs < 1:
-            raise UserError(f"--pad_l2_l2_epochs must be 1 or more, got {self.l2_epochs}")
+    @dataclass(frozen=True)
+    class Options(MethodOptions):
+        pad_l2_l2_epochs: Optional[int] = option(
+            None, "epochs of the first (L2) stage before the PAD-L2 stage of --epochs (default: "
+            "the same as --epochs, as torchdistill)", "--pad-l2-l2-epochs", type=int)
+
+        def check(self):
+            require(self.pad_l2_l2_epochs is None or self.pad_l2_l2_epochs >= 1,
+                    f"--pad_l2_l2_epochs must be 1 or more, got {self.pad_l2_l2_epochs}")
+
+    def __init__(self, student, teacher, options=None, **kw):
+        super().__init__(student, teacher, options, **kw)
+        self.l2_epochs = self.options.pad_l2_l2_epochs
         self.var_head = nn.Sequential(nn.Linear(self.s_dim, self.t_dim), nn.BatchNorm1d(self.t_dim))
 
-    @classmethod
-    def add_arguments(cls, parser):
-        g = parser.add_argument_group("pad_l2")
-        g.add_argument("--pad_l2_l2_epochs", "--pad-l2-l2-epochs", type=int, default=None,
-                       help="epochs of the first (L2) stage before the PAD-L2 stage of --epochs "
-                            "(default: the same as --epochs, as torchdistill)")
-
-    def stages(self, args):
-        l2_epochs = self.l2_epochs if self.l2_epochs is not None else args.epochs
-        return [Stage("l2", l2_epochs, selects_best=False), Stage("pad", args.epochs)]
+    def stages(self):
+        epochs = self.run_info.epochs
+        l2_epochs = self.l2_epochs if self.l2_epochs is not None else epochs
+        return [Stage("l2", l2_epochs, selects_best=False), Stage("pad", epochs)]
 
     def stage_parameters(self, stage):
         if stage.name == "l2":

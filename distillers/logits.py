@@ -2,7 +2,7 @@
 import torch
 import torch.nn.functional as F
 
-from .base import Distiller
+from .base import Distiller, Weights
 from .registry import register_distiller
 
 
@@ -34,7 +34,7 @@ class Logits(Distiller):
 
     teacher_feats = False
     student_feats = False
-    default_weights = {"cls": 1.0, "div": 0.0, "beta": 0.1}
+    default_weights = Weights(cls=1.0, div=0.0, beta=0.1)
 
     def method_losses(self, *, feats_s, logits_s, feats_t, logits_t, targets, **batch):
         return {"logits": self.beta * logits_loss(logits_s, logits_t)}

@@ -1,5 +1,7 @@
 """Yue, Deng & Zhou 2020, "Matching Guided Distillation" (ECCV)."""
+import dataclasses
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -10,8 +12,9 @@ from scipy.optimize import linear_sum_assignment
 
 from helper.errors import UserError
 
-from .base import Distiller
+from .base import Distiller, Weights
 from .common import model_name
+from .options import MethodOptions, option, require
 from .registry import register_distiller
 
 REDUCERS = ("amp", "rd", "sp", "sm")
@@ -139,42 +142,53 @@ class MGD(Distiller):
     """
 
     preact = True
-    default_weights = {"cls": 1.0, "div": 0.0, "beta": 1.0}
+    default_weights = Weights(cls=1.0, div=0.0, beta=1.0)
+
+    @dataclass(frozen=True)
+    class Options(MethodOptions):
+        mgd_reducer: str = option(
+            "amp",
+            "channel reduction: amp (max over the matched group), rd (random drop), sp (simple "
+            "pooling), sm (sparse matching)", "--mgd-reducer", choices=REDUCERS)
+        mgd_update_freq: int = option(
+            2, "match the channels anew before epochs 1, 1+F, 1+2F, ... (default 2)",
+            "--mgd-update-freq")
+        mgd_loss_factor: float = option(
+            1e4, "the summed loss is divided by batch size and this (default 1e4)",
+            "--mgd-loss-factor")
+        mgd_with_kd: int = option(
+            0, "1: add the reference's KD (weight 1, T 1.5), i.e. -d 1 --kd_T 1.5",
+            "--mgd-with-kd", choices=(0, 1))
+        mgd_amp_abs: bool = option(
+            False, "amp keeps the response of largest absolute value (default: largest)",
+            "--mgd-amp-abs")
+        mgd_match_images: int = option(
+            0, "images per process in each matching pass (default 0: all)",
+            "--mgd-match-images")
+
+        def check(self):
+            require(self.mgd_reducer in REDUCERS, f"--mgd_reducer {self.mgd_reducer} is unknown; "
+                    f"choose one of {', '.join(REDUCERS)}")
+            require(self.mgd_update_freq >= 1 and self.mgd_loss_factor > 0
+                    and self.mgd_match_images >= 0,
+                    "--mgd_update_freq and --mgd_loss_factor must be positive and "
+                    "--mgd_match_images 0 or more")
 
     @classmethod
-    def add_arguments(cls, parser):
-        g = parser.add_argument_group("mgd")
-        g.add_argument("--mgd_reducer", "--mgd-reducer", default="amp", choices=REDUCERS,
-                       help="channel reduction: amp (max over the matched group), rd (random "
-                            "drop), sp (simple pooling), sm (sparse matching)")
-        g.add_argument("--mgd_update_freq", "--mgd-update-freq", type=int, default=2,
-                       help="match the channels anew before epochs 1, 1+F, 1+2F, ... (default 2)")
-        g.add_argument("--mgd_loss_factor", "--mgd-loss-factor", type=float, default=1e4,
-                       help="the summed loss is divided by batch size and this (default 1e4)")
-        g.add_argument("--mgd_with_kd", "--mgd-with-kd", type=int, default=0, choices=(0, 1),
-                       help="1: add the reference's KD (weight 1, T 1.5), i.e. -d 1 --kd_T 1.5")
-        g.add_argument("--mgd_amp_abs", "--mgd-amp-abs", action="store_true",
-                       help="amp keeps the response of largest absolute value (default: largest)")
-        g.add_argument("--mgd_match_images", "--mgd-match-images", type=int, default=0,
-                       help="images per process in each matching pass (default 0: all)")
+    def effective_weights(cls, options, given, kd_T):
+        """``--mgd_with_kd 1`` is the reference's KD term: -d 1 at T 1.5."""
+        weights, kd_T = super().effective_weights(options, given, kd_T)
+        if options.mgd_with_kd:
+            return dataclasses.replace(weights, div=1.0), 1.5
+        return weights, kd_T
 
-    def __init__(self, student, teacher, args, data_info=None):
-        super().__init__(student, teacher, args, data_info)
-        self.reducer = getattr(args, "mgd_reducer", "amp")
-        self.update_freq = int(getattr(args, "mgd_update_freq", 2))
-        self.loss_factor = float(getattr(args, "mgd_loss_factor", 1e4))
-        self.amp_abs = bool(getattr(args, "mgd_amp_abs", False))
-        self.match_images = int(getattr(args, "mgd_match_images", 0))
-        if self.reducer not in REDUCERS:
-            raise UserError(f"--mgd_reducer {self.reducer} is unknown; choose one of {', '.join(REDUCERS)}")
-        if self.update_freq < 1 or self.loss_factor <= 0 or self.match_images < 0:
-            raise UserError("--mgd_update_freq and --mgd_loss_factor must be positive and "
-                            "--mgd_match_images 0 or more")
-        if getattr(args, "mgd_with_kd", 0):
-            # written back so that the run name and summary.json show the weights in use
-            self.div_weight, self.kd_T = 1.0, 1.5
-            args.div, args.kd_T = 1.0, 1.5
-
+    def __init__(self, student, teacher, options=None, **kw):
+        super().__init__(student, teacher, options, **kw)
+        self.reducer = self.options.mgd_reducer
+        self.update_freq = int(self.options.mgd_update_freq)
+        self.loss_factor = float(self.options.mgd_loss_factor)
+        self.amp_abs = bool(self.options.mgd_amp_abs)
+        self.match_images = int(self.options.mgd_match_images)
         try:
             bns = list(teacher.get_bn_before_relu())
         except NotImplementedError as e:
@@ -224,8 +238,8 @@ class MGD(Distiller):
     @torch.no_grad()
     def rematch(self, loader):
         """The reference's ``mgd_update``: costs over one pass without augmentation (the
-        loader's ``unaugmented()`` when it has one), in eval mode; then the assignment."""
-        batches = loader.unaugmented() if hasattr(loader, "unaugmented") else loader
+        loader's ``unaugmented()``), in eval mode; then the assignment."""
+        batches = loader.unaugmented()
         device = self.margin0.device
         costs = [torch.zeros(bn.num_features, self.margin(i).numel(), dtype=torch.float64,
                              device=device) for i, bn in enumerate(self.bn_s)]

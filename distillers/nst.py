@@ -2,7 +2,7 @@
 import torch
 import torch.nn.functional as F
 
-from .base import Distiller
+from .base import Distiller, Weights
 from .common import conv_maps_or_error, pool_to_smaller
 from .registry import register_distiller
 
@@ -99,10 +99,10 @@ class NST(Distiller):
 
     teacher_feats = True
     student_feats = True
-    default_weights = {"cls": 1.0, "div": 0.0, "beta": 50.0}
+    default_weights = Weights(cls=1.0, div=0.0, beta=50.0)
 
-    def __init__(self, student, teacher, args, data_info=None):
-        super().__init__(student, teacher, args, data_info)
+    def __init__(self, student, teacher, options=None, **kw):
+        super().__init__(student, teacher, options, **kw)
         conv_maps_or_error(student, student.feature_shapes(self.preact), self.name)
         conv_maps_or_error(teacher, teacher.feature_shapes(self.preact), self.name)
 

@@ -1,7 +1,7 @@
 """Passalis & Tefas 2018, "Learning Deep Representations with Probabilistic Knowledge Transfer"."""
 import torch
 
-from .base import Distiller
+from .base import Distiller, Weights
 from .registry import register_distiller
 
 
@@ -41,7 +41,7 @@ class PKT(Distiller):
 
     teacher_feats = True
     student_feats = True
-    default_weights = {"cls": 1.0, "div": 0.0, "beta": 30000.0}
+    default_weights = Weights(cls=1.0, div=0.0, beta=30000.0)
 
     def method_losses(self, *, feats_s, logits_s, feats_t, logits_t, targets, **batch):
         return {"pkt": self.beta * pkt_loss(feats_s[-1], feats_t[-1])}

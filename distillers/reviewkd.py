@@ -1,11 +1,14 @@
 """Chen, Liu, Zhao & Jia 2021, "Distilling Knowledge via Knowledge Review" (ReviewKD, CVPR)."""
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from helper.errors import UserError
-from .base import Distiller
+from .base import Distiller, Weights
 from .common import conv_maps_or_error
+from .options import MethodOptions, option
 from .registry import register_distiller
 
 
@@ -89,16 +92,15 @@ class ReviewKD(Distiller):
     """
 
     preact = True  # used for the teacher only, see _run
-    default_weights = {"cls": 1.0, "div": 0.0, "beta": 5.0}
+    default_weights = Weights(cls=1.0, div=0.0, beta=5.0)
 
-    @classmethod
-    def add_arguments(cls, parser):
-        g = parser.add_argument_group("reviewkd")
-        g.add_argument("--reviewkd_warmup", type=float, default=20.0,
-                       help="epochs of linear warm-up of ReviewKD's loss weight (0: none)")
+    @dataclass(frozen=True)
+    class Options(MethodOptions):
+        reviewkd_warmup: float = option(
+            20.0, "epochs of linear warm-up of ReviewKD's loss weight (0: none)")
 
-    def __init__(self, student, teacher, args, data_info=None):
-        super().__init__(student, teacher, args, data_info)
+    def __init__(self, student, teacher, options=None, **kw):
+        super().__init__(student, teacher, options, **kw)
         s_all, t_all = student.feature_shapes(preact=False), teacher.feature_shapes(preact=True)
         conv_maps_or_error(student, s_all, self.name)
         conv_maps_or_error(teacher, t_all, self.name)
@@ -107,7 +109,7 @@ class ReviewKD(Distiller):
             raise UserError(f"--distill reviewkd pairs stages one to one, but the student has "
                             f"{len(s_shapes) - 1} stages and the teacher {len(t_shapes) - 1}; "
                             "choose models with as many stages")
-        self.warmup = float(getattr(args, "reviewkd_warmup", 20.0))
+        self.warmup = float(self.options.reviewkd_warmup)
         mid = min(512, s_shapes[-1][0])
         n = len(s_shapes)
         self.abfs = nn.ModuleList(ABF(s[0], mid, t[0], fuse=i < n - 1)

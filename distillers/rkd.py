@@ -1,8 +1,11 @@
 """Park, Kim, Lu & Cho 2019, "Relational Knowledge Distillation"."""
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
-from .base import Distiller
+from .base import Distiller, Weights
+from .options import MethodOptions, option
 from .registry import register_distiller
 
 
@@ -55,20 +58,17 @@ class RKD(Distiller):
 
     teacher_feats = True
     student_feats = True
-    default_weights = {"cls": 1.0, "div": 0.0, "beta": 1.0}
+    default_weights = Weights(cls=1.0, div=0.0, beta=1.0)
 
-    @classmethod
-    def add_arguments(cls, parser):
-        g = parser.add_argument_group("rkd")
-        g.add_argument("--rkd_w_d", "--rkd-w-d", type=float, default=25.0,
-                       help="weight of the RKD distance loss (within -b)")
-        g.add_argument("--rkd_w_a", "--rkd-w-a", type=float, default=50.0,
-                       help="weight of the RKD angle loss (within -b)")
+    @dataclass(frozen=True)
+    class Options(MethodOptions):
+        rkd_w_d: float = option(25.0, "weight of the RKD distance loss (within -b)", "--rkd-w-d")
+        rkd_w_a: float = option(50.0, "weight of the RKD angle loss (within -b)", "--rkd-w-a")
 
-    def __init__(self, student, teacher, args, data_info=None):
-        super().__init__(student, teacher, args, data_info)
-        self.w_d = float(getattr(args, "rkd_w_d", 25.0))
-        self.w_a = float(getattr(args, "rkd_w_a", 50.0))
+    def __init__(self, student, teacher, options=None, **kw):
+        super().__init__(student, teacher, options, **kw)
+        self.w_d = float(self.options.rkd_w_d)
+        self.w_a = float(self.options.rkd_w_a)
 
     def method_losses(self, *, feats_s, logits_s, feats_t, logits_t, targets, **batch):
         f_s, f_t = feats_s[-1], feats_t[-1]

@@ -1,11 +1,14 @@
 """Chen et al. 2021, "Cross-Layer Distillation with Semantic Calibration" (SemCKD, AAAI)."""
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from helper.errors import UserError
-from .base import Distiller
+from .base import Distiller, Weights
 from .common import conv_maps_or_error
+from .options import MethodOptions, option
 from .registry import register_distiller
 
 
@@ -120,22 +123,21 @@ class SemCKD(Distiller):
       - L2 normalisation uses ``F.normalize`` (eps 1e-12) instead of a plain division.
     """
 
-    @classmethod
-    def add_arguments(cls, parser):
-        g = parser.add_argument_group("semckd")
-        g.add_argument("--semckd_soft", "-s", "--soft", dest="semckd_soft", type=float, default=1.0,
-                       help="SemCKD attention temperature (SimKD's -s/--soft)")
+    @dataclass(frozen=True)
+    class Options(MethodOptions):
+        semckd_soft: float = option(
+            1.0, "SemCKD attention temperature (SimKD's -s/--soft)", "-s", "--soft")
 
-    default_weights = {"cls": 1.0, "div": 1.0, "beta": 400.0}
+    default_weights = Weights(cls=1.0, div=1.0, beta=400.0)
 
-    def __init__(self, student, teacher, args, data_info=None):
-        super().__init__(student, teacher, args, data_info)
+    def __init__(self, student, teacher, options=None, **kw):
+        super().__init__(student, teacher, options, **kw)
         s_shapes = conv_maps_or_error(student, student.feature_shapes(), self.name)
         t_shapes = conv_maps_or_error(teacher, teacher.feature_shapes(), self.name)
         self.attention = CrossLayerAttention(
             [s[0] for s in s_shapes], [t[0] for t in t_shapes],
-            max_batch=int(getattr(args, "batch_size", 64)),
-            soft=float(getattr(args, "semckd_soft", 1.0)))
+            max_batch=self.run_info.batch_size,
+            soft=float(self.options.semckd_soft))
 
     def method_losses(self, *, feats_s, logits_s, feats_t, logits_t, targets, **batch):
         projected, target, attention = self.attention(feats_s[1:-1], feats_t[1:-1])

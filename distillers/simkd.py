@@ -1,5 +1,7 @@
 """Chen, Mei, Wang, Feng & Chen 2022, "Knowledge Distillation with the Reused Teacher
 Classifier" (CVPR)."""
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -8,8 +10,9 @@ from helper.errors import UserError
 from models import create_model, register_deployed
 from models.base import FeatureModel
 
-from .base import Distiller
+from .base import Distiller, Weights
 from .common import reusable_classifier
+from .options import MethodOptions, option
 from .registry import register_distiller
 
 
@@ -63,17 +66,17 @@ class SimKD(Distiller):
     The code also holds a depthwise 3x3 variant, commented out; it is not offered here.
     """
 
-    default_weights = {"cls": 0.0, "div": 0.0, "beta": 1.0}
+    default_weights = Weights(cls=0.0, div=0.0, beta=1.0)
 
-    @classmethod
-    def add_arguments(cls, parser):
-        g = parser.add_argument_group("simkd")
-        g.add_argument("-f", "--factor", "--simkd_factor", dest="factor", type=int, default=2,
-                       help="SimKD projector reduction factor (middle channels = teacher's / f)")
+    @dataclass(frozen=True)
+    class Options(MethodOptions):
+        factor: int = option(
+            2, "SimKD projector reduction factor (middle channels = teacher's / f)", "-f",
+            "--simkd_factor")
 
-    def __init__(self, student, teacher, args, data_info=None):
-        super().__init__(student, teacher, args, data_info)
-        self.factor = int(getattr(args, "factor", 2))
+    def __init__(self, student, teacher, options=None, **kw):
+        super().__init__(student, teacher, options, **kw)
+        self.factor = int(self.options.factor)
         s_shape, t_shapes = student.feature_shapes()[-2], teacher.feature_shapes()
         t_channels = t_shapes[-2][0]
         if len(s_shape) != 3 or len(t_shapes[-2]) != 3:

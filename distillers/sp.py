@@ -2,7 +2,7 @@
 import torch
 import torch.nn.functional as F
 
-from .base import Distiller
+from .base import Distiller, Weights
 from .registry import register_distiller
 
 
@@ -33,7 +33,7 @@ class SP(Distiller):
     the reference code uses the single pair ``feats[-2]``, as we do.
     """
 
-    default_weights = {"cls": 1.0, "div": 1.0, "beta": 3000.0}
+    default_weights = Weights(cls=1.0, div=1.0, beta=3000.0)
 
     def method_losses(self, *, feats_s, logits_s, feats_t, logits_t, targets, **batch):
         return {"sp": self.beta * sp_loss(feats_s[-2], feats_t[-2])}

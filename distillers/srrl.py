@@ -1,10 +1,13 @@
 """Yang, Martinez, Bulat & Tzimiropoulos 2021, "Knowledge Distillation via Softmax Regression
 Representation Learning" (ICLR)."""
+from dataclasses import dataclass
+
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import Distiller
+from .base import Distiller, Weights
 from .common import reusable_classifier
+from .options import MethodOptions, option
 from .registry import register_distiller
 
 
@@ -42,18 +45,18 @@ class SRRL(Distiller):
     The teacher's classifier is used frozen and is not saved with the student.
     """
 
-    default_weights = {"cls": 1.0, "div": 1.0, "beta": 1.0}
+    default_weights = Weights(cls=1.0, div=1.0, beta=1.0)
 
-    @classmethod
-    def add_arguments(cls, parser):
-        g = parser.add_argument_group("srrl")
-        g.add_argument("--srrl_feat", default="pooled", choices=["pooled", "map"],
-                       help="SRRL connector input: the pooled feature (SimKD) or the last "
-                            "feature map (official SRRL code)")
+    @dataclass(frozen=True)
+    class Options(MethodOptions):
+        srrl_feat: str = option(
+            "pooled",
+            "SRRL connector input: the pooled feature (SimKD) or the last feature map (official "
+            "SRRL code)", choices=("pooled", "map"))
 
-    def __init__(self, student, teacher, args, data_info=None):
-        super().__init__(student, teacher, args, data_info)
-        self.on_map = getattr(args, "srrl_feat", "pooled") == "map"
+    def __init__(self, student, teacher, options=None, **kw):
+        super().__init__(student, teacher, options, **kw)
+        self.on_map = self.options.srrl_feat == "map"
         t_dim = teacher.feature_shapes()[-1][0]
         reusable_classifier(teacher, "srrl", t_dim)
         s_shapes = student.feature_shapes()

@@ -1,5 +1,7 @@
 """Xu, Liu, Li & Loy 2020, "Knowledge Distillation Meets Self-Supervision"."""
 import argparse
+from dataclasses import dataclass
+from typing import Tuple
 
 import torch
 import torch.nn as nn
@@ -7,8 +9,9 @@ import torch.nn.functional as F
 
 from helper.errors import UserError
 
-from .base import Distiller, Stage
+from .base import Distiller, Stage, Weights
 from .common import model_name, parameters_except
+from .options import MethodOptions, option, require
 from .registry import register_distiller
 
 
@@ -100,41 +103,37 @@ class SSKD(Distiller):
         effect at lr 0); here the teacher_ss optimizer holds the head alone.
     """
 
-    default_weights = {"cls": 0.1, "div": 0.9, "beta": 10.0}
+    default_weights = Weights(cls=0.1, div=0.9, beta=10.0)
 
-    @classmethod
-    def add_arguments(cls, parser):
-        g = parser.add_argument_group("sskd")
-        g.add_argument("--sskd_t_epochs", "--sskd-t-epochs", type=int, default=60,
-                       help="epochs of the teacher_ss stage (training the teacher's SS head)")
-        g.add_argument("--sskd_t_lr", "--sskd-t-lr", type=float, default=0.05,
-                       help="lr of the teacher_ss stage")
-        g.add_argument("--sskd_t_milestones", "--sskd-t-milestones", type=_milestones,
-                       default=(30, 45), help="lr decay epochs of the teacher_ss stage")
-        g.add_argument("--sskd_tf_weight", "--sskd-tf-weight", type=float, default=2.7,
-                       help="weight of the KD term on rotated images (beta weighs SS)")
-        g.add_argument("--sskd_tf_T", "--sskd-tf-T", type=float, default=4.0,
-                       help="temperature of the KD term on rotated images")
-        g.add_argument("--sskd_ss_T", "--sskd-ss-T", type=float, default=0.5,
-                       help="temperature of the similarity (SS) term")
-        g.add_argument("--sskd_ratio_tf", "--sskd-ratio-tf", type=float, default=1.0,
-                       help="share of the teacher's wrong rotated predictions kept for TF")
-        g.add_argument("--sskd_ratio_ss", "--sskd-ratio-ss", type=float, default=0.75,
-                       help="share of the teacher's wrong similarity rows kept for SS")
+    @dataclass(frozen=True)
+    class Options(MethodOptions):
+        sskd_t_epochs: int = option(60, "epochs of the teacher_ss stage (training the teacher's "
+                                    "SS head)", "--sskd-t-epochs")
+        sskd_t_lr: float = option(0.05, "lr of the teacher_ss stage", "--sskd-t-lr")
+        sskd_t_milestones: Tuple[int, ...] = option(
+            (30, 45), "lr decay epochs of the teacher_ss stage", "--sskd-t-milestones",
+            type=_milestones)
+        sskd_tf_weight: float = option(2.7, "weight of the KD term on rotated images (beta "
+                                       "weighs SS)", "--sskd-tf-weight")
+        sskd_tf_T: float = option(4.0, "temperature of the KD term on rotated images",
+                                  "--sskd-tf-T")
+        sskd_ss_T: float = option(0.5, "temperature of the similarity (SS) term", "--sskd-ss-T")
+        sskd_ratio_tf: float = option(1.0, "share of the teacher's wrong rotated predictions "
+                                      "kept for TF", "--sskd-ratio-tf")
+        sskd_ratio_ss: float = option(0.75, "share of the teacher's wrong similarity rows kept "
+                                      "for SS", "--sskd-ratio-ss")
 
-    def __init__(self, student, teacher, args, data_info=None):
-        super().__init__(student, teacher, args, data_info)
-        self.t_epochs = int(getattr(args, "sskd_t_epochs", 60))
-        self.t_lr = float(getattr(args, "sskd_t_lr", 0.05))
-        self.t_milestones = tuple(getattr(args, "sskd_t_milestones", (30, 45)))
-        self.tf_weight = float(getattr(args, "sskd_tf_weight", 2.7))
-        self.tf_T = float(getattr(args, "sskd_tf_T", 4.0))
-        self.ss_T = float(getattr(args, "sskd_ss_T", 0.5))
-        self.ratio_tf = float(getattr(args, "sskd_ratio_tf", 1.0))
-        self.ratio_ss = float(getattr(args, "sskd_ratio_ss", 0.75))
-        if self.t_epochs < 0:
-            raise UserError(f"--sskd_t_epochs must be 0 or more, got {self.t_epochs}")
-        _, h, w = self.data_info.get("input_size") or student.input_size
+        def check(self):
+            require(self.sskd_t_epochs >= 0,
+                    f"--sskd_t_epochs must be 0 or more, got {self.sskd_t_epochs}")
+
+    def __init__(self, student, teacher, options=None, **kw):
+        super().__init__(student, teacher, options, **kw)
+        o = self.options
+        self.t_epochs, self.t_lr, self.t_milestones = o.sskd_t_epochs, o.sskd_t_lr, tuple(o.sskd_t_milestones)
+        self.tf_weight, self.tf_T, self.ss_T = o.sskd_tf_weight, o.sskd_tf_T, o.sskd_ss_T
+        self.ratio_tf, self.ratio_ss = o.sskd_ratio_tf, o.sskd_ratio_ss
+        _, h, w = self.run_info.input_size or student.input_size
         if h != w:
             raise UserError(f"--distill sskd rotates images by 90 degrees, which needs square "
                             f"inputs; these are {h}x{w}")
@@ -147,10 +146,10 @@ class SSKD(Distiller):
             dims.append(shape[0])
         self.student_head, self.teacher_head = _head(dims[0]), _head(dims[1])
 
-    def stages(self, args):
+    def stages(self):
         first = Stage("teacher_ss", self.t_epochs, lr=self.t_lr,
                       lr_decay_epochs=self.t_milestones, selects_best=False)
-        return ([first] if self.t_epochs else []) + [Stage("main", args.epochs)]
+        return ([first] if self.t_epochs else []) + [Stage("main", self.run_info.epochs)]
 
     def stage_parameters(self, stage):
         if stage.name == "teacher_ss":

@@ -1,11 +1,13 @@
 """Yuan, Tay, Li, Wang & Feng 2020, "Revisiting Knowledge Distillation via Label Smoothing
 Regularization" (Teacher-free KD)."""
+from dataclasses import dataclass
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 
-from helper.errors import UserError
-
-from .base import Distiller
+from .base import Distiller, Weights
+from .options import MethodOptions, option, require
 from .registry import register_distiller
 
 MODES = ("self", "virtual")
@@ -82,43 +84,50 @@ class TfKD(Distiller):
 
     teacher_feats = False
     student_feats = False
-    default_weights = {"cls": 0.05, "div": 0.0, "beta": 0.95}
+    default_weights = Weights(cls=0.05, div=0.0, beta=0.95)
+
+    @dataclass(frozen=True)
+    class Options(MethodOptions):
+        tfkd_mode: str = option(
+            "self", "self: a pretrained teacher (--path_t), usually the student's own "
+            "architecture; virtual: the manually designed teacher, no --path_t", "--tfkd-mode",
+            choices=MODES)
+        tfkd_T: Optional[float] = option(None, "temperature (default 20 for self, 40 for virtual)",
+                                         "--tfkd-T", type=float)
+        tfkd_multiplier: float = option(
+            1.0, "the reference's 'multiplier' of the KL term (1, 50, 100 by model)",
+            "--tfkd-multiplier")
+        tfkd_correct_prob: float = option(
+            0.99, "virtual teacher's probability of the correct class", "--tfkd-correct-prob")
+        tfkd_reduction: str = option(
+            "mean", "mean: the code's KL averaged over batch x classes; batchmean: the "
+            "divergence per sample", "--tfkd-reduction", choices=REDUCTIONS)
+
+        @property
+        def temperature(self) -> float:
+            return DEFAULT_T.get(self.tfkd_mode, 0.0) if self.tfkd_T is None else self.tfkd_T
+
+        def check(self):
+            require(self.tfkd_mode in MODES,
+                    f"--tfkd_mode must be one of {MODES}, got {self.tfkd_mode!r}")
+            require(self.temperature > 0 and 0 < self.tfkd_correct_prob < 1
+                    and self.tfkd_reduction in REDUCTIONS,
+                    f"Tf-KD needs --tfkd_T > 0, 0 < --tfkd_correct_prob < 1 and --tfkd_reduction "
+                    f"in {REDUCTIONS}; got {self.temperature}, {self.tfkd_correct_prob}, "
+                    f"{self.tfkd_reduction!r}")
 
     @classmethod
-    def add_arguments(cls, parser):
-        g = parser.add_argument_group("tfkd")
-        g.add_argument("--tfkd_mode", "--tfkd-mode", choices=MODES, default="self",
-                       help="self: a pretrained teacher (--path_t), usually the student's own "
-                            "architecture; virtual: the manually designed teacher, no --path_t")
-        g.add_argument("--tfkd_T", "--tfkd-T", type=float, default=None,
-                       help="temperature (default 20 for self, 40 for virtual)")
-        g.add_argument("--tfkd_multiplier", "--tfkd-multiplier", type=float, default=1.0,
-                       help="the reference's 'multiplier' of the KL term (1, 50, 100 by model)")
-        g.add_argument("--tfkd_correct_prob", "--tfkd-correct-prob", type=float, default=0.99,
-                       help="virtual teacher's probability of the correct class")
-        g.add_argument("--tfkd_reduction", "--tfkd-reduction", choices=REDUCTIONS, default="mean",
-                       help="mean: the code's KL averaged over batch x classes; batchmean: the "
-                            "divergence per sample")
+    def requires_teacher(cls, options):
+        return options.tfkd_mode != "virtual"
 
-    @classmethod
-    def requires_teacher(cls, args):
-        return getattr(args, "tfkd_mode", "self") != "virtual"
-
-    def __init__(self, student, teacher, args, data_info=None):
-        self.mode = getattr(args, "tfkd_mode", "self")
-        if self.mode not in MODES:
-            raise UserError(f"--tfkd_mode must be one of {MODES}, got {self.mode!r}")
-        self.needs_teacher = self.requires_teacher(args)
-        super().__init__(student, teacher if self.needs_teacher else None, args, data_info)
-        T = getattr(args, "tfkd_T", None)
-        self.T = float(DEFAULT_T[self.mode] if T is None else T)
-        self.multiplier = float(getattr(args, "tfkd_multiplier", 1.0))
-        self.correct_prob = float(getattr(args, "tfkd_correct_prob", 0.99))
-        self.reduction = getattr(args, "tfkd_reduction", "mean")
-        if self.T <= 0 or not 0 < self.correct_prob < 1 or self.reduction not in REDUCTIONS:
-            raise UserError(f"Tf-KD needs --tfkd_T > 0, 0 < --tfkd_correct_prob < 1 and "
-                            f"--tfkd_reduction in {REDUCTIONS}; got {self.T}, "
-                            f"{self.correct_prob}, {self.reduction!r}")
+    def __init__(self, student, teacher, options=None, **kw):
+        options = self.Options() if options is None else options
+        self.mode = options.tfkd_mode
+        super().__init__(student, teacher if self.requires_teacher(options) else None, options, **kw)
+        self.T = float(options.temperature)
+        self.multiplier = float(options.tfkd_multiplier)
+        self.correct_prob = float(options.tfkd_correct_prob)
+        self.reduction = options.tfkd_reduction
 
     def uses_teacher_output(self):
         return self.mode == "self"

@@ -1,5 +1,5 @@
 """Plain cross-entropy training: teachers, and the student-alone baseline."""
-from .base import Distiller
+from .base import Distiller, Weights
 from .registry import register_distiller
 
 
@@ -7,12 +7,15 @@ from .registry import register_distiller
 class Vanilla(Distiller):
     """Cross-entropy only (``cls * CE``); no teacher is loaded, ``-d`` and ``-b`` are unused."""
 
-    needs_teacher = False
     student_feats = False
-    default_weights = {"cls": 1.0, "div": 0.0, "beta": 0.0}
+    default_weights = Weights(cls=1.0, div=0.0, beta=0.0)
 
-    def __init__(self, student, teacher, args, data_info=None):
-        super().__init__(student, None, args, data_info)
+    @classmethod
+    def requires_teacher(cls, options):
+        return False
+
+    def __init__(self, student, teacher, options=None, **kw):
+        super().__init__(student, None, options, **kw)
         self.div_weight = 0.0
 
     def uses_kd_temperature(self):

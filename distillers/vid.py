@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import Distiller
+from .base import Distiller, Weights
 from .common import conv_maps_or_error, pool_to_smaller
 from .registry import register_distiller
 
@@ -79,10 +79,10 @@ class VID(Distiller):
     layers by ``-b``. We follow the code (averaging only rescales ``-b`` per layer).
     """
 
-    default_weights = {"cls": 1.0, "div": 1.0, "beta": 1.0}
+    default_weights = Weights(cls=1.0, div=1.0, beta=1.0)
 
-    def __init__(self, student, teacher, args, data_info=None):
-        super().__init__(student, teacher, args, data_info)
+    def __init__(self, student, teacher, options=None, **kw):
+        super().__init__(student, teacher, options, **kw)
         s_maps = conv_maps_or_error(student, student.feature_shapes(self.preact), self.name)
         t_maps = conv_maps_or_error(teacher, teacher.feature_shapes(self.preact), self.name)
         self.regressors = nn.ModuleList(

@@ -13,11 +13,10 @@ import torch.multiprocessing as mp
 from helper.errors import UserError
 
 
-@dataclass
+@dataclass(frozen=True)
 class Context:
     rank: int = 0
     world_size: int = 1
-    local_rank: int = 0
     local_size: int = 1
     device: torch.device = torch.device("cpu")
 
@@ -74,35 +73,39 @@ def _procs_per_node(args):
     return torch.cuda.device_count() if torch.cuda.is_available() else 1
 
 
-def launch(worker, args):
-    """Run ``worker(args, ctx)`` in one process, in spawned processes, or under torchrun."""
+def launch(worker, config):
+    """Run ``worker(config, ctx)`` in one process, in spawned processes, or under torchrun
+    (``config.args`` holds the distributed flags)."""
+    args = config.args
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
         local_size = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-        _run(local_rank, worker, args, "env://", int(os.environ["RANK"]),
+        _run(local_rank, worker, config, "env://", int(os.environ["RANK"]),
              int(os.environ["WORLD_SIZE"]), local_size)
     elif args.multiprocessing_distributed:
         nprocs = _procs_per_node(args)
         world = nprocs * args.world_size
         if nprocs == 1 and world == 1:
-            _run(0, worker, args, None, 0, 1, 1)
+            _run(0, worker, config, None, 0, 1, 1)
             return
         try:
-            mp.spawn(_spawned, args=(worker, args, nprocs, world), nprocs=nprocs, join=True)
+            mp.spawn(_spawned, args=(worker, config, nprocs, world), nprocs=nprocs, join=True)
         except mp.ProcessExitedException as e:
             sys.exit(e.exit_code if e.exit_code and e.exit_code > 0 else 1)
         except mp.ProcessRaisedException as e:
             print(f"error: a training process failed:\n{e}", file=sys.stderr)
             sys.exit(1)
     else:
-        _run(0, worker, args, None, 0, 1, 1)
+        _run(0, worker, config, None, 0, 1, 1)
 
 
-def _spawned(local_rank, worker, args, nprocs, world):
-    _run(local_rank, worker, args, args.dist_url, args.rank * nprocs + local_rank, world, nprocs)
+def _spawned(local_rank, worker, config, nprocs, world):
+    args = config.args
+    _run(local_rank, worker, config, args.dist_url, args.rank * nprocs + local_rank, world, nprocs)
 
 
-def _run(local_rank, worker, args, init_method, rank, world_size, local_size):
+def _run(local_rank, worker, config, init_method, rank, world_size, local_size):
+    args = config.args
     if torch.cuda.is_available():
         gpu = local_rank if world_size > 1 else args.gpu_id
         if gpu >= torch.cuda.device_count():
@@ -113,7 +116,7 @@ def _run(local_rank, worker, args, init_method, rank, world_size, local_size):
         device = torch.device("cuda", gpu)
     else:
         device = torch.device("cpu")
-    ctx = Context(rank, world_size, local_rank, local_size, device)
+    ctx = Context(rank, world_size, local_size, device)
     if world_size > 1:
         backend = args.dist_backend or ("nccl" if device.type == "cuda" else "gloo")
         try:
@@ -126,22 +129,10 @@ def _run(local_rank, worker, args, init_method, rank, world_size, local_size):
                   file=sys.stderr)
             sys.exit(2)
     try:
-        worker(args, ctx)
+        worker(config, ctx)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-
-
-def per_process_batch(args, ctx):
-    """``--batch_size`` is the batch of one node, split over its processes (PyTorch's ImageNet
-    example and SimKD); the optional ``--adjust_lr`` scales the learning rate with the total."""
-    if args.batch_size % ctx.local_size:
-        raise UserError(f"--batch_size {args.batch_size} does not split evenly over "
-                        f"{ctx.local_size} processes per node; use a multiple of {ctx.local_size}")
-    batch = args.batch_size // ctx.local_size
-    if args.adjust_lr:
-        args.learning_rate *= batch * ctx.world_size / args.batch_size
-    return batch
 
 
 def wrap(distiller, ctx, find_unused_parameters):

@@ -1,9 +1,22 @@
-"""Command-line flags shared by train_teacher.py and train_student.py (SimKD's names)."""
+"""The command line of train_teacher.py and train_student.py (SimKD's flag names), and the
+read-only run configuration derived from it.
+
+Parsing returns a ``RunConfig``: the parsed flags as a read-only namespace, and what the run
+derives from them, computed once (the method's options and effective weights, the learning
+rate's default; per process, the batch and the ``--adjust_lr`` learning rate; after the data
+is built, its sizes). Nothing writes to the namespace after parsing. A method's flags are
+generated from its ``Options`` dataclass (``distillers/options.py``).
+"""
 import argparse
+import dataclasses
+from dataclasses import dataclass
+from typing import Optional
 
 from dataset import DATASET_NAMES
 from helper import distributed, precision
-from distillers import distiller_classes, distiller_names, get_distiller
+from helper.errors import UserError
+from distillers import MethodConfig, RunInfo, distiller_names, option_owners
+from distillers.options import add_options
 from models import model_names
 
 SMALL_LR_MODELS = ("MobileNetV2", "MobileNetV2_1_0", "mobile_half", "ShuffleV1", "ShuffleV2",
@@ -84,43 +97,92 @@ def student_parser():
     g.add_argument("--model_t", "--model-t", default=None, choices=model_names(),
                    help="teacher architecture, when the checkpoint does not name it")
     g.add_argument("--distill", default="kd", choices=distiller_names())
-    g.add_argument("-c", "-r", "--cls", "--gamma", dest="cls", type=float, default=None,
-                   help="weight of cross-entropy (method default, 1 for most)")
-    g.add_argument("-d", "-a", "--div", "--alpha", dest="div", type=float, default=None,
-                   help="weight of the KD term (method default, 1 for most)")
-    g.add_argument("-b", "--beta", type=float, default=None, help="weight of the method's own loss")
-    g.add_argument("--kd_T", "--kd-T", type=_positive(float), default=4.0, help="KD temperature")
-    for cls in distiller_classes():
-        cls.add_arguments(parser)
+    add_options(parser, option_owners())
     _common(parser)
     return parser
 
 
-def parse_teacher_args(argv=None):
+class FrozenNamespace(argparse.Namespace):
+    """The parsed flags, read-only: what a run derives goes into ``RunConfig`` instead."""
+
+    def __init__(self, parsed: argparse.Namespace):
+        self.__dict__.update(vars(parsed))
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"the parsed arguments are read-only (tried to set {name!r}); "
+                             "derive values into RunConfig")
+
+    def __delattr__(self, name):
+        raise AttributeError(f"the parsed arguments are read-only (tried to delete {name!r})")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One run's configuration: the flags as given (``args``) and what is derived from them."""
+    args: FrozenNamespace
+    model: str                      # the model this run trains (--model or --model_s)
+    method: MethodConfig            # the method, its options, effective weights and KD term
+    learning_rate: float            # --learning_rate, its default by model, --adjust_lr scaled
+    batch_size: int                 # the batch of one process (--batch_size is one machine's)
+    data: Optional[dict] = None     # num_classes, input_size, train_size, val_size
+
+    def for_process(self, local_size: int, world_size: int) -> "RunConfig":
+        """Split ``--batch_size`` over this machine's ``local_size`` processes; with
+        ``--adjust_lr``, scale the learning rate with the total batch (torchdistill)."""
+        total = self.args.batch_size
+        if total % local_size:
+            raise UserError(f"--batch_size {total} does not split evenly over {local_size} "
+                            f"processes per node; use a multiple of {local_size}")
+        batch = total // local_size
+        lr = self.learning_rate * batch * world_size / total if self.args.adjust_lr else self.learning_rate
+        return dataclasses.replace(self, batch_size=batch, learning_rate=lr)
+
+    def with_data(self, info: dict) -> "RunConfig":
+        return dataclasses.replace(self, data=dict(info))
+
+    @property
+    def run_info(self) -> RunInfo:
+        """What the method may know of the run."""
+        data = self.data or {}
+        return RunInfo(epochs=self.args.epochs, batch_size=self.batch_size,
+                       **{k: data[k] for k in ("num_classes", "input_size", "train_size",
+                                               "val_size") if k in data})
+
+    def effective_args(self) -> dict:
+        """The flags as this run uses them (summary.json's ``args``): defaults that depend on
+        the model or the method filled in."""
+        w = self.method.weights
+        return {**vars(self.args), "learning_rate": self.learning_rate, "cls": w.cls,
+                "div": w.div, "beta": w.beta, "kd_T": self.method.kd.kd_T,
+                **dataclasses.asdict(self.method.options)}
+
+    def summary(self) -> dict:
+        """Derived values summary.json records beside the flags."""
+        return {"batch_size_per_process": self.batch_size, "learning_rate": self.learning_rate}
+
+
+def parse_teacher_args(argv=None) -> RunConfig:
     parser = teacher_parser()
-    return finish(parser, parser.parse_args(argv), "model")
+    args = FrozenNamespace(parser.parse_args(argv))
+    return _config(parser, args, args.model, MethodConfig.create("vanilla"))
 
 
-def parse_student_args(argv=None):
+def parse_student_args(argv=None) -> RunConfig:
     parser = student_parser()
-    return finish(parser, parser.parse_args(argv), "model_s")
+    args = FrozenNamespace(parser.parse_args(argv))
+    try:
+        method = MethodConfig.from_namespace(args.distill, args)
+    except UserError as e:
+        parser.error(str(e))
+    return _config(parser, args, args.model_s, method)
 
 
-def finish(parser, args, model_flag):
-    """Check combinations and fill defaults that depend on other flags."""
+def _config(parser, args, model_name, method) -> RunConfig:
+    """Check combinations and derive the run configuration (for one process per machine)."""
     distributed.check_arguments(parser, args)
-    model_name = getattr(args, model_flag)
-    if args.learning_rate is None:
-        args.learning_rate = 0.01 if model_name in SMALL_LR_MODELS else 0.05
     if args.jitter < 0:
         parser.error(f"--jitter must be 0 or more, got {args.jitter}")
-    if getattr(args, "distill", None) is not None:
-        args.distill = get_distiller(args.distill).name  # an alias names the run as its method
-        defaults = get_distiller(args.distill).default_weights
-        for key in ("cls", "div", "beta"):
-            if getattr(args, key) is None:
-                setattr(args, key, defaults[key])
-    else:
-        args.cls, args.div, args.beta = 1.0, 0.0, 0.0
-        args.kd_T = 4.0
-    return args
+    lr = args.learning_rate
+    if lr is None:
+        lr = 0.01 if model_name in SMALL_LR_MODELS else 0.05
+    return RunConfig(args, model_name, method, lr, args.batch_size)

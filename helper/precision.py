@@ -23,7 +23,7 @@ class Precision:
 
     @classmethod
     def from_args(cls, args, device):
-        return cls(getattr(args, "amp", False), getattr(args, "amp_dtype", None), device)
+        return cls(args.amp, args.amp_dtype, device)
 
     def autocast(self):
         if self.dtype is None:

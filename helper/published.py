@@ -5,7 +5,7 @@ model trained alone and ``constraints`` are flags a run must have to match (e.g.
 projector factor). ``metric`` says which accuracy the source reports.
 """
 
-from distillers import get_distiller
+from distillers import MethodConfig
 
 T_SIMKD = "resnet32x4"
 SIMKD_BETAS = {"kd": None, "fitnet": 100, "at": 1000, "sp": 3000, "vid": 1, "crd": 0.8, "srrl": 1,
@@ -14,7 +14,7 @@ SIMKD_BETAS = {"kd": None, "fitnet": 100, "at": 1000, "sp": 3000, "vid": 1, "crd
 
 def _teacher(method, teacher):
     """The row's teacher, or None for a method that trains without one (the student alone)."""
-    return teacher if get_distiller(method).needs_teacher else None
+    return teacher if MethodConfig.create(method).requires_teacher() else None
 
 
 def _simkd():

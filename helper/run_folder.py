@@ -5,22 +5,23 @@ import os
 import sys
 from pathlib import Path
 
-from helper.checkpoint import atomic_save
+from helper.files import atomic_save
 from helper.errors import UserError
 
 SEP = "~" if sys.platform.startswith("win") else ":"
 
 
-def teacher_run_name(args):
+def teacher_run_name(config):
     """SimKD's teacher folder name: ``<model>_vanilla_<dataset>_trial_<trial>``."""
-    return f"{args.model}_vanilla_{args.dataset}_trial_{args.trial}"
+    return f"{config.model}_vanilla_{config.args.dataset}_trial_{config.args.trial}"
 
 
-def student_run_name(args, teacher_name):
-    """SimKD's student folder name: ``S:<s>_T:<t>_<dataset>_<method>_r:<c>_a:<d>_b:<b>_<trial>``."""
-    s = SEP
-    return (f"S{s}{args.model_s}_T{s}{teacher_name}_{args.dataset}_{args.distill}_"
-            f"r{s}{args.cls:g}_a{s}{args.div:g}_b{s}{args.beta:g}_{args.trial}")
+def student_run_name(config, teacher_name):
+    """SimKD's student folder name: ``S:<s>_T:<t>_<dataset>_<method>_r:<c>_a:<d>_b:<b>_<trial>``,
+    with the method's canonical name and its effective weights."""
+    s, args, w = SEP, config.args, config.method.weights
+    return (f"S{s}{config.model}_T{s}{teacher_name}_{args.dataset}_{config.method.name}_"
+            f"r{s}{w.cls:g}_a{s}{w.div:g}_b{s}{w.beta:g}_{args.trial}")
 
 
 class RunFolder:
@@ -34,14 +35,6 @@ class RunFolder:
             self.path.mkdir(parents=True, exist_ok=True)
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(str(self.path), purge_step=purge_step)
-
-    @property
-    def last(self):
-        return self.path / "last.pth"
-
-    @property
-    def best(self):
-        return self.path / "best.pth"
 
     def scalars(self, values, step):
         if self.writer is None:

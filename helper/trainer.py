@@ -1,15 +1,19 @@
-"""Set-up shared by both entry scripts, and ``fit``: epochs, validation, logs, checkpoints."""
+"""Set-up shared by both entry scripts, and ``fit``: stages, epochs, validation, logs and
+checkpoints, in named steps (restore, enter a stage, one epoch, save)."""
 import random
 import sys
 import time
 import zlib
 from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 import torch
 
-from helper.checkpoint import FORMAT, load_file, rng_state, set_rng_state
-from helper.distributed import Context, per_process_batch, sync_buffers, wrap
+from helper.checkpoint import FORMAT, rng_state, set_rng_state
+from helper.files import load_file
+from helper.distributed import Context, sync_buffers, wrap
 from helper.precision import Precision, compile_models, make_sgd
 from helper.errors import UserError
 from helper.loop import set_lr, step_lr, train_one_epoch, validate
@@ -80,24 +84,30 @@ def resume_checkpoint(args, run_path, meta):
     return checkpoint
 
 
-def build_data(args, ctx):
-    """Seed this process and build its loaders: ``(train_loader, val_loader, info)``."""
+def build_data(config, ctx):
+    """This process's configuration, and its loaders: ``(config, train_loader, val_loader)``.
+
+    The returned configuration has the per-process batch and learning rate and the data sizes.
+    """
     from dataset import build_loaders
-    batch_size = per_process_batch(args, ctx)
+    config = config.for_process(ctx.local_size, ctx.world_size)
+    args = config.args
     seed = seed_everything(args, ctx.rank)
-    return build_loaders(args.dataset, args.data_folder, batch_size, ctx.device, seed=seed,
-                         rank=ctx.rank, world_size=ctx.world_size, jitter=args.jitter,
-                         num_workers=args.num_workers, dali=args.dali)
+    train_loader, val_loader, info = build_loaders(
+        args.dataset, args.data_folder, config.batch_size, ctx.device, seed=seed, rank=ctx.rank,
+        world_size=ctx.world_size, jitter=args.jitter, num_workers=args.num_workers, dali=args.dali)
+    return config.with_data(info), train_loader, val_loader
 
 
-def train(args, distiller, train_loader, val_loader, run_path, meta, ctx):
+def train(config, distiller, train_loader, val_loader, run_path, meta, ctx):
     """Check the run folder (continue it with --resume, or refuse to overwrite it), then fit."""
-    resume = resume_checkpoint(args, run_path, meta)
-    return fit(args, distiller, train_loader, val_loader, run_path, meta, ctx=ctx, resume=resume)
+    resume = resume_checkpoint(config.args, run_path, meta)
+    return fit(config, distiller, train_loader, val_loader, run_path, meta, ctx=ctx, resume=resume)
 
 
-def _stage_at(stages, epoch):
-    """The stage holding global ``epoch`` (from 1), and the epoch counted within it."""
+def stage_at(stages, epoch):
+    """The index of the stage holding global ``epoch`` (from 1), the stage, and the epoch
+    counted within it."""
     for index, stage in enumerate(stages):
         if epoch <= stage.epochs:
             return index, stage, epoch
@@ -105,13 +115,148 @@ def _stage_at(stages, epoch):
     raise ValueError("epoch beyond the last stage")
 
 
-def _optimizer(args, distiller, stage):
-    return make_sgd(distiller.stage_parameters(stage),
-                    lr=args.learning_rate if stage.lr is None else stage.lr,
-                    momentum=args.momentum, weight_decay=args.weight_decay)
+def stage_lr(config, stage):
+    """A stage's own lr, or the run's learning rate."""
+    return config.learning_rate if stage.lr is None else stage.lr
 
 
-def fit(args, distiller, train_loader, val_loader, run_path, meta, *, ctx=None, resume=None,
+def stage_optimizer(config, distiller, stage):
+    """The fresh optimizer a stage starts with, over its parameters."""
+    return make_sgd(distiller.stage_parameters(stage), lr=stage_lr(config, stage),
+                    momentum=config.args.momentum, weight_decay=config.args.weight_decay)
+
+
+@dataclass
+class Progress:
+    """What ``fit`` carries from epoch to epoch (and restores from a checkpoint)."""
+    start_epoch: int = 1
+    best_acc: float = 0.0
+    best_epoch: int = 0
+    wall: float = 0.0
+    optimizer: Optional[torch.optim.Optimizer] = None
+    stage_index: Optional[int] = None
+    summary: dict = field(default_factory=dict)
+
+
+class Fit:
+    """One run of every stage of a distiller: the steps of ``fit``."""
+
+    def __init__(self, config, distiller, train_loader, val_loader, run_path, meta, ctx, log):
+        self.config, self.args = config, config.args
+        self.distiller, self.train_loader, self.val_loader = distiller, train_loader, val_loader
+        self.run_path, self.meta, self.ctx, self.log = run_path, meta, ctx, log
+        self.precision = Precision.from_args(self.args, ctx.device)
+        self.channels_last = self.args.channels_last
+        if self.channels_last:
+            distiller.to(memory_format=torch.channels_last)
+        if self.args.compile:
+            compile_models(distiller)
+        self.stages = distiller.stages()
+        self.total = sum(stage.epochs for stage in self.stages)
+        self.progress = Progress()
+
+    def restore(self, checkpoint):
+        """Continue from a last.pth: weights, extras, RNG, optimizer, scaler and progress."""
+        d, p = self.distiller, self.progress
+        d.student.load_state_dict(checkpoint["model"], strict=True)
+        d.load_extra_state_dict(checkpoint["extras"])
+        set_rng_state(checkpoint["rng"])
+        p.start_epoch = checkpoint["epoch"] + 1
+        p.best_acc, p.best_epoch = checkpoint["best_acc"], checkpoint["best_epoch"]
+        p.wall = checkpoint["wall_time"]
+        p.stage_index, stage, _ = stage_at(self.stages, checkpoint["epoch"])
+        d.stage = stage.name
+        p.optimizer = stage_optimizer(self.config, self.distiller, stage)
+        p.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.precision.load_state_dict(checkpoint.get("scaler", {}))
+        if self.ctx.rank:  # every process continues its own random stream, not rank 0's
+            torch.manual_seed(trial_seed(self.args) + checkpoint["epoch"] * self.ctx.world_size
+                              + self.ctx.rank)
+        self.log(f"resumed from epoch {checkpoint['epoch']} (best top-1 {p.best_acc:.2f})")
+
+    def enter_stage(self, index, stage):
+        """A fresh optimizer over the stage's parameters when the stage changes."""
+        if index != self.progress.stage_index:
+            self.progress.optimizer, self.progress.stage_index = stage_optimizer(self.config, self.distiller, stage), index
+            if len(self.stages) > 1:
+                self.log(f"stage {stage.name}: {stage.epochs} epochs")
+
+    def one_epoch(self, model, epoch, stage, stage_epoch):
+        """Train one epoch and validate: ``(lr, train metrics, validation metrics)``."""
+        args, d, p = self.args, self.distiller, self.progress
+        decay = args.lr_decay_epochs if stage.lr_decay_epochs is None else stage.lr_decay_epochs
+        lr = step_lr(stage_epoch, stage_lr(self.config, stage), decay, args.lr_decay_rate)
+        set_lr(p.optimizer, lr)
+        self.train_loader.set_epoch(epoch)
+        d.on_epoch_start(stage_epoch, self.train_loader, stage)
+        t0 = time.time()
+        train = train_one_epoch(model, self.train_loader, p.optimizer, epoch,
+                                print_freq=args.print_freq, log=self.log,
+                                world_size=self.ctx.world_size, precision=self.precision,
+                                channels_last=self.channels_last)
+        sync_buffers(d)
+        d.eval()
+        val = validate(d.forward_test, self.val_loader, self.ctx.device, self.precision,
+                       self.channels_last)
+        p.wall += time.time() - t0
+        self.log(f"Epoch {epoch}: lr {lr:g} train loss {train['loss']:.4f} acc@1 {train['acc']:.2f} | "
+                 f"test loss {val['loss']:.4f} acc@1 {val['acc']:.2f} acc@5 {val['acc_top5']:.2f} "
+                 f"| {p.wall:.0f}s")
+        return lr, train, val
+
+    def save(self, run, epoch, stage, lr, train, val):
+        """Log the epoch, write best.pth (when it is the best), last.pth and summary.json."""
+        d, p = self.distiller, self.progress
+        run.scalars({"train/loss": train["loss"], "train/acc": train["acc"],
+                     **{f"train/loss_{k}": v for k, v in train["terms"].items()},
+                     "test/acc": val["acc"], "test/acc_top5": val["acc_top5"],
+                     "test/loss": val["loss"], "lr": lr}, epoch)
+        weights = {"format": FORMAT, **self.meta, "model": d.student.state_dict(),
+                   "extras": d.extra_state_dict(), "epoch": epoch, "stage": stage.name,
+                   "accuracy": val["acc"], "deploy": d.deploy_state()}
+        if stage.selects_best and (p.best_epoch == 0 or val["acc"] > p.best_acc):
+            p.best_acc, p.best_epoch = val["acc"], epoch
+            run.save({**weights, "best_acc": p.best_acc}, "best.pth")
+        run.save({**weights, "best_acc": p.best_acc, "best_epoch": p.best_epoch,
+                  "wall_time": p.wall, "optimizer": p.optimizer.state_dict(),
+                  "scaler": self.precision.state_dict(), "rng": rng_state()}, "last.pth")
+        p.summary.update(epochs_done=epoch, finished=epoch == self.total, stage=stage.name,
+                         best_acc=p.best_acc, best_epoch=p.best_epoch, last_acc=val["acc"],
+                         last_train_loss=train["loss"], last_acc_top5=val["acc_top5"],
+                         wall_time=p.wall)
+        run.summary(p.summary)
+
+    def first_summary(self):
+        d = self.distiller
+        return {"args": self.config.effective_args(), "config": self.config.summary(),
+                **self.meta, "stages": [s.name for s in self.stages], "parameters": {
+                    "student": count_parameters(d.student),
+                    "extras": count_parameters(d) - count_parameters(d.student),
+                    "teacher": count_parameters(d.teacher) if d.teacher is not None else 0}}
+
+    def run(self, resume=None):
+        if resume is not None:
+            self.restore(resume)
+        distiller = self.distiller
+        if self.args.sync_bn:
+            distiller = torch.nn.SyncBatchNorm.convert_sync_batchnorm(distiller)
+        model = wrap(distiller, self.ctx, find_unused_parameters=len(self.stages) > 1)
+        run = RunFolder(self.run_path, write=self.ctx.is_main, purge_step=self.progress.start_epoch)
+        self.progress.summary = self.first_summary()
+        try:
+            for epoch in range(self.progress.start_epoch, self.total + 1):
+                index, stage, stage_epoch = stage_at(self.stages, epoch)
+                self.enter_stage(index, stage)
+                lr, train, val = self.one_epoch(model, epoch, stage, stage_epoch)
+                self.save(run, epoch, stage, lr, train, val)
+        finally:
+            run.close()
+        p = self.progress
+        self.log(f"best top-1 {p.best_acc:.2f} at epoch {p.best_epoch}; run folder {self.run_path}")
+        return p.summary
+
+
+def fit(config, distiller, train_loader, val_loader, run_path, meta, *, ctx=None, resume=None,
         log=None):
     """Train every stage of ``distiller`` and write the run folder. Returns the summary.
 
@@ -119,81 +264,5 @@ def fit(args, distiller, train_loader, val_loader, run_path, meta, *, ctx=None, 
     fresh optimizer and its own step schedule.
     """
     ctx = ctx or Context()
-    log = log or ctx.log
-    precision = Precision.from_args(args, ctx.device)
-    channels_last = getattr(args, "channels_last", False)
-    if channels_last:
-        distiller.to(memory_format=torch.channels_last)
-    if getattr(args, "compile", False):
-        compile_models(distiller)
-    stages = distiller.stages(args)
-    total = sum(stage.epochs for stage in stages)
-    start_epoch, best_acc, best_epoch, wall = 1, 0.0, 0, 0.0
-    optimizer, optimizer_stage = None, None
-    if resume is not None:
-        distiller.student.load_state_dict(resume["model"], strict=True)
-        distiller.load_extra_state_dict(resume["extras"])
-        set_rng_state(resume["rng"])
-        start_epoch = resume["epoch"] + 1
-        best_acc, best_epoch, wall = resume["best_acc"], resume["best_epoch"], resume["wall_time"]
-        optimizer_stage, stage, _ = _stage_at(stages, resume["epoch"])
-        distiller.stage = stage.name
-        optimizer = _optimizer(args, distiller, stage)
-        optimizer.load_state_dict(resume["optimizer"])
-        precision.load_state_dict(resume.get("scaler", {}))
-        if ctx.rank:  # every process continues its own random stream, not rank 0's
-            torch.manual_seed(trial_seed(args) + resume["epoch"] * ctx.world_size + ctx.rank)
-        log(f"resumed from epoch {resume['epoch']} (best top-1 {best_acc:.2f})")
-    if getattr(args, "sync_bn", False):
-        distiller = torch.nn.SyncBatchNorm.convert_sync_batchnorm(distiller)
-    model = wrap(distiller, ctx, find_unused_parameters=len(stages) > 1)
-    run = RunFolder(run_path, write=ctx.is_main, purge_step=start_epoch)
-    summary = {"args": vars(args), **meta, "stages": [s.name for s in stages], "parameters": {
-        "student": count_parameters(distiller.student),
-        "extras": count_parameters(distiller) - count_parameters(distiller.student),
-        "teacher": count_parameters(distiller.teacher) if distiller.teacher is not None else 0}}
-    try:
-        for epoch in range(start_epoch, total + 1):
-            index, stage, stage_epoch = _stage_at(stages, epoch)
-            if index != optimizer_stage:
-                optimizer, optimizer_stage = _optimizer(args, distiller, stage), index
-                if len(stages) > 1:
-                    log(f"stage {stage.name}: {stage.epochs} epochs")
-            decay = args.lr_decay_epochs if stage.lr_decay_epochs is None else stage.lr_decay_epochs
-            lr = step_lr(stage_epoch, args.learning_rate if stage.lr is None else stage.lr, decay, args.lr_decay_rate)
-            set_lr(optimizer, lr)
-            train_loader.set_epoch(epoch)
-            distiller.on_epoch_start(stage_epoch, train_loader, stage)
-            t0 = time.time()
-            train = train_one_epoch(model, train_loader, optimizer, epoch,
-                                    print_freq=args.print_freq, log=log, world_size=ctx.world_size,
-                                    precision=precision, channels_last=channels_last)
-            sync_buffers(distiller)
-            distiller.eval()
-            val = validate(distiller.forward_test, val_loader, ctx.device, precision, channels_last)
-            wall += time.time() - t0
-            log(f"Epoch {epoch}: lr {lr:g} train loss {train['loss']:.4f} acc@1 {train['acc']:.2f} | "
-                f"test loss {val['loss']:.4f} acc@1 {val['acc']:.2f} acc@5 {val['acc_top5']:.2f} "
-                f"| {wall:.0f}s")
-            run.scalars({"train/loss": train["loss"], "train/acc": train["acc"],
-                         **{f"train/loss_{k}": v for k, v in train["terms"].items()},
-                         "test/acc": val["acc"], "test/acc_top5": val["acc_top5"],
-                         "test/loss": val["loss"], "lr": lr}, epoch)
-            weights = {"format": FORMAT, **meta, "model": distiller.student.state_dict(),
-                       "extras": distiller.extra_state_dict(), "epoch": epoch, "stage": stage.name,
-                       "accuracy": val["acc"], "deploy": distiller.deploy_state()}
-            if stage.selects_best and (best_epoch == 0 or val["acc"] > best_acc):
-                best_acc, best_epoch = val["acc"], epoch
-                run.save({**weights, "best_acc": best_acc}, "best.pth")
-            run.save({**weights, "best_acc": best_acc, "best_epoch": best_epoch, "wall_time": wall,
-                      "optimizer": optimizer.state_dict(), "scaler": precision.state_dict(),
-                      "rng": rng_state()}, "last.pth")
-            summary.update(epochs_done=epoch, finished=epoch == total, stage=stage.name,
-                           best_acc=best_acc, best_epoch=best_epoch, last_acc=val["acc"],
-                           last_train_loss=train["loss"],
-                           last_acc_top5=val["acc_top5"], wall_time=wall)
-            run.summary(summary)
-    finally:
-        run.close()
-    log(f"best top-1 {best_acc:.2f} at epoch {best_epoch}; run folder {run_path}")
-    return summary
+    return Fit(config, distiller, train_loader, val_loader, run_path, meta, ctx,
+               log or ctx.log).run(resume)

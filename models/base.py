@@ -45,10 +45,6 @@ class FeatureModel(nn.Module):
             self.train(was_training)
         return [tuple(f.shape[1:]) for f in feats]
 
-    def stage_channels(self) -> List[int]:
-        """Channel count of every entry of ``feats`` (the pooled one is its dimension)."""
-        return [s[0] for s in self.feature_shapes()]
-
 
 def fit_to_data(model: nn.Module, input_size, what: str = "model"):
     """Check with one dummy sample that ``model`` takes inputs of ``input_size`` (C, H, W),

@@ -81,6 +81,7 @@ from torchvision.models import resnet as tv_resnet
 from torchvision.models import shufflenetv2 as tv_shufflenetv2
 
 from helper.errors import UserError
+from helper.files import describe_mismatch, load_file, state_dict_of
 
 from .base import FeatureModel
 from .registry import register_model
@@ -330,8 +331,6 @@ def load_pretrained(model, name, pretrained):
         return model
     text = 'DEFAULT' if pretrained is True else str(pretrained)
     if _looks_like_path(text):
-        # Imported here: helper.checkpoint imports the models package.
-        from helper.checkpoint import describe_mismatch, load_file, state_dict_of
         path = Path(text).expanduser()
         state = state_dict_of(load_file(path, "pretrained weights"), path, "pretrained weights")
         if state and all(k.startswith('module.') for k in state):  # saved from DataParallel/DDP

@@ -79,7 +79,7 @@ from helper.errors import UserError  # noqa: E402
 from helper.loop import NonFiniteLoss, train_one_epoch  # noqa: E402
 from helper.options import parse_student_args  # noqa: E402
 from helper.precision import Precision, compile_models, make_sgd  # noqa: E402
-from helper.trainer import _optimizer, count_parameters  # noqa: E402
+from helper.trainer import count_parameters, stage_optimizer  # noqa: E402
 from models import create_model, model_names  # noqa: E402
 
 FLOOR = "floor"
@@ -186,13 +186,15 @@ class Floor(nn.Module):
         return logits, {"cls": F.cross_entropy(logits, targets)}
 
 
-def method_args(method, opts):
-    """The full option namespace of ``method`` with every default, as train_student.py has it."""
+def method_config(method, opts):
+    """The run configuration of ``method`` with every default, as train_student.py has it
+    (one process; the data sizes of ``data_info``)."""
     argv = ["--distill", method, "--model_s", opts.student, "--model_t", opts.teacher,
             "--batch_size", str(opts.batch_size), "--dataset", "cifar100"]
     if opts.amp:
         argv.append("--amp")
-    return parse_student_args(argv + (["--compile"] if opts.compile else []))
+    config = parse_student_args(argv + (["--compile"] if opts.compile else []))
+    return config.with_data(data_info(opts))
 
 
 def data_info(opts):
@@ -201,32 +203,32 @@ def data_info(opts):
 
 
 def build(method, opts, device):
-    """``(model, optimizer, args, record)``; raises UserError when the method cannot be built."""
+    """``(model, optimizer, args, record)``, ``args`` the parsed flags; raises UserError when
+    the method cannot be built."""
     torch.manual_seed(0)
     teacher = create_model(opts.teacher, num_classes=NUM_CLASSES)
     student = create_model(opts.student, num_classes=NUM_CLASSES)
     if method == FLOOR:
-        args = method_args("vanilla", opts)
+        config = method_config("vanilla", opts)
         model = Floor(student, teacher).to(device)
         if opts.compile:
             compile_models(model)
-        optimizer = make_sgd(student.parameters(), lr=args.learning_rate,
-                             momentum=args.momentum, weight_decay=args.weight_decay)
-        return model, optimizer, args, {"stage": "main", "stages": ["main"]}
-    cls = get_distiller(method)
-    args = method_args(method, opts)
-    if not cls.requires_teacher(args):
+        optimizer = make_sgd(student.parameters(), lr=config.learning_rate,
+                             momentum=config.args.momentum, weight_decay=config.args.weight_decay)
+        return model, optimizer, config.args, {"stage": "main", "stages": ["main"]}
+    config = method_config(method, opts)
+    if not config.method.requires_teacher():
         teacher = None
-    model = cls(student, teacher, args, data_info=data_info(opts)).to(device)
-    stages = model.stages(args)
+    model = config.method.build(student, teacher, config.run_info).to(device)
+    stages = model.stages()
     stage = stages[-1]
     # the middle of the main stage: past every warm-up (ReviewKD, DKD), no re-matching (MGD)
     model.on_epoch_start(max(1, stage.epochs // 2 + 1), None, stage)
     model.stage = stage.name
     if opts.compile:
         compile_models(model)
-    optimizer = _optimizer(args, model, stage)
-    return model, optimizer, args, {"stage": stage.name, "stages": [s.name for s in stages]}
+    optimizer = stage_optimizer(config, model, stage)
+    return model, optimizer, config.args, {"stage": stage.name, "stages": [s.name for s in stages]}
 
 
 # ---- data ---------------------------------------------------------------------------------
@@ -234,7 +236,7 @@ def _labels(n, seed):
     return torch.randint(0, NUM_CLASSES, (n,), generator=torch.Generator().manual_seed(seed))
 
 
-def synthetic_batches(batch_keys, args, opts, device):
+def synthetic_batches(requests, opts, device):
     """Random normalised images on the device, random targets, ``index`` from a shuffled
     training set of ``--train_size`` and the method's batch keys from their real provider:
     the provider wraps a ``TensorLoader`` of 1x1 placeholder images (whose batches are
@@ -242,7 +244,7 @@ def synthetic_batches(batch_keys, args, opts, device):
     placeholder = torch.zeros((opts.train_size, INPUT_SIZE[0], 1, 1), dtype=torch.uint8)
     loader = TensorLoader(placeholder, _labels(opts.train_size, 1), opts.batch_size, device,
                           cifar.MEAN, cifar.STD, shuffle=True, seed=1)
-    loader = add_batch_keys(loader, batch_keys, args)
+    loader = add_batch_keys(loader, requests, "benchmark")
     g = torch.Generator(device=device).manual_seed(2)
     for batch in epochs(loader):  # as many batches as asked for
         b = batch["targets"].shape[0]
@@ -250,7 +252,7 @@ def synthetic_batches(batch_keys, args, opts, device):
         yield batch
 
 
-def real_loader(batch_keys, args, opts, device):
+def real_loader(requests, opts, device):
     """The CIFAR training pipeline of ``dataset.build_loaders`` over random uint8 images."""
     g = torch.Generator().manual_seed(3)
     images = torch.randint(0, 256, (opts.train_size, *INPUT_SIZE), dtype=torch.uint8, generator=g)
@@ -258,7 +260,7 @@ def real_loader(batch_keys, args, opts, device):
                           cifar.MEAN, cifar.STD, shuffle=True,
                           transform=RandomCropFlip(cifar.PADDING, flip=True), pad=True,
                           drop_last=False, seed=5)
-    return add_batch_keys(loader, batch_keys, args)
+    return add_batch_keys(loader, requests, "benchmark")
 
 
 def epochs(loader, first=1):
@@ -338,11 +340,11 @@ def measure(method, opts):
         return {**record, "status": "n/a", "reason": str(e)}
     record.update(info)
     record["student_params"] = count_parameters(model.student)
-    record["teacher_params"] = count_parameters(model._teacher[0]) if model._teacher else 0
+    record["teacher_params"] = count_parameters(model.teacher) if model.teacher is not None else 0
     record["extra_params"] = count_parameters(model) - record["student_params"]
     record["extra_buffer_elements"] = (sum(b.numel() for b in model.buffers())
                                        - sum(b.numel() for b in model.student.buffers()))
-    batch_keys = () if method == FLOOR else type(model).batch_keys
+    requests = {} if method == FLOOR else model.batch_requests()
     synthetic, real = opts.data in ("synthetic", "both"), opts.data in ("real", "both")
     sizes = chunks(opts.iters, opts.chunk)
     try:
@@ -350,10 +352,10 @@ def measure(method, opts):
         phases = {}
         if synthetic:
             phases["synthetic"] = Phase(model, optimizer, args,
-                                        synthetic_batches(batch_keys, args, opts, device),
+                                        synthetic_batches(requests, opts, device),
                                         device, include_data=False)
         else:
-            source = real_loader(batch_keys, args, opts, device)
+            source = real_loader(requests, opts, device)
             phases["e2e"] = Phase(model, optimizer, args, epochs(source), device, True)
         first = next(iter(phases.values()))
         first.run(opts.warmup, record, timed=False)
@@ -363,10 +365,10 @@ def measure(method, opts):
         if synthetic and method != FLOOR:
             f_model, f_optimizer, f_args, _ = build(FLOOR, opts, device)
             phases["floor"] = Phase(f_model, f_optimizer, f_args,
-                                    synthetic_batches((), f_args, opts, device), device, False)
+                                    synthetic_batches({}, opts, device), device, False)
             phases["floor"].run(opts.warmup, record, timed=False)
         if synthetic and real:
-            source = real_loader(batch_keys, args, opts, device)
+            source = real_loader(requests, opts, device)
             phases["e2e"] = Phase(model, optimizer, args, epochs(source), device, True)
             phases["e2e"].run(opts.warmup, record, timed=False)
         for i, size in enumerate(sizes):

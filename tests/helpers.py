@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import train_student
-from distillers import get_distiller
+from distillers import MethodConfig, RunInfo
 from models import create_model
 
 # The teacher -> student pairs each method runs one real epoch on.
@@ -61,12 +61,22 @@ class NoClassifierTeacher(torch.nn.Module):
         raise NotImplementedError
 
 
+def build(method, student, teacher, args, **data):
+    """The distiller of ``method`` over the two models, configured from the flags in ``args``
+    (a namespace holding only what the test sets, as parsing would: the method reads its
+    options, weights and KD options from it); ``epochs``, ``batch_size`` and ``data`` (e.g.
+    ``train_size``) describe the run."""
+    run = RunInfo(epochs=getattr(args, "epochs", 1), batch_size=getattr(args, "batch_size", 64),
+                  **data)
+    return MethodConfig.from_namespace(method, args).build(student, teacher, run)
+
+
 def make_distiller(method, args, student="resnet8x4", teacher="resnet32x4", num_classes=100,
-                   **kwargs):
+                   **data):
     """``(student, teacher, distiller)``, the two models created after ``torch.manual_seed(0)``."""
     torch.manual_seed(0)
     s, t = create_model(student, num_classes), create_model(teacher, num_classes)
-    return s, t, get_distiller(method)(s, t, args, **kwargs)
+    return s, t, build(method, s, t, args, num_classes=num_classes, **data)
 
 
 # ---- the distiller contract ---------------------------------------------------------------

@@ -9,7 +9,7 @@ import torch
 from distillers import distiller_classes
 from helper.loop import train_one_epoch
 from helper.precision import Precision
-from helper.trainer import _optimizer
+from helper.trainer import stage_optimizer
 
 
 @pytest.mark.parametrize("method", sorted(cls.name for cls in distiller_classes()))
@@ -18,12 +18,13 @@ def test_one_amp_step(bench, method):
                            compile=False, train_size=20000)  # > CRD's 16,384 negatives
     device = torch.device("cpu")
     model, _, args, _ = bench.build(method, opts, device)  # set up for the main stage
-    batch = next(bench.synthetic_batches(type(model).batch_keys, args, opts, device))
+    config = bench.method_config(method, opts)
+    batch = next(bench.synthetic_batches(model.batch_requests(), opts, device))
     batch["images"] = batch["images"].clamp(-2, 2)  # image-like range: no overflow at random init
-    for stage in model.stages(args):
+    for stage in model.stages():
         model.stage = stage.name
         torch.manual_seed(0)
-        stats = train_one_epoch(model, [batch], _optimizer(args, model, stage), 1,
+        stats = train_one_epoch(model, [batch], stage_optimizer(config, model, stage), 1,
                                 print_freq=10**9, log=lambda *a: None,
                                 precision=Precision.from_args(args, device))
         assert stats["terms"], stage.name

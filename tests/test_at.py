@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from distillers import get_distiller
 from distillers.at import at_loss
 from helper.errors import UserError
-from helpers import PAIRS, assert_gradients, assert_no_extras, make_distiller, one_epoch
+from helpers import PAIRS, build, assert_gradients, assert_no_extras, make_distiller, one_epoch
 from models import create_model
 
 
@@ -87,7 +87,7 @@ def test_no_extras():
 def test_needs_feature_maps():
     student, teacher = create_model("mlp_800", 10), create_model("mlp_1200", 10)
     with pytest.raises(UserError, match="convolutional"):
-        get_distiller("at")(student, teacher, _args())
+        build("at", student, teacher, _args())
 
 
 @pytest.mark.parametrize("teacher,student", PAIRS)

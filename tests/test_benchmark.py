@@ -104,11 +104,11 @@ def test_method_that_cannot_work_with_the_pair_is_na(bench, capsys):
 
 def test_synthetic_batches_carry_the_method_keys(bench):
     opts = bench.parser().parse_args(SMALL)
-    args = bench.method_args("crd", opts)
-    batch = next(bench.synthetic_batches(("index", "contrast_index"), args, opts,
-                                         torch.device("cpu")))
+    nce_k = bench.method_config("crd", opts).method.options.nce_k
+    requests = {"index": {}, "contrast_index": {"nce_k": nce_k, "mode": "exact"}}
+    batch = next(bench.synthetic_batches(requests, opts, torch.device("cpu")))
     assert batch["images"].shape == (8, 3, 32, 32) and batch["images"].dtype == torch.float32
-    assert batch["contrast_index"].shape == (8, args.nce_k + 1)
+    assert batch["contrast_index"].shape == (8, nce_k + 1)
     assert torch.equal(batch["contrast_index"][:, 0], batch["index"])  # --mode exact
     assert int(batch["index"].max()) < opts.train_size == 50000
     assert int(batch["contrast_index"].max()) < opts.train_size

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from helper.checkpoint import atomic_save, load_file, load_teacher, model_name_from_path
+from helper.checkpoint import load_teacher, model_name_from_path
+from helper.files import atomic_save, load_file
 from helper.errors import UserError
 from models import create_model
 

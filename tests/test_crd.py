@@ -140,7 +140,7 @@ def _args(**kw):
 
 def _crd(n_data=24):
     student, teacher, d = make_distiller("crd", _args(), "resnet8", "resnet14",
-                                         data_info={"train_size": n_data})
+                                         train_size=n_data)
     return d, student, teacher
 
 

@@ -7,9 +7,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from distillers import get_distiller, kd_loss
+from distillers import kd_loss
 from distillers.ctkd import CurriculumTemperature, cosine_lambda
-from helpers import (PAIRS, assert_extras_round_trip, assert_gradients, assert_resume_is_exact,
+from helpers import (PAIRS, build, assert_extras_round_trip, assert_gradients, assert_resume_is_exact,
                      kd_by_hand, make_distiller, one_epoch, run_student)
 from models import create_model
 
@@ -106,11 +106,11 @@ def test_ctkd_without_a_kd_term_is_refused():
     from helper.errors import UserError
     args = SimpleNamespace(cls=1.0, div=0.0, beta=1000.0, kd_T=4.0, ctkd=True)
     with pytest.raises(UserError, match="--ctkd learns the KD temperature"):
-        get_distiller("at")(create_model("resnet8", 10), create_model("resnet14", 10), args)
+        build("at", create_model("resnet8", 10), create_model("resnet14", 10), args)
 
 
 def test_ctkd_with_vanilla_is_refused_even_with_a_div_weight():
     from helper.errors import UserError
     args = SimpleNamespace(cls=1.0, div=1.0, beta=0.0, kd_T=4.0, ctkd=True)
     with pytest.raises(UserError, match="--distill vanilla has no KD term"):
-        get_distiller("vanilla")(create_model("resnet8", 10), None, args)
+        build("vanilla", create_model("resnet8", 10), None, args)

@@ -75,8 +75,8 @@ def test_extras_are_trained_and_saved():
 
 
 def test_two_stage_variant_trains_only_up_to_the_hint_layer_first():
-    student, teacher, d = _pair(fitnet_stage1_epochs=2)
-    hint, main = d.stages(SimpleNamespace(epochs=5))
+    student, teacher, d = _pair(fitnet_stage1_epochs=2, epochs=5)
+    hint, main = d.stages()
     assert (hint.name, hint.epochs, hint.selects_best) == ("hint", 2, False)
     assert (main.name, main.epochs) == ("main", 5)
     early = [student.conv1, student.bn1, student.layer1, d.regressor]
@@ -97,7 +97,7 @@ def test_two_stage_variant_trains_only_up_to_the_hint_layer_first():
     d.on_epoch_start(1, stage=main)
     _, losses = d.forward_train(images, targets)
     assert set(losses) == {"cls", "kd"}
-    assert set(_pair()[2].stages(SimpleNamespace(epochs=5))) == {Stage("main", 5)}
+    assert set(_pair(epochs=5)[2].stages()) == {Stage("main", 5)}
 
 
 def test_hint_layer_must_be_a_feature_map():

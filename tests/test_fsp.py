@@ -8,10 +8,10 @@ import torch
 
 import distillers.ab  # noqa: F401  (registers ab, which adds the shared --init_epochs)
 import distillers.fsp  # noqa: F401
-from distillers import Stage, get_distiller
+from distillers import Stage
 from distillers.fsp import fsp_loss, fsp_matrices
 from helper.errors import UserError
-from helpers import (PAIRS, assert_gradients, assert_no_extras, make_distiller, one_epoch,
+from helpers import (PAIRS, build, assert_gradients, assert_no_extras, make_distiller, one_epoch,
                      one_line_user_error)
 from models import create_model
 
@@ -56,8 +56,8 @@ def _pair(**kw):
 
 
 def test_init_stage_trains_feature_modules_on_fsp_alone():
-    student, teacher, d = _pair()
-    assert [s.name for s in d.stages(_args(init_epochs=30))] == ["init", "main"]
+    student, teacher, d = _pair(init_epochs=30)
+    assert [s.name for s in d.stages()] == ["init", "main"]
     d.on_epoch_start(1, None, INIT)
     d.train()
     _, losses = d.forward_train(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,)))
@@ -74,7 +74,7 @@ def test_init_stage_trains_feature_modules_on_fsp_alone():
 
 def test_one_stage_variant_weights_fsp_by_beta():
     student, teacher, d = _pair(fsp_one_stage=True, beta=2.0)
-    assert [s.name for s in d.stages(_args())] == ["main"]
+    assert [s.name for s in d.stages()] == ["main"]
     d.train()
     images = torch.randn(4, 3, 32, 32)
     _, losses = d.forward_train(images, torch.randint(0, 10, (4,)))
@@ -96,7 +96,7 @@ def test_no_extras():
 def test_channel_mismatch_names_the_channels():
     torch.manual_seed(0)
     with pytest.raises(UserError, match=r"resnet8x4 has \[32, 64, 128, 256\].*differ at 0, 1, 2, 3"):
-        get_distiller("fsp")(create_model("resnet8", 10), create_model("resnet8x4", 10), _args())
+        build("fsp", create_model("resnet8", 10), create_model("resnet8x4", 10), _args())
 
 
 @pytest.mark.parametrize("teacher,student", FSP_PAIRS)

@@ -94,10 +94,12 @@ def test_main_stage_trains_student_and_translator():
 
 
 def test_init_lr_follows_repdistiller():
-    _, _, d = _pair()
-    assert d.stages(_args(model_s="resnet8x4", init_epochs=30))[0].lr == 0.01
-    assert d.stages(_args(model_s="vgg8", init_epochs=30))[0].lr is None  # --learning_rate
-    assert d.stages(_args(model_s="vgg8", init_epochs=30, ft_init_lr=0.1))[0].lr == 0.1
+    def init_lr(student, **kw):
+        d = make_distiller("ft", _args(init_epochs=30, **kw), student, "resnet8x4", num_classes=10)[2]
+        return d.stages()[0].lr
+    assert init_lr("resnet8") == 0.01
+    assert init_lr("vgg8") is None  # --learning_rate
+    assert init_lr("vgg8", ft_init_lr=0.1) == 0.1
 
 
 def test_extras_are_trained_and_saved():

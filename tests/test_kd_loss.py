@@ -3,9 +3,9 @@ from types import SimpleNamespace
 
 import torch
 
-from distillers import get_distiller, kd_loss
+from distillers import kd_loss
 from helper.loop import step_lr
-from helpers import assert_gradients, kd_by_hand, make_distiller
+from helpers import build, assert_gradients, kd_by_hand, make_distiller
 from models import create_model
 
 
@@ -52,7 +52,7 @@ def test_kd_distiller_terms_gradients_and_frozen_teacher():
 
 def test_vanilla_uses_cross_entropy_only():
     student = create_model("resnet8", 10)
-    distiller = get_distiller("vanilla")(student, None, _args())
+    distiller = build("vanilla", student, None, _args())
     distiller.train()
     _, losses = distiller.forward_train(torch.randn(2, 3, 32, 32), torch.tensor([1, 2]))
     assert set(losses) == {"cls"}

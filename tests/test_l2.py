@@ -51,10 +51,10 @@ def test_l2_matches_hand_computation_and_connects_widths():
 
 
 def test_pad_l2_declares_two_stages():
-    _, _, d = _pair("pad_l2")
-    assert d.stages(_args(epochs=5)) == [Stage("l2", 5, selects_best=False), Stage("pad", 5)]
-    _, _, d = _pair("pad_l2", pad_l2_l2_epochs=2)
-    assert [(s.name, s.epochs) for s in d.stages(_args(epochs=5))] == [("l2", 2), ("pad", 5)]
+    _, _, d = _pair("pad_l2", epochs=5)
+    assert d.stages() == [Stage("l2", 5, selects_best=False), Stage("pad", 5)]
+    _, _, d = _pair("pad_l2", pad_l2_l2_epochs=2, epochs=5)
+    assert [(s.name, s.epochs) for s in d.stages()] == [("l2", 2), ("pad", 5)]
     branch = {id(p) for p in d.var_head.parameters()}
     assert not branch & {id(p) for p in d.stage_parameters(Stage("l2", 2))}
     assert branch <= {id(p) for p in d.stage_parameters(Stage("pad", 5))}

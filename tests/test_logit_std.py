@@ -52,7 +52,7 @@ def test_kd_term_with_logit_stand_matches_hand_computation():
 
 def test_kd_without_the_switch_is_the_base_term():
     _, teacher, d = _kd()
-    assert not d.logit_stand and d.div_weight == 9.0
+    assert not d.kd.logit_stand and d.div_weight == 9.0
     d.train()
     images = torch.randn(4, 3, 32, 32)
     logits, losses = d.forward_train(images, torch.randint(0, 10, (4,)))

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from distillers import get_distiller
+from distillers import Weights, get_distiller
 from distillers.logits import logits_loss
 from helpers import PAIRS, assert_gradients, assert_no_extras, make_distiller, one_epoch
 
@@ -22,7 +22,7 @@ def _pair():
 
 
 def test_defaults():
-    assert get_distiller("logits").default_weights == {"cls": 1.0, "div": 0.0, "beta": 0.1}
+    assert get_distiller("logits").default_weights == Weights(cls=1.0, div=0.0, beta=0.1)
 
 
 def test_gradients_reach_student_not_teacher_and_no_extras():

@@ -11,10 +11,11 @@ from scipy import integrate
 
 import distillers.mgd  # noqa: F401  (registers --distill mgd)
 from dataset import RandomCropFlip, TensorLoader, normalize
-from distillers import get_distiller
 from distillers.mgd import bn_margin, matching_cost, partial_l2, reduce_teacher, solve_matching
 from helper.errors import UserError
-from helpers import (PAIRS, assert_extras_round_trip, assert_extras_trainable, assert_gradients,
+from helper.options import parse_student_args
+from helper.run_folder import SEP, student_run_name
+from helpers import (PAIRS, build, assert_extras_round_trip, assert_extras_trainable, assert_gradients,
                      assert_resume_is_exact, make_distiller, one_epoch, one_line_user_error,
                      run_student)
 from models import create_model
@@ -241,9 +242,13 @@ def test_pairs_it_cannot_distil_are_user_errors():
 
 
 def test_with_kd_sets_the_reference_kd():
-    args = _args(mgd_with_kd=1)
-    d = get_distiller("mgd")(create_model("resnet8", 100), create_model("resnet20", 100), args)
-    assert (d.div_weight, d.kd_T, args.div, args.kd_T) == (1.0, 1.5, 1.0, 1.5)
+    d = build("mgd", create_model("resnet8", 100), create_model("resnet20", 100), _args(mgd_with_kd=1))
+    assert (d.div_weight, d.kd_temperature()) == (1.0, 1.5)
+    # the run configuration (run name, summary.json) shows the weights in use; the flags as given
+    config = parse_student_args(["--distill", "mgd", "--mgd_with_kd", "1", "-d", "0"])
+    assert (config.method.weights.div, config.method.kd.kd_T) == (1.0, 1.5)
+    assert (config.args.div, config.args.kd_T) == (0.0, 4.0)
+    assert student_run_name(config, "resnet20").endswith("_mgd_r:1_a:1_b:1_0".replace(":", SEP))
 
 
 # ---- through the script ----------------------------------------------------------------

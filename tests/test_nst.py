@@ -6,10 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distillers import get_distiller
 from distillers.nst import nst_loss
 from helper.errors import UserError
-from helpers import PAIRS, assert_gradients, assert_no_extras, make_distiller, one_epoch
+from helpers import PAIRS, build, assert_gradients, assert_no_extras, make_distiller, one_epoch
 from models import create_model
 
 
@@ -86,7 +85,7 @@ def test_gradients_reach_student_not_teacher_and_no_extras():
 def test_models_without_maps_are_refused():
     args = SimpleNamespace(cls=1.0, div=0.0, beta=50.0, kd_T=4.0)
     with pytest.raises(UserError, match="convolutional"):
-        get_distiller("nst")(create_model("mlp_800", 10), create_model("mlp_1200", 10), args)
+        build("nst", create_model("mlp_800", 10), create_model("mlp_1200", 10), args)
 
 
 @pytest.mark.parametrize("teacher,student", PAIRS)

@@ -10,7 +10,7 @@ import distillers.reviewkd  # noqa: F401  (registers --distill reviewkd)
 from distillers import get_distiller
 from distillers.reviewkd import ABF, hcl_loss
 from helper.errors import UserError
-from helpers import (PAIRS, assert_extras_round_trip, assert_extras_trainable, assert_gradients,
+from helpers import (PAIRS, build, assert_extras_round_trip, assert_extras_trainable, assert_gradients,
                      make_distiller, one_epoch)
 from models import create_model
 
@@ -143,7 +143,7 @@ def test_shapes_follow_the_models_and_stage_counts_must_match():
 
 def test_models_without_stage_maps_are_refused():
     with pytest.raises(UserError, match="convolutional"):
-        get_distiller("reviewkd")(create_model("mlp_800", 10), create_model("resnet8", 10), _args())
+        build("reviewkd", create_model("mlp_800", 10), create_model("resnet8", 10), _args())
 
 
 @pytest.mark.parametrize("teacher,student", PAIRS)

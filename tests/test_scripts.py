@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from helper.options import parse_student_args, parse_teacher_args
+from helper.run_folder import student_run_name, teacher_run_name
 
 SCRIPTS = sorted(p for p in (Path(__file__).resolve().parents[1] / "scripts").glob("*.sh")
                  if p.name != "common.sh")
@@ -26,12 +27,12 @@ def test_script_commands_parse(script):
     for argv in commands:
         assert argv[0] == "python", argv
         if argv[1] == "train_teacher.py":
-            args = parse_teacher_args(argv[2:])
-            folders.add(("t", args.save_folder, args.model, args.dataset, args.trial))
+            config = parse_teacher_args(argv[2:])
+            folders.add(("t", config.args.save_folder, teacher_run_name(config)))
         else:
             assert argv[1] == "train_student.py", argv
-            args = parse_student_args(argv[2:])
-            folders.add(("s", args.save_folder, args.model_s, args.path_t, args.distill, args.cls, args.div,
-                         args.beta, args.trial))
+            config = parse_student_args(argv[2:])
+            folders.add(("s", config.args.save_folder, config.args.path_t,
+                         student_run_name(config, "teacher")))
     # Every run gets a folder of its own (a clash would make the second run refuse to start).
     assert len(folders) == len(commands)

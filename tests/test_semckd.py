@@ -7,10 +7,9 @@ import pytest
 import torch
 
 import distillers.semckd  # noqa: F401  (registers --distill semckd)
-from distillers import get_distiller
 from distillers.semckd import CrossLayerAttention, semckd_loss
 from helper.errors import UserError
-from helpers import (PAIRS, assert_extras_round_trip, assert_extras_trainable, assert_gradients,
+from helpers import (PAIRS, build, assert_extras_round_trip, assert_extras_trainable, assert_gradients,
                      make_distiller, one_epoch)
 from models import create_model
 
@@ -116,7 +115,7 @@ def test_extras_are_trained_and_saved_and_round_trip():
 
 def test_models_without_stage_maps_are_refused():
     with pytest.raises(UserError, match="convolutional"):
-        get_distiller("semckd")(create_model("mlp_800", 10), create_model("resnet8", 10), _args())
+        build("semckd", create_model("mlp_800", 10), create_model("resnet8", 10), _args())
 
 
 @pytest.mark.parametrize("teacher,student", PAIRS)

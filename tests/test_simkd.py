@@ -9,11 +9,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import distillers.simkd  # noqa: F401  (registers simkd until distillers/__init__ imports it)
-from distillers import get_distiller
 from distillers.simkd import SimKDStudent, simkd_loss
 from helper.checkpoint import load_teacher
 from helper.errors import UserError
-from helpers import (PAIRS, NoClassifierTeacher, assert_extras_round_trip, make_distiller,
+from helpers import (PAIRS, build, NoClassifierTeacher, assert_extras_round_trip, make_distiller,
                      one_epoch, read_summary, run_student)
 from models import create_deployed, create_model
 
@@ -121,16 +120,16 @@ def test_extras_round_trip_and_deployed_model_gives_the_same_logits():
         (32, 32, 32), (64, 32, 32), (128, 16, 16), (256, 8, 8), (256,)]
     assert torch.equal(feats[-1], feats[-2].mean((2, 3)))
     # The deployed model can itself be a SimKD teacher.
-    get_distiller("simkd")(create_model("resnet8", 100), model, _args())
+    build("simkd", create_model("resnet8", 100), model, _args())
 
 
 def test_teacher_whose_classifier_cannot_be_reused_is_a_user_error():
     student = create_model("resnet8", 100)
     with pytest.raises(UserError, match="classifier"):
-        get_distiller("simkd")(student, NoClassifierTeacher(), _args())
+        build("simkd", student, NoClassifierTeacher(), _args())
     # ShuffleV2's last stage has 464 channels, its classifier takes the 1024-dim pooled feature.
     with pytest.raises(UserError, match="1024"):
-        get_distiller("simkd")(student, create_model("ShuffleV2", 100), _args())
+        build("simkd", student, create_model("ShuffleV2", 100), _args())
 
 
 @pytest.mark.parametrize("teacher,student", PAIRS)
@@ -149,7 +148,7 @@ def test_trained_student_loads_as_a_teacher_with_the_same_logits(cifar100_small,
     assert isinstance(deployed, SimKDStudent) and deployed.model_name == "resnet8"
 
     teacher, _ = load_teacher(teacher_path, 100)
-    distiller = get_distiller("simkd")(create_model("resnet8", 100), teacher, _args())
+    distiller = build("simkd", create_model("resnet8", 100), teacher, _args())
     distiller.student.load_state_dict(checkpoint["model"])
     distiller.load_extra_state_dict(checkpoint["extras"])
     distiller.eval()

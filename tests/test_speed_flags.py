@@ -1,4 +1,5 @@
 """--compile and the fused SGD every run uses."""
+import copy
 import json
 
 import pytest
@@ -8,6 +9,7 @@ import train_student
 import train_teacher
 from helper import precision
 from helper.precision import has_cpu_compiler, make_sgd
+from models import create_model
 
 
 def _params(seed):
@@ -54,9 +56,35 @@ def test_compile_trains_a_kd_student_as_eager_mode_does(mnist_small, tmp_path):
     assert summaries["compiled"]["finished"] and summaries["compiled"]["args"]["compile"]
     weights = {m: torch.load(p / "last.pth", weights_only=True)["model"] for m, p in runs.items()}
     assert list(weights["compiled"]) == list(weights["eager"])  # no "_orig_mod.": interchangeable
-    for name, w in weights["eager"].items():  # same seed, same steps: only rounding differs
-        torch.testing.assert_close(weights["compiled"][name], w, rtol=1e-3, atol=1e-3)
+    # Compiled and eager kernels round differently (by CPU kind too); after 20 SGD steps at lr
+    # 0.1 those differences have grown chaotically in the weights (up to 1e-2 seen on an AMD
+    # EPYC), so the weights are not compared. What holds: the same function, so the epoch's
+    # mean training loss agrees far below its step-to-step spread (1e-5 relative seen; 1e-3
+    # allowed), and so does the test accuracy (same on both kinds of CPU; half a point allowed).
+    loss = {m: s["last_train_loss"] for m, s in summaries.items()}
+    assert abs(loss["compiled"] - loss["eager"]) <= 1e-3 * loss["eager"]
     assert abs(summaries["compiled"]["last_acc"] - summaries["eager"]["last_acc"]) < 0.5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() and not has_cpu_compiler(),
+                    reason="torch.compile on the CPU needs a C++ compiler")
+def test_a_compiled_model_computes_the_eager_gradients():
+    """One forward and backward from the same weights: compiled and eager agree to float32
+    rounding of the reductions (a few ulps of the largest term: 1e-5 relative to each
+    tensor's largest magnitude), whatever the CPU's instruction set."""
+    torch.manual_seed(0)
+    eager = create_model("mlp_800", 10)
+    compiled = copy.deepcopy(eager)
+    compiled.compile()  # as --compile does (compile_models)
+    x, y = torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,))
+    losses = {}
+    for name, model in (("eager", eager), ("compiled", compiled)):
+        losses[name] = torch.nn.functional.cross_entropy(model(x), y)
+        losses[name].backward()
+    torch.testing.assert_close(losses["compiled"], losses["eager"], rtol=1e-5, atol=0)
+    for (name, p), q in zip(eager.named_parameters(), compiled.parameters()):
+        scale = p.grad.abs().max().item()
+        torch.testing.assert_close(q.grad, p.grad, rtol=0, atol=1e-5 * scale, msg=name)
 
 
 def test_compile_without_a_cpu_compiler_is_one_line(mnist_small, tmp_path, monkeypatch, capsys):

@@ -8,10 +8,9 @@ import torch
 import torch.nn as nn
 
 import distillers.srrl  # noqa: F401  (registers srrl until distillers/__init__ imports it)
-from distillers import get_distiller
 from distillers.srrl import srrl_losses
 from helper.errors import UserError
-from helpers import PAIRS, NoClassifierTeacher, assert_gradients, make_distiller, one_epoch
+from helpers import PAIRS, build, NoClassifierTeacher, assert_gradients, make_distiller, one_epoch
 from models import create_model
 
 
@@ -77,11 +76,11 @@ def test_extras_are_the_connector_only_and_round_trip():
 def test_teacher_without_reusable_classifier_is_a_user_error():
     student = create_model("resnet8", 100)
     with pytest.raises(UserError, match="classifier"):
-        get_distiller("srrl")(student, NoClassifierTeacher(), _args())
+        build("srrl", student, NoClassifierTeacher(), _args())
     teacher = create_model("resnet14", 100)
     teacher.get_classifier = lambda: nn.Sequential(teacher.fc)
     with pytest.raises(UserError, match="nn.Linear"):
-        get_distiller("srrl")(student, teacher, _args())
+        build("srrl", student, teacher, _args())
 
 
 @pytest.mark.parametrize("teacher,student", PAIRS)

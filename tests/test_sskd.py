@@ -9,10 +9,10 @@ import torch
 
 import distillers.sskd  # noqa: F401  (registers sskd)
 from conftest import write_cifar100
-from distillers import Stage, get_distiller
+from distillers import Stage
 from distillers.sskd import keep_mask, masked_kd, rotations, similarity
 from helper.errors import UserError
-from helpers import (PAIRS, assert_extras_round_trip, assert_extras_trainable, assert_gradients,
+from helpers import (PAIRS, build, assert_extras_round_trip, assert_extras_trainable, assert_gradients,
                      make_distiller, one_epoch)
 from models import create_model
 TEACHER_SS, MAIN = Stage("teacher_ss", 1, lr=0.05, lr_decay_epochs=(30, 45), selects_best=False), Stage("main", 1)
@@ -108,7 +108,7 @@ def test_main_stage_terms_match_hand_computation():
 
 def test_teacher_ss_stage_trains_the_teacher_head_alone():
     student, teacher, d = _pair()
-    assert [s.name for s in d.stages(_args())] == ["teacher_ss", "main"]
+    assert [s.name for s in d.stages()] == ["teacher_ss", "main"]
     d.on_epoch_start(1, None, TEACHER_SS)
     d.train()
     assert not student.training and not teacher.training
@@ -143,8 +143,7 @@ def test_extras_are_trained_and_saved():
 
 def test_non_square_inputs_are_a_user_error():
     with pytest.raises(UserError, match="square"):
-        get_distiller("sskd")(create_model("resnet8", 10), create_model("resnet14", 10), _args(),
-                              data_info={"input_size": (3, 32, 48)})
+        build("sskd", create_model("resnet8", 10), create_model("resnet14", 10), _args(), input_size=(3, 32, 48))
 
 
 @pytest.fixture(scope="module")

@@ -1,29 +1,31 @@
 """Multi-stage training: stages run in order with their own optimizer and schedule, and
 --resume continues exactly across a stage boundary."""
-from types import SimpleNamespace
-
 import torch
 import torch.nn.functional as F
 
 from dataset import build_loaders
-from distillers import Distiller, Stage
+from distillers import Distiller, RunInfo, Stage
+from helper.options import parse_teacher_args
 from helper.trainer import fit
 from models import create_model
 
 
 class TwoStage(Distiller):
     """An 'init' stage trains only the extra head on a toy loss, then the student trains."""
-    needs_teacher = False
     name = "two_stage_test"
 
-    def __init__(self, student, args):
-        super().__init__(student, None, args)
+    @classmethod
+    def requires_teacher(cls, options):
+        return False
+
+    def __init__(self, student):
+        super().__init__(student, None, run=RunInfo(epochs=2))
         self.head = torch.nn.Linear(10, 10)
         self.seen = []
 
-    def stages(self, args):
+    def stages(self):
         return [Stage("init", 2, lr=0.01, lr_decay_epochs=(1,), selects_best=False),
-                Stage("main", args.epochs)]
+                Stage("main", self.run_info.epochs)]
 
     def stage_parameters(self, stage):
         return list(self.head.parameters()) if stage.name == "init" else self.trainable_parameters()
@@ -38,22 +40,20 @@ class TwoStage(Distiller):
         return {}
 
 
-def _args(**kw):
-    base = dict(cls=1.0, div=0.0, beta=0.0, kd_T=4.0, epochs=2, learning_rate=0.05,
-                lr_decay_epochs=[1], lr_decay_rate=0.1, momentum=0.9, weight_decay=5e-4,
-                print_freq=1000)
-    base.update(kw)
-    return SimpleNamespace(**base)
+def _config():
+    return parse_teacher_args(["--model", "mlp_800", "--dataset", "mnist", "--epochs", "2",
+                               "--learning_rate", "0.05", "--lr_decay_epochs", "1",
+                               "--print_freq", "1000"])
 
 
 def _run(mnist_small, folder, epochs_done=None, resume=None):
     torch.manual_seed(0)
     train, val, info = build_loaders("mnist", mnist_small, 256, "cpu", seed=1)
-    distiller = TwoStage(create_model("mlp_800", 10), _args())
+    distiller = TwoStage(create_model("mlp_800", 10))
     if epochs_done is not None:  # stop early by shortening the main stage
-        distiller.stages = lambda args: [Stage("init", 2, lr=0.01, lr_decay_epochs=(1,), selects_best=False),
+        distiller.stages = lambda: [Stage("init", 2, lr=0.01, lr_decay_epochs=(1,), selects_best=False),
                                          Stage("main", epochs_done - 2)][: 1 if epochs_done <= 2 else 2]
-    summary = fit(_args(), distiller, train, val, folder, {"model_name": "mlp_800"},
+    summary = fit(_config(), distiller, train, val, folder, {"model_name": "mlp_800"},
                   resume=resume, log=lambda *_: None)
     return distiller, summary
 
@@ -70,7 +70,7 @@ def test_stages_run_in_order_with_their_own_optimizer(mnist_small, tmp_path):
     torch.manual_seed(0)
     fresh = create_model("mlp_800", 10).state_dict()
     assert all(torch.equal(init_only.student.state_dict()[k], fresh[k]) for k in fresh)
-    assert not torch.equal(init_only.head.weight, TwoStage(create_model("mlp_800", 10), _args()).head.weight)
+    assert not torch.equal(init_only.head.weight, TwoStage(create_model("mlp_800", 10)).head.weight)
 
 
 def test_resume_across_the_stage_boundary(mnist_small, tmp_path):

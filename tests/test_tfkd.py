@@ -10,7 +10,7 @@ import torch
 from distillers import get_distiller
 from distillers.tfkd import tfkd_self_loss, tfkd_virtual_loss, virtual_teacher
 from helper.errors import UserError
-from helpers import PAIRS, assert_gradients, assert_no_extras, one_epoch
+from helpers import PAIRS, build, assert_gradients, assert_no_extras, one_epoch
 from models import create_model
 
 
@@ -58,21 +58,22 @@ def _args(**kw):
 
 def test_mode_decides_whether_a_teacher_is_needed():
     cls = get_distiller("tfkd")
-    assert cls.requires_teacher(_args()) and cls.requires_teacher(_args(tfkd_mode="self"))
-    assert not cls.requires_teacher(_args(tfkd_mode="virtual"))
-    d = cls(create_model("resnet8x4", 100), None, _args(tfkd_mode="virtual"))
-    assert d.teacher is None and not d.needs_teacher and d.T == 40.0
-    assert cls.needs_teacher  # the class default stays the self mode's
+    assert cls.requires_teacher(cls.Options()) and cls.requires_teacher(cls.Options(tfkd_mode="self"))
+    virtual = cls.Options(tfkd_mode="virtual")
+    assert not cls.requires_teacher(virtual)
+    d = cls(create_model("resnet8x4", 100), None, virtual)
+    assert d.teacher is None and d.T == 40.0
     with pytest.raises(UserError, match="needs a teacher"):
-        cls(create_model("resnet8x4", 100), None, _args())
+        cls(create_model("resnet8x4", 100), None, cls.Options())
     with pytest.raises(UserError, match="tfkd_correct_prob"):
-        cls(create_model("resnet8x4", 100), None, _args(tfkd_mode="virtual", tfkd_correct_prob=1.0))
+        build("tfkd", create_model("resnet8x4", 100), None,
+              _args(tfkd_mode="virtual", tfkd_correct_prob=1.0))
 
 
 def test_self_mode_weights_gradients_and_no_extras():
     torch.manual_seed(0)
     student, teacher = create_model("resnet8x4", 100), create_model("resnet8x4", 100)
-    d = get_distiller("tfkd")(student, teacher, _args(tfkd_multiplier=2.0))
+    d = build("tfkd", student, teacher, _args(tfkd_multiplier=2.0))
     d.train()
     x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 100, (4,))
     _, losses = d.forward_train(x, y)
@@ -88,7 +89,7 @@ def test_self_mode_weights_gradients_and_no_extras():
 def test_virtual_mode_gradients():
     torch.manual_seed(0)
     student = create_model("resnet8x4", 100)
-    d = get_distiller("tfkd")(student, create_model("resnet8x4", 100), _args(tfkd_mode="virtual"))
+    d = build("tfkd", student, create_model("resnet8x4", 100), _args(tfkd_mode="virtual"))
     assert d.teacher is None  # a teacher handed in is not used
     d.train()
     _, losses = d.forward_train(torch.randn(4, 3, 32, 32), torch.randint(0, 100, (4,)))

@@ -1,0 +1,64 @@
+"""A method's whole configuration, built once from parsed flags, and the distiller built from it.
+
+``MethodConfig`` holds what a run of one method uses: its registered name, its own options
+object, the effective loss weights and the KD term's options (with the effective
+temperature). Nothing here reads a namespace after ``from_namespace``.
+"""
+import dataclasses
+from dataclasses import dataclass
+
+from helper.errors import UserError
+from .base import Distiller, RunInfo, WeightOptions, Weights
+from .kd import KDOptions, KDTerm
+from .options import MethodOptions, options_from
+from .registry import distiller_classes, get_distiller
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    name: str
+    options: MethodOptions
+    weights: Weights
+    kd: KDOptions
+
+    @classmethod
+    def create(cls, name: str, options: MethodOptions = None, weights: WeightOptions = None,
+               kd: KDOptions = None) -> "MethodConfig":
+        """The effective configuration of method ``name`` (an alias gives its method)."""
+        method = get_distiller(name)
+        options = method.Options() if options is None else options
+        kd = KDOptions() if kd is None else kd
+        effective, kd_T = method.effective_weights(options, weights or WeightOptions(), kd.kd_T)
+        return cls(method.name, options, effective, dataclasses.replace(kd, kd_T=kd_T))
+
+    @classmethod
+    def from_namespace(cls, name: str, namespace) -> "MethodConfig":
+        """From parsed flags (or any object with those attributes): only the method's own
+        options, the weights and the KD term's are read."""
+        method = get_distiller(name)
+        return cls.create(name, options_from(method.Options, namespace),
+                          options_from(WeightOptions, namespace), options_from(KDOptions, namespace))
+
+    @property
+    def method(self):
+        return get_distiller(self.name)
+
+    def requires_teacher(self) -> bool:
+        return self.method.requires_teacher(self.options)
+
+    def build(self, student, teacher, run: RunInfo = None) -> Distiller:
+        """The distiller of this configuration over ``student`` and ``teacher``."""
+        kd_term = KDTerm.from_options(self.kd)
+        distiller = self.method(student, teacher, self.options, weights=self.weights,
+                                kd=kd_term, run=run or RunInfo())
+        if kd_term.temperature is not None and not distiller.uses_kd_temperature():
+            raise UserError(f"--ctkd learns the KD temperature, but --distill {self.name} has no "
+                            f"KD term here (-d {distiller.div_weight:g}); drop --ctkd, or pass "
+                            "-d > 0 to a method with a KD term")
+        return distiller
+
+
+def option_owners():
+    """``(name, options class)`` of every flag group a student run offers, in help order."""
+    return ([("loss weights", WeightOptions), ("kd", KDOptions)]
+            + [(method.name, method.Options) for method in distiller_classes()])
