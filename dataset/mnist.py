@@ -52,6 +52,20 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def _no_access(path, exc: OSError) -> UserError:
+    """Permission denied on ``path`` or one of the folders above it: name the first one that
+    this user cannot read, and the fix."""
+    path = Path(path).absolute()
+    blocked = path
+    for step in [*reversed(path.parents), path]:
+        if step.is_dir() and not os.access(step, os.R_OK | os.X_OK):
+            blocked = step
+            break
+    kind, chmod = ('folder', 'chmod -R u+rX') if blocked.is_dir() else ('file', 'chmod u+r')
+    return UserError(f"cannot read the {kind} {blocked} ({_one_line(exc)}); give this user "
+                     f"access ({chmod} {blocked}, or ask its owner) or pass another --data_folder")
+
+
 def _bad(path, what: str) -> UserError:
     return UserError(f"idx file {path} {what}; it is corrupt or incomplete: delete it and "
                      f"download the data set again")
@@ -73,6 +87,8 @@ def read_idx(path, ndim: int) -> np.ndarray:
             data = bytearray(path.stat().st_size)
             with open(path, 'rb') as f:
                 f.readinto(data)
+    except PermissionError as e:
+        raise _no_access(path, e) from None
     except (OSError, EOFError, zlib.error) as e:
         raise _bad(path, f"cannot be read ({_one_line(e)})") from None
     header = 4 + 4 * ndim
@@ -114,7 +130,10 @@ def _locate(name: str, root: Path, download: bool):
     spec = _SPECS[name]
     folder = root / spec['folder'] / 'raw'
     for candidate in [folder] + spec['system']:
-        paths = _complete(candidate)
+        try:
+            paths = _complete(candidate)
+        except PermissionError as e:  # Path.is_file() raises it, for a folder without r/x bits
+            raise _no_access(candidate, e) from None
         if paths:
             return paths
     expected = f"expected {', '.join(FILES.values())} (or .gz) as in torchvision's layout"

@@ -37,7 +37,8 @@ class Weights:
 @dataclass(frozen=True)
 class WeightOptions(MethodOptions):
     """The ``-c/-d/-b`` flags; ``None`` takes the method's ``default_weights``."""
-    title = "loss weights: cls * CE + div * KD + beta * method (SimKD -c -d -b, RepDistiller -r -a -b)"
+    title = ("loss weights: cls * CE + div * KD + beta * method (SimKD -c -d -b, "
+             "RepDistiller -r -a -b)")
     cls: Optional[float] = option(None, "weight of cross-entropy (method default, 1 for most)",
                                   "-c", "-r", "--gamma", type=float)
     div: Optional[float] = option(None, "weight of the KD term (method default, 1 for most)",
@@ -99,8 +100,12 @@ class Distiller(nn.Module):
             for p in teacher.parameters():
                 p.requires_grad_(False)
         weights = weights or self.default_weights
-        self.cls_weight, self.div_weight, self.beta = float(weights.cls), float(weights.div), float(weights.beta)
+        self.cls_weight, self.div_weight = float(weights.cls), float(weights.div)
+        self.beta = float(weights.beta)
         # The KD term and its switches (kd.py); its learned temperature (--ctkd) is an extra.
+        if kd is None and self.div_weight:
+            raise ValueError("a KD term is needed for -d > 0: pass kd=KDTerm(T) (distillers.kd), "
+                             "or build the distiller with MethodConfig")
         self.kd = kd
         self.temperature = getattr(kd, "temperature", None)
 
@@ -111,12 +116,14 @@ class Distiller(nn.Module):
         return True
 
     @classmethod
-    def effective_weights(cls, options, given: WeightOptions, kd_T: float) -> Tuple[Weights, float]:
+    def effective_weights(cls, options, given: WeightOptions,
+                          kd_T: float) -> Tuple[Weights, float]:
         """The weights and KD temperature a run uses: the flags given, else the method's
         defaults (a method whose options imply a setting overrides this)."""
         d = cls.default_weights
-        pick = lambda value, default: float(default if value is None else value)  # noqa: E731
-        return Weights(pick(given.cls, d.cls), pick(given.div, d.div), pick(given.beta, d.beta)), kd_T
+        weights = [float(default if value is None else value)
+                   for value, default in ((given.cls, d.cls), (given.div, d.div), (given.beta, d.beta))]
+        return Weights(*weights), kd_T
 
     def batch_requests(self) -> Dict[str, dict]:
         """Extra entries the data pipeline must put in each training batch, ``{key: parameters

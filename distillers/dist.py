@@ -38,11 +38,13 @@ class DIST(Distiller):
     segmentation code ``segmentation/losses/dist_kd.py``.
 
     Loss: ``cls * CE + b * dist_loss(beta, gamma, tau)`` replacing the KL term (KD off).
-    Defaults (CIFAR-100): ``-c 1 -d 0 -b 2 --dist_beta 1 --dist_gamma 1 --dist_tau 4``: CE
-    weight 1 and DIST weight 2 (i.e. the paper's beta = gamma = 2 on CIFAR-100) with the
-    CIFAR recipe's ``dist_t4``. The CIFAR config (``dist_cifar.yaml``) itself was not
-    readable here; ``-b 2`` follows the paper's CIFAR-100 setting. ImageNet: ``-b 1
-    --dist_tau 1``.
+    Defaults (CIFAR-100, ``configs/strategies/distill/dist_cifar.yaml`` of
+    hunto/image_classification_sota: ``kd: dist_t4``, DIST loss weight 2, CE weight 1):
+    ``-c 1 -d 0 -b 2 --dist_beta 1 --dist_gamma 1 --dist_tau 4``, i.e. the paper's beta =
+    gamma = 2 on CIFAR-100; its teachers are the ``ckpt_epoch_240.pth`` files of
+    ``cifar_ckpts.zip`` (the last epoch). ImageNet (ResNet-34 -> ResNet-18, torchdistill's
+    ``configs/sample/ilsvrc2012/dist/resnet18_from_resnet34.yaml``: DISTLoss beta 1, gamma 1,
+    tau 1, weight 2, CE 1): ``-b 2 --dist_tau 1``.
 
     Paper vs code: both use the Pearson distance ``1 - rho`` for the inter- and intra-class
     relations and scale them by ``tau^2``; the code adds 1e-8 to the norm product (we do too).
@@ -61,7 +63,8 @@ class DIST(Distiller):
         dist_gamma: float = option(
             1.0, "weight of the intra-class relation (per class, across the batch)", "--dist-gamma")
         dist_tau: float = option(
-            4.0, "softmax temperature (CIFAR recipe 4, ImageNet 1)", "--dist-tau")
+            4.0, "softmax temperature (CIFAR recipe 4, ImageNet 1; -b 2 for both)",
+            "--dist-tau")
 
     def __init__(self, student, teacher, options=None, **kw):
         super().__init__(student, teacher, options, **kw)

@@ -106,15 +106,21 @@ class MGD(Distiller):
     cost between student channel i and teacher channel j is the mean over images of
     ``2 - 2 cos`` of their spatial maps; an optimal assignment gives each student channel
     ``Ct // Cs`` teacher channels (``sm``: one). Reducers (``--mgd_reducer``): ``amp`` takes per
-    position the largest of the group's responses (margin: the group's mean margin); ``rd``
-    a random member per position (margin: a random member's); ``sp`` the same maximum as amp
-    with the group's largest margin (the reference's "simple pooling"); ``sm`` ("sparse
-    matching", the reference's ``SMDistiller``) keeps only the one matched teacher channel.
+    position the group's response of largest magnitude, sign kept (margin: the group's mean
+    margin); ``rd`` a random member per position (margin: a random member's); ``sp`` the
+    group's largest signed response with its largest margin (the reference's "simple
+    pooling"); ``sm`` ("sparse matching", the reference's ``SMDistiller``) keeps only the one
+    matched teacher channel.
     The matching indices and margins are buffers, saved and restored by ``--resume``.
 
-    Defaults are the reference's: ``-c 1 -d 0 -b 1``, ``--mgd_reducer amp``,
-    ``--mgd_update_freq 2``, ``--mgd_loss_factor 1e4``. ``--mgd_with_kd 1`` is the reference's
-    MGD+KD (KD weight 1, T 1.5): it sets ``-d 1 --kd_T 1.5``, overriding those flags.
+    Defaults are the reference's: ``-c 1 -d 0 -b 1``, ``--mgd_reducer amp`` (absolute
+    maximum), ``--mgd_update_freq 2``, ``--mgd_loss_factor 1e4``. ``--mgd_with_kd 1`` is the
+    reference's MGD+KD (KD weight 1, T 1.5): it sets ``-d 1 --kd_T 1.5``, overriding those
+    flags. The reference's recipe (``main_mgd.py`` and its README; ``scripts/mgd.sh``): SGD
+    with Nesterov momentum 0.9 (no flag here yet), weight decay 1e-4, lr x0.1 after epochs
+    31, 61 and 81; CUB-200: 120 epochs, batch 64, lr 0.01, ImageNet-pretrained students;
+    ImageNet: 120 epochs after 10 of linear warm-up (no flag here yet), batch 256, lr 0.1,
+    ``--mgd_update_freq 1``.
 
     Differences from the reference:
       - The assignment is solved by ``scipy.optimize.linear_sum_assignment`` on the float
@@ -126,9 +132,11 @@ class MGD(Distiller):
         shuffled training set and stops after about 20,000 images ("break for ImageNet-1K").
         Distributed: costs are summed over processes before solving (the reference's sampler
         has every rank see the whole set), and rank 0's matching is broadcast as in the reference.
-      - ``amp`` ("absolute max pooling") takes the largest signed response, as the reference's
-        classification code (``argmax(t)``); ``--mgd_amp_abs`` takes the largest absolute
-        response (sign kept), as its name and the repository's ``unsup/mgd/builder.py``.
+      - ``amp`` ("absolute max pooling") keeps, per position, the response of largest
+        absolute value (sign kept), as the current reference (``argmax(abs(t))``, also the
+        repository's ``unsup/mgd/builder.py``); ``--mgd_amp_signed`` keeps the largest signed
+        response, as the classification ``mgd/builder.py`` at commit 036c841
+        (``argmax(t)``).
       - The loss is divided by the actual batch size; the reference divides by the nominal
         ``--batch-size`` (a smaller last batch weighs less there).
       - The paper calls MGD parameter-free; the code trains one BN per student stage
@@ -148,8 +156,8 @@ class MGD(Distiller):
     class Options(MethodOptions):
         mgd_reducer: str = option(
             "amp",
-            "channel reduction: amp (max over the matched group), rd (random drop), sp (simple "
-            "pooling), sm (sparse matching)", "--mgd-reducer", choices=REDUCERS)
+            "channel reduction: amp (largest magnitude in the matched group), rd (random drop), "
+            "sp (simple pooling), sm (sparse matching)", "--mgd-reducer", choices=REDUCERS)
         mgd_update_freq: int = option(
             2, "match the channels anew before epochs 1, 1+F, 1+2F, ... (default 2)",
             "--mgd-update-freq")
@@ -159,9 +167,10 @@ class MGD(Distiller):
         mgd_with_kd: int = option(
             0, "1: add the reference's KD (weight 1, T 1.5), i.e. -d 1 --kd_T 1.5",
             "--mgd-with-kd", choices=(0, 1))
-        mgd_amp_abs: bool = option(
-            False, "amp keeps the response of largest absolute value (default: largest)",
-            "--mgd-amp-abs")
+        mgd_amp_signed: bool = option(
+            False, "amp keeps the largest signed response (argmax(t), mgd/builder.py at 036c841); "
+            "default: the response of largest absolute value, sign kept, as the current "
+            "reference", "--mgd-amp-signed")
         mgd_match_images: int = option(
             0, "images per process in each matching pass (default 0: all)",
             "--mgd-match-images")
@@ -187,7 +196,7 @@ class MGD(Distiller):
         self.reducer = self.options.mgd_reducer
         self.update_freq = int(self.options.mgd_update_freq)
         self.loss_factor = float(self.options.mgd_loss_factor)
-        self.amp_abs = bool(self.options.mgd_amp_abs)
+        self.amp_abs = not self.options.mgd_amp_signed
         self.match_images = int(self.options.mgd_match_images)
         try:
             bns = list(teacher.get_bn_before_relu())

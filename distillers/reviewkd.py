@@ -84,24 +84,48 @@ class ReviewKD(Distiller):
     ``min(e / --reviewkd_warmup, 1)`` with ``e`` counted from 0 as the reference does (its
     first epoch has no review loss); mdistiller counts from 1 instead.
 
+    Teacher mode: the official CIFAR code (``CIFAR-100/train.py``) never calls
+    ``teacher.eval()``, so its teacher runs in training mode: its BatchNorms normalise with
+    each batch's statistics (and update running statistics nobody reads). mdistiller and
+    torchdistill put the teacher in eval mode, as the toolbox does by default;
+    ``--reviewkd_teacher_train`` keeps the teacher in training mode during training epochs
+    as the official code (validation and the teacher's test accuracy stay in eval mode).
+
+    Student features: after each stage's ReLU, as the official CIFAR code (its students'
+    ``is_feat=True`` outputs); ``--reviewkd_student_preact`` takes them before the last ReLU,
+    as torchdistill's ImageNet config (``nlp-oss2023/kr-resnet18_from_resnet34.yaml`` hooks
+    the input of each stage's last ``relu``).
+
     Differences from the reference: its CIFAR recipe trains with lr 0.1 (0.02 for
-    ShuffleNet/MobileNet), batch 128, Nesterov momentum; here the toolbox's SimKD recipe
-    (lr 0.05, batch 64, plain momentum, as mdistiller) applies unless given on the command
-    line. Residuals are resized to the student feature's actual (H, W) rather than a square
+    ShuffleNet/MobileNet), batch 128, Nesterov momentum, and its teacher is its own baseline's
+    best checkpoint trained with the same recipe; here the toolbox's SimKD recipe (lr 0.05,
+    batch 64, plain momentum, as mdistiller) applies unless given on the command line, and
+    Nesterov momentum has no flag yet (``scripts/dkd_cifar100.sh`` uses the rest of the
+    recipe). Residuals are resized to the student feature's actual (H, W) rather than a square
     size from a table, which is the same for CIFAR's square maps.
     """
 
-    preact = True  # used for the teacher only, see _run
+    preact = True  # the teacher's features; the student's follow --reviewkd_student_preact
     default_weights = Weights(cls=1.0, div=0.0, beta=5.0)
 
     @dataclass(frozen=True)
     class Options(MethodOptions):
         reviewkd_warmup: float = option(
             20.0, "epochs of linear warm-up of ReviewKD's loss weight (0: none)")
+        reviewkd_teacher_train: bool = option(
+            False, "keep the teacher in training mode while training (batch statistics in its "
+            "BatchNorms), as the official CIFAR code, which never calls teacher.eval()",
+            "--reviewkd-teacher-train")
+        reviewkd_student_preact: bool = option(
+            False, "student features before each stage's last ReLU, as torchdistill's ImageNet "
+            "config (default: after it, as the official CIFAR code)", "--reviewkd-student-preact")
 
     def __init__(self, student, teacher, options=None, **kw):
         super().__init__(student, teacher, options, **kw)
-        s_all, t_all = student.feature_shapes(preact=False), teacher.feature_shapes(preact=True)
+        self.student_preact = bool(self.options.reviewkd_student_preact)
+        self.teacher_train = bool(self.options.reviewkd_teacher_train)
+        s_all = student.feature_shapes(preact=self.student_preact)
+        t_all = teacher.feature_shapes(preact=True)
         conv_maps_or_error(student, s_all, self.name)
         conv_maps_or_error(teacher, t_all, self.name)
         s_shapes, t_shapes = _shapes(s_all), _shapes(t_all)
@@ -117,8 +141,17 @@ class ReviewKD(Distiller):
 
     def _run(self, model, images, with_feats):
         if with_feats:
-            return model(images, is_feat=True, preact=model is self.teacher)
+            preact = True if model is self.teacher else self.student_preact
+            return model(images, is_feat=True, preact=preact)
         return None, model(images)
+
+    def train(self, mode=True):
+        """The base class keeps the teacher in eval mode; ``--reviewkd_teacher_train`` puts it
+        in training mode for training epochs, as the official CIFAR code."""
+        super().train(mode)
+        if mode and getattr(self, "teacher_train", False) and self.teacher is not None:
+            self.teacher.train()
+        return self
 
     def warmup_factor(self):
         """``min(e / warmup, 1)`` with ``e = epoch - 1`` (the loop counts epochs from 1)."""

@@ -65,39 +65,52 @@ def model_name_from_path(path):
     return None
 
 
-def load_model_weights(model, state, path, what):
+def load_model_weights(model, state, path, what, hint=""):
     mismatch = describe_mismatch(model, state)
     if mismatch:
-        raise UserError(f"{what} {path} does not fit {model.model_name}: {mismatch}")
+        raise UserError(f"{what} {path} does not fit {model.model_name}: {mismatch}{hint}")
     model.load_state_dict(state, strict=True)
 
 
 def load_teacher(path, num_classes, model_name=None):
     """Build the teacher named by ``model_name``, the checkpoint, or its path, and load it.
 
-    Returns ``(model, checkpoint)``. Every failure is a one-line UserError.
+    A toolbox checkpoint with a ``deploy`` entry (a SimKD student: the student, its projector
+    and the reused classifier) loads as that whole model. Returns ``(model, checkpoint)``.
+    Every failure is a one-line UserError.
     """
     checkpoint = load_file(path, "teacher checkpoint")
     state = state_dict_of(checkpoint, path, "teacher checkpoint")
-    stored = checkpoint.get("model_name") if isinstance(checkpoint, dict) else None
+    info = checkpoint if isinstance(checkpoint, dict) else {}
+    stored = info.get("model_name")
     name = model_name or stored or model_name_from_path(path)
     if name is None:
         raise UserError(f"cannot tell the teacher's architecture from {path}; pass --model_t NAME")
     if name not in model_names():
         raise UserError(f"unknown teacher model {name!r}; choose one of: {', '.join(model_names())}")
-    stored_classes = checkpoint.get("num_classes") if isinstance(checkpoint, dict) else None
+    stored_classes = info.get("num_classes")
     if stored_classes is not None and stored_classes != num_classes:
         raise UserError(f"teacher checkpoint {path} has {stored_classes} classes but the data set "
                         f"has {num_classes}; use a teacher trained on the same data set")
-    deploy = checkpoint.get("deploy") if isinstance(checkpoint, dict) else None
-    if deploy and model_name is None:
-        # A student whose test-time model includes the method's extras (SimKD).
-        model = create_deployed(deploy["builder"], **deploy["kwargs"])
+    deploy = info.get("deploy")
+    if deploy:
+        if model_name is not None and stored is not None and model_name != stored:
+            raise UserError(f"teacher checkpoint {path} holds a {stored} student of --distill "
+                            f"{info.get('distill')} with the method's extras, and loads as that "
+                            f"model; drop --model_t {model_name}")
+        try:
+            model = create_deployed(deploy["builder"], **deploy["kwargs"])
+        except (KeyError, TypeError) as e:
+            raise UserError(f"teacher checkpoint {path} holds a deployed model this version "
+                            f"cannot build ({e}); use the toolbox version that wrote it") from e
         model.model_name = name
         state = deploy["state_dict"]
     else:
         model = create_model(name, num_classes=num_classes)
-    load_model_weights(model, state, path, "teacher checkpoint")
+    hint = ""
+    if stored not in (None, name):
+        hint = f"; the checkpoint records model {stored}: drop --model_t {name}"
+    load_model_weights(model, state, path, "teacher checkpoint", hint)
     model.eval()
     return model, checkpoint
 
@@ -109,7 +122,7 @@ def create_pretrained(name, num_classes, pretrained=None):
     model = create_model(name, num_classes=num_classes)
     if pretrained is None:
         return model
-    if Path(pretrained).expanduser().is_file():
+    if Path(pretrained).expanduser().exists():
         path = Path(pretrained).expanduser()
         state = state_dict_of(load_file(path, "pretrained weights"), path, "pretrained weights")
     elif accepts(name, "pretrained"):
@@ -117,7 +130,6 @@ def create_pretrained(name, num_classes, pretrained=None):
     else:
         raise UserError(f"--pretrained {pretrained}: no such file (weights by name exist for the "
                         "ImageNet models only)")
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
     own = model.state_dict()
     classifier = {k for k, m in model.named_modules() if m is model.get_classifier()}
     for key in list(state):

@@ -34,6 +34,18 @@ def _check_finite(first_bad, bad_terms, names, epoch):
                             "weights; last.pth still holds the last good epoch")
 
 
+def _no_loss_term(model):
+    """The error for a step without loss terms: every weight that applies is 0."""
+    d = getattr(model, "module", model)  # unwrap DDP
+    name, beta = getattr(d, "name", "?"), getattr(d, "beta", 0)
+    if beta:
+        return UserError(f"no loss term is active: -c and -d are 0 and --distill {name} has no "
+                         f"loss of its own for -b {beta:g} to weigh; give -c or -d a positive "
+                         "weight")
+    return UserError(f"no loss term is active: -c, -d and -b are all 0 for --distill {name}; "
+                     "give one a positive weight")
+
+
 def train_one_epoch(model, loader, optimizer, epoch, *, print_freq=100, log=print,
                     world_size=1, precision=None, channels_last=False):
     """Train ``model`` (a Distiller, possibly wrapped in DDP) for one epoch.
@@ -56,6 +68,8 @@ def train_one_epoch(model, loader, optimizer, epoch, *, print_freq=100, log=prin
         extra = {k: v for k, v in batch.items() if k not in ("images", "targets")}
         with precision.autocast():
             logits, losses = model(images, targets, **extra)
+        if not losses:
+            raise _no_loss_term(model)
         if names is None:
             names = list(losses)
             sums = torch.zeros(len(names), device=device)

@@ -9,8 +9,12 @@ generated from its ``Options`` dataclass (``distillers/options.py``).
 """
 import argparse
 import dataclasses
+import math
+import os
 from dataclasses import dataclass
 from typing import Optional
+
+import torch
 
 from dataset import DATASET_NAMES
 from helper import distributed, precision
@@ -23,26 +27,52 @@ SMALL_LR_MODELS = ("MobileNetV2", "MobileNetV2_1_0", "mobile_half", "ShuffleV1",
                    "ShuffleV2_1_5")
 
 
+# numpy's seed range. --seed plus a numeric --trial, times the loaders' stride (100003) plus the
+# epoch, then stays within torch's 64-bit generator seeds.
+MAX_SEED = 2**32 - 1
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line: what is wrong and the fix (no usage)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def _epochs_list(text):
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated epochs such as 150,180,210, got {text!r}")
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"epochs must be positive (the lr decays after each), "
+                                         f"got {text!r}")
     if any(b <= a for a, b in zip(values, values[1:])):
         raise argparse.ArgumentTypeError(f"epochs must be increasing, got {text!r}")
     return values
 
 
-def _positive(kind):
+def _number(kind, ok, rule):
+    """An argparse type: a finite ``kind`` for which ``ok(value)`` holds, else "must be <rule>"."""
     def parse(text):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}")
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text!r}")
         return value
     return parse
+
+
+def _positive(kind):
+    return _number(kind, lambda v: v > 0, "positive")
+
+
+def _non_negative(kind):
+    return _number(kind, lambda v: v >= 0, "0 or more")
 
 
 def _common(parser):
@@ -51,15 +81,16 @@ def _common(parser):
     g.add_argument("--data_folder", "--data-folder", default="./data",
                    help="folder holding the data set (downloaded there when missing and online)")
     g.add_argument("--batch_size", "--batch-size", type=_positive(int), default=64)
-    g.add_argument("--num_workers", "--num-workers", type=int, default=8,
+    g.add_argument("--num_workers", "--num-workers", type=_non_negative(int), default=8,
                    help="loader workers for folder data sets (in-memory data sets need none)")
     g.add_argument("--epochs", type=_positive(int), default=240)
     g.add_argument("--learning_rate", "--learning-rate", "--lr", type=_positive(float), default=None,
                    help="default 0.05, or 0.01 for MobileNet/ShuffleNet as in SimKD")
     g.add_argument("--lr_decay_epochs", "--lr-decay-epochs", type=_epochs_list, default=[150, 180, 210])
     g.add_argument("--lr_decay_rate", "--lr-decay-rate", type=_positive(float), default=0.1)
-    g.add_argument("--weight_decay", "--weight-decay", type=float, default=5e-4)
-    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--weight_decay", "--weight-decay", type=_non_negative(float), default=5e-4)
+    g.add_argument("--momentum", type=_number(float, lambda v: 0 <= v < 1, "in [0, 1)"),
+                   default=0.9)
     g.add_argument("--dali", choices=["cpu", "gpu"], default=None,
                    help="DALI pipelines for folder data sets (imagenet, cub200, folder): decode on cpu or gpu")
     g.add_argument("--pretrained", default=None,
@@ -71,10 +102,12 @@ def _common(parser):
     r = parser.add_argument_group("run")
     r.add_argument("--trial", default="0", help="trial id, part of the run folder name and the seed")
     r.add_argument("--print_freq", "--print-freq", type=_positive(int), default=100)
-    r.add_argument("--gpu_id", "--gpu-id", type=int, default=0, help="CUDA device used when CUDA is present")
+    r.add_argument("--gpu_id", "--gpu-id", type=_non_negative(int), default=0,
+                   help="CUDA device used when CUDA is present")
     r.add_argument("--deterministic", action="store_true",
                    help="deterministic algorithms (bit-identical reruns on CPU)")
-    r.add_argument("--seed", type=int, default=12345, help="base seed; the trial id is added to it")
+    r.add_argument("--seed", type=_number(int, lambda v: 0 <= v <= MAX_SEED, f"in 0..{MAX_SEED}"),
+                   default=12345, help="base seed; the trial id is added to it")
     r.add_argument("--save_folder", "--save-folder", default="./save")
     r.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="continue from this run's last.pth, or from the given checkpoint")
@@ -83,14 +116,14 @@ def _common(parser):
 
 
 def teacher_parser():
-    parser = argparse.ArgumentParser(description="Train a model with cross-entropy (a teacher or a baseline).")
+    parser = _Parser(description="Train a model with cross-entropy (a teacher or a baseline).")
     parser.add_argument("--model", default="resnet32x4", choices=model_names())
     _common(parser)
     return parser
 
 
 def student_parser():
-    parser = argparse.ArgumentParser(description="Distil a student from a trained teacher.")
+    parser = _Parser(description="Distil a student from a trained teacher.")
     g = parser.add_argument_group("distillation")
     g.add_argument("--model_s", "--model-s", default="resnet8x4", choices=model_names())
     g.add_argument("--path_t", "--path-t", default=None, help="teacher checkpoint")
@@ -180,9 +213,58 @@ def parse_student_args(argv=None) -> RunConfig:
 def _config(parser, args, model_name, method) -> RunConfig:
     """Check combinations and derive the run configuration (for one process per machine)."""
     distributed.check_arguments(parser, args)
+    precision.check_arguments(parser, args)
     if args.jitter < 0:
         parser.error(f"--jitter must be 0 or more, got {args.jitter}")
+    if not (math.isfinite(args.dist_timeout) and args.dist_timeout > 0):
+        parser.error(f"--dist-timeout must be a positive number of minutes, "
+                     f"got {args.dist_timeout:g}")
+    _check_paths(parser, args)
+    _check_batch_split(parser, args)
+    _check_weights(parser, method)
     lr = args.learning_rate
     if lr is None:
         lr = 0.01 if model_name in SMALL_LR_MODELS else 0.05
     return RunConfig(args, model_name, method, lr, args.batch_size)
+
+
+def _check_paths(parser, args):
+    """No empty paths; the run folder stays inside --save_folder."""
+    for flag in ("save_folder", "data_folder", "path_t", "resume", "pretrained"):
+        if getattr(args, flag, None) == "":
+            parser.error(f"--{flag} is empty; give a path")
+    _check_trial(parser, args.trial)
+
+
+def _check_trial(parser, trial):
+    """The trial, the one free-text part of the run folder's name, is a plain name; a numeric
+    one is added to the seed."""
+    if any(sep in trial for sep in ("/", "\\", os.sep)) or ".." in trial:
+        parser.error(f"--trial {trial!r} must be a plain name without '/', '\\' or '..': it names "
+                     "the run folder inside --save_folder")
+    if trial.isdigit() and (not trial.isdecimal() or int(trial) > MAX_SEED):
+        parser.error(f"a numeric --trial is added to the seed and must be in 0..{MAX_SEED}, "
+                     f"got {trial}")
+
+
+def _check_batch_split(parser, args):
+    """--batch_size splits over the processes of a node, when their count is known here
+    (``RunConfig.for_process`` checks torchrun's)."""
+    if not args.multiprocessing_distributed:
+        return
+    procs = args.nproc or (torch.cuda.device_count() if torch.cuda.is_available() else 1)
+    if args.batch_size % procs:
+        parser.error(f"--batch_size {args.batch_size} does not split evenly over {procs} "
+                     f"processes per node; use a multiple of {procs}")
+
+
+def _check_weights(parser, method):
+    """The effective -c/-d/-b: none negative (that would maximise its loss), not all 0."""
+    w = method.weights
+    for flag, value in (("-c", w.cls), ("-d", w.div), ("-b", w.beta)):
+        if not (math.isfinite(value) and value >= 0):
+            parser.error(f"{flag} must be 0 or more (a negative weight maximises its loss), "
+                         f"got {value:g}")
+    if not (w.cls or w.div or w.beta):
+        parser.error(f"no loss term is active: -c, -d and -b are all 0 for --distill "
+                     f"{method.name}; give one a positive weight")

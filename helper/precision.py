@@ -91,3 +91,11 @@ def add_arguments(parser):
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the student and teacher (Inductor; on the CPU it needs a "
                         "C++ compiler); the first iterations are slow while it compiles")
+
+
+def check_arguments(parser, args):
+    """The speed flags' combinations, at parse time."""
+    if args.amp_dtype is not None and not args.amp:
+        parser.error(f"--amp_dtype needs --amp; add --amp, or drop --amp_dtype {args.amp_dtype}")
+    if args.amp and args.amp_dtype == "fp16" and not torch.cuda.is_available():
+        parser.error("--amp_dtype fp16 needs CUDA; use --amp_dtype bf16 on the CPU")

@@ -2,7 +2,9 @@
 
 Each entry: (teacher, student, method, value, constraints), where ``teacher`` is None for a
 model trained alone and ``constraints`` are flags a run must have to match (e.g. SimKD's
-projector factor). ``metric`` says which accuracy the source reports.
+projector factor); the first entry that matches a run is its figure. ``metric`` says which
+accuracy the source reports; ``teacher_checkpoint`` which teacher checkpoint the source
+distilled from (and so the script passes as ``--path_t``).
 """
 
 from distillers import MethodConfig
@@ -87,7 +89,7 @@ def _dkd():
              ("resnet32x4", "ShuffleV1", 76.45), ("wrn_40_2", "ShuffleV1", 76.70),
              ("vgg13", "MobileNetV2", 69.71), ("ResNet50", "MobileNetV2", 70.35),
              ("resnet32x4", "ShuffleV2", 77.07)]
-    return [(t, s, "dkd", v, {}) for t, s, v in pairs] + [
+    return [(t, s, "dkd", v, {"logit_stand": False}) for t, s, v in pairs] + [
         ("resnet32x4", "resnet8x4", "dist", 76.31, {}),
         ("resnet32x4", "resnet8x4", "reviewkd", 75.63, {}),
         ("resnet32x4", "resnet8x4", "kd", 76.62, {"logit_stand": True}),
@@ -95,10 +97,12 @@ def _dkd():
 
 
 def _torchdistill():
-    rows = {"kd": 71.37, "at": 70.90, "ft": 71.56, "crd": 70.93, "tfkd": 70.52, "sskd": 70.09,
+    rows = {"kd": 71.37, "at": 70.90, "ft": 71.56, "crd": 70.93, "sskd": 70.09,
             "l2": 71.08, "pad_l2": 71.71, "reviewkd": 71.64, "dist": 71.95}
+    # Tf-KD's teacher is torchvision's ResNet-18 (tfkd-resnet18_from_resnet18.yaml)
     return [(None, "resnet18", "vanilla", 69.76, {})] + [
-        ("resnet34", "resnet18", m, v, {}) for m, v in rows.items()]
+        ("resnet34", "resnet18", m, v, {}) for m, v in rows.items()] + [
+        ("resnet18", "resnet18", "tfkd", 70.52, {})]
 
 
 def _kd_zoo(dataset):
@@ -109,28 +113,36 @@ def _kd_zoo(dataset):
     entries = []
     for method, (small, large) in values.items():
         for model, value in (("resnet20", small), ("resnet110", large)):
-            entries.append((_teacher(method, model), model, method, value, {}))
+            # AT alone has no KD term; ST + AT (below) is AT with 0.9 * ST
+            constraints = {"div": 0.0} if method == "at" else {}
+            entries.append((_teacher(method, model), model, method, value, constraints))
     at_kd = {"cifar10": (92.6, 93.7), "cifar100": (68.7, 73.7)}[dataset]
-    entries += [("resnet20", "resnet20", "at", at_kd[0], {"div": 1.0}),
-                ("resnet110", "resnet110", "at", at_kd[1], {"div": 1.0})]
+    entries += [("resnet20", "resnet20", "at", at_kd[0], {"div": 0.9}),
+                ("resnet110", "resnet110", "at", at_kd[1], {"div": 0.9})]
     return entries
 
 
 TABLES = {
     "simkd_cifar100": {"dataset": "cifar100", "metric": "best", "entries": _simkd(),
-                       "source": "SimKD README"},
+                       "source": "SimKD README", "teacher_checkpoint": "best"},
     "repdistiller_cifar100": {"dataset": "cifar100", "metric": "last", "entries": _repdistiller(),
-                              "source": "RepDistiller README (last epoch)"},
+                              "source": "RepDistiller README (last epoch)",
+                              "teacher_checkpoint": "last"},
     "dkd_cifar100": {"dataset": "cifar100", "metric": "best", "entries": _dkd(),
-                     "source": "mdistiller README and the methods' READMEs"},
+                     "source": "mdistiller README and the methods' READMEs",
+                     "teacher_checkpoint": "last (ReviewKD: its own teacher's best)"},
     "torchdistill_imagenet": {"dataset": "imagenet", "metric": "best", "entries": _torchdistill(),
-                              "source": "torchdistill (ResNet-34 -> ResNet-18)"},
+                              "source": "torchdistill (ResNet-34 -> ResNet-18)",
+                              "teacher_checkpoint": "torchvision weights"},
     "kd_zoo_cifar10": {"dataset": "cifar10", "metric": "best", "entries": _kd_zoo("cifar10"),
-                       "source": "Knowledge Distillation README, 3-run mean"},
+                       "source": "Knowledge Distillation README, 3-run mean",
+                       "teacher_checkpoint": "best"},
     "kd_zoo_cifar100": {"dataset": "cifar100", "metric": "best", "entries": _kd_zoo("cifar100"),
-                        "source": "Knowledge Distillation README, 3-run mean"},
+                        "source": "Knowledge Distillation README, 3-run mean",
+                        "teacher_checkpoint": "best"},
     # MGD README gives top-1 errors; stored here as accuracies (100 - error).
     "mgd_cub200": {"dataset": "cub200", "metric": "best", "source": "MGD README (100 - top-1 error)",
+                   "teacher_checkpoint": "best",
                    "entries": [(None, "resnet50", "vanilla", 100 - 20.02, {}),
                                (None, "mobilenet_v2", "vanilla", 100 - 24.61, {}),
                                ("resnet50", "mobilenet_v2", "mgd", 100 - 20.47, {}),
@@ -138,9 +150,11 @@ TABLES = {
                                ("resnet50", "shufflenet_v2_x1_0", "mgd", 100 - 25.18, {"mgd_with_kd": 1}),
                                ("resnet50", "shufflenet_v2_x1_0", "mgd", 100 - 25.95, {})]},
     "mgd_imagenet": {"dataset": "imagenet", "metric": "best", "source": "MGD README (100 - top-1 error)",
+                     "teacher_checkpoint": "torchvision weights",
                      "entries": [(None, "mobilenet_v1", "vanilla", 100 - 31.13, {}),
                                  ("resnet50", "mobilenet_v1", "mgd", 100 - 28.53, {})]},
     "hinton_mnist": {"dataset": "mnist", "metric": "best", "source": "Hinton et al. 2015 (test errors 67/146/74)",
+                     "teacher_checkpoint": "best",
                      "entries": [(None, "mlp_1200", "vanilla", 100 - 0.67, {}),
                                  (None, "mlp_800", "vanilla", 100 - 1.46, {}),
                                  ("mlp_1200", "mlp_800", "kd", 100 - 0.74, {"kd_T": 20.0})]},

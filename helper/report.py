@@ -20,11 +20,39 @@ IGNORED = {"trial", "seed", "save_folder", "data_folder", "print_freq", "num_wor
            "multiprocessing_distributed", "dist_timeout", "deterministic"}
 
 
-def load_runs(folders):
+# What the table needs of a summary.json; ``teacher`` and ``finished`` may be absent.
+REQUIRED = ("args", "dataset", "model_name", "distill", "best_acc", "last_acc")
+
+
+def _read_summary(path):
+    """The summary at ``path``, or ``(None, why it cannot be used)``."""
+    try:
+        summary = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        return None, f"not valid JSON ({e.msg}: line {e.lineno} column {e.colno}; truncated?)"
+    except (OSError, UnicodeDecodeError) as e:
+        return None, f"cannot be read ({type(e).__name__}: {' '.join(str(e).split())})"
+    if not isinstance(summary, dict):
+        return None, "holds no JSON object"
+    missing = [k for k in REQUIRED if k not in summary]
+    if missing:
+        return None, f"lacks {', '.join(missing)}"
+    if not isinstance(summary["args"], dict):
+        return None, "its args are not a JSON object"
+    return summary, None
+
+
+def load_runs(folders, warn=None):
+    """The summaries under ``folders``. One that cannot be used (truncated by an interrupted
+    copy, say) is left out with one warning line naming it, through ``warn`` (stderr)."""
+    warn = warn or (lambda line: print(line, file=sys.stderr, flush=True))
     runs = []
     for folder in folders:
         for path in sorted(Path(folder).rglob("summary.json")):
-            summary = json.loads(path.read_text())
+            summary, why = _read_summary(path)
+            if summary is None:
+                warn(f"warning: skipped {path}: {why}")
+                continue
             summary["path"] = str(path.parent)
             runs.append(summary)
     return runs
@@ -145,9 +173,18 @@ def main(argv=None):
     missing = [f for f in args.folders if not Path(f).exists()]
     if missing:
         parser.error(f"no such folder: {', '.join(missing)}")
-    runs = load_runs(args.folders)
+    skipped = []
+
+    def warn(line):
+        skipped.append(line)
+        print(line, file=sys.stderr, flush=True)
+    runs = load_runs(args.folders, warn)
     if not runs:
-        parser.error(f"no summary.json under {', '.join(args.folders)}; point it at a save folder")
+        why = (f"no readable summary.json under {', '.join(args.folders)} ({len(skipped)} "
+               f"skipped, see above)" if skipped else
+               f"no summary.json under {', '.join(args.folders)}; point it at a save folder")
+        print(f"error: {why}", file=sys.stderr)
+        sys.exit(2)
     if args.table:
         print(f"Published: {TABLES[args.table]['source']}\n")
     print(report(runs, args.table))

@@ -1,11 +1,16 @@
 """The run folder (DESIGN.md, "Run folder"): TensorBoard events, last/best checkpoints and
-summary.json, all written atomically and by rank 0 only."""
+summary.json, all written atomically and by rank 0 only, which owns the folder through a lock
+file while the run lasts."""
 import json
 import os
+import re
+import shutil
+import socket
 import sys
+import threading
 from pathlib import Path
 
-from helper.files import atomic_save
+from helper.files import atomic_save, atomic_write
 from helper.errors import UserError
 
 SEP = "~" if sys.platform.startswith("win") else ":"
@@ -25,40 +30,189 @@ def student_run_name(config, teacher_name):
 
 
 class RunFolder:
-    """Writes one run's files. On ranks other than 0 every method does nothing."""
+    """Writes one run's files; a context manager. On entry, rank 0 creates the folder and takes
+    its lock (``.lock``: the owner's pid and host), refusing a folder another run holds; on exit
+    it releases the lock, and removes the folder when it created it and the run failed before
+    any last.pth. On ranks other than 0 every method does nothing."""
 
-    def __init__(self, path, write=True, purge_step=None):
-        self.path = Path(path)
-        self.write = write
+    def __init__(self, path, write=True, log=print):
+        self.path, self.write, self.log = Path(path), write, log
+        self.lock = self.path / ".lock"
         self.writer = None
-        if write:
-            self.path.mkdir(parents=True, exist_ok=True)
-            from torch.utils.tensorboard import SummaryWriter
-            self.writer = SummaryWriter(str(self.path), purge_step=purge_step)
+        self.created = []     # the folders this run created, the run folder first
+        self.locked = False
+        self.saved = False    # whether this run wrote a last.pth
+
+    def __enter__(self):
+        if self.write:
+            try:
+                self._make_folder()
+                self._take_lock()
+                self._remove_temporaries()
+            except BaseException:
+                self._release(failed=True)
+                raise
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        self._release(failed=kind is not None)
+
+    def _make_folder(self):
+        self.created = [p for p in (self.path, *self.path.parents) if not p.exists()]
+        try:
+            self.path.mkdir(parents=True)
+        except FileExistsError:
+            self.created = []
+            if self.path.is_dir():
+                return
+            raise self._cannot_create(None)
+        except OSError as e:
+            raise self._cannot_create(e) from e
+
+    def _cannot_create(self, error):
+        blocker = next((p for p in (self.path, *self.path.parents)
+                        if p.exists() and not p.is_dir()), None)
+        why = f"{blocker} is a file, not a folder" if blocker else error.strerror or error
+        return UserError(f"cannot create the run folder {self.path} ({why}); check --save_folder")
+
+    def _take_lock(self):
+        me = json.dumps({"pid": os.getpid(), "host": socket.gethostname()})
+        while True:
+            try:
+                fd = os.open(self.lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                self._check_owner()
+                continue
+            except OSError as e:
+                raise self._cannot_write(e) from e
+            self.locked = True  # from here on, _release removes the lock
+            try:
+                os.write(fd, me.encode())
+            except OSError as e:
+                raise self._cannot_write(e) from e
+            finally:
+                os.close(fd)
+            return
+
+    def _check_owner(self):
+        """Refuse the folder while its lock's owner may be alive; remove a stale lock."""
+        try:
+            owner = json.loads(self.lock.read_text())
+            pid, host = int(owner["pid"]), str(owner["host"])
+        except FileNotFoundError:
+            return  # released meanwhile: try again
+        except (OSError, ValueError, KeyError, TypeError):
+            raise UserError(f"{self.path} is locked by another run (its {self.lock.name} is "
+                            f"unreadable); if no run uses this folder, delete {self.lock}")
+        if host != socket.gethostname():
+            raise UserError(f"{self.path} is in use by a run on host {host} (pid {pid}); if that "
+                            f"run is dead, delete {self.lock} and start again")
+        if pid_alive(pid):
+            raise UserError(f"{self.path} is in use by another run (pid {pid} on {host}); wait "
+                            "for it to end, or use another --trial or --save_folder (if pid "
+                            f"{pid} is no training run, delete {self.lock})")
+        self.log(f"note: {self.path} was locked by pid {pid}, which is no longer running; "
+                 "taking it over")
+        try:
+            self.lock.unlink(missing_ok=True)
+        except OSError as e:
+            raise self._cannot_write(e) from e
+
+    def _cannot_write(self, error):
+        return UserError(f"cannot write in the run folder {self.path} ({error.strerror or error}); "
+                         "check --save_folder and free disk space")
+
+    def _remove_temporaries(self):
+        """Remove the temporary files of writes killed midway (``.<name>.tmp<pid>``)."""
+        for tmp in self.path.glob(".*.tmp*"):
+            match = re.fullmatch(r"\..+\.tmp(\d+)", tmp.name)
+            if match and not pid_alive(int(match.group(1))):
+                tmp.unlink(missing_ok=True)
+
+    def _release(self, failed):
+        if self.writer is not None:
+            try:
+                self.writer.close()
+            except OSError:
+                pass  # every epoch's scalars were flushed, or their failure already reported
+            self.writer = None
+        if self.locked and failed and not self.saved and self.path in self.created:
+            shutil.rmtree(self.path, ignore_errors=True)
+        elif self.locked:
+            self.lock.unlink(missing_ok=True)
+        self.locked = False
+        for folder in self.created if failed else ():  # those still holding something stay
+            try:
+                folder.rmdir()
+            except FileNotFoundError:
+                continue
+            except OSError:
+                break
 
     def scalars(self, values, step):
-        if self.writer is None:
-            return
-        for tag, value in values.items():
-            self.writer.add_scalar(tag, value, step)
-        self.writer.flush()
-
-    def save(self, state, name):
         if not self.write:
             return
         try:
-            atomic_save(state, self.path / name)
+            if self.writer is None:  # at the first epoch's end: a run failing before leaves none
+                from torch.utils.tensorboard import SummaryWriter
+                _quiet_tensorboard_threads()
+                # Drops what an interrupted run logged after the last.pth this run resumed.
+                self.writer = SummaryWriter(str(self.path), purge_step=step)
+            for tag, value in values.items():
+                self.writer.add_scalar(tag, value, step)
+            self.writer.flush()
         except OSError as e:
-            raise UserError(f"cannot write {self.path / name} ({e.strerror or e}); the previous "
-                            f"{name} is kept; free disk space and continue with --resume") from e
+            raise UserError(f"cannot write the TensorBoard events in {self.path} "
+                            f"({e.strerror or e}); {self._advice()}") from e
+
+    def save(self, state, name):
+        if self.write:
+            self._atomic(name, lambda path: atomic_save(state, path))
+            self.saved = self.saved or name == "last.pth"
 
     def summary(self, data):
-        if not self.write:
-            return
-        tmp = self.path / f".summary.json.tmp{os.getpid()}"
-        tmp.write_text(json.dumps(data, indent=2, default=str))
-        os.replace(tmp, self.path / "summary.json")
+        if self.write:
+            text = json.dumps(data, indent=2, default=str).encode()
+            self._atomic("summary.json", lambda path: atomic_write(path, lambda f: f.write(text)))
 
-    def close(self):
-        if self.writer is not None:
-            self.writer.close()
+    def _atomic(self, name, write):
+        path = self.path / name
+        try:
+            write(path)
+        except OSError as e:
+            kept = f"the previous {name} is kept; " if path.exists() else ""
+            raise UserError(f"cannot write {path} ({e.strerror or e}); {kept}"
+                            f"{self._advice()}") from e
+
+    def _advice(self):
+        if (self.path / "last.pth").exists():
+            return "free disk space and continue with --resume"
+        return "free disk space and start the run again"
+
+
+def pid_alive(pid):
+    """Whether process ``pid`` of this machine runs (Windows: assumed, as it cannot be asked
+    without a risk of killing it)."""
+    if os.name == "nt":
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _quiet_tensorboard_threads():
+    """TensorBoard's writer thread prints the traceback of a failed write, which the writer
+    raises again in the main thread, where ``RunFolder.scalars`` reports it in one line."""
+    hook = threading.excepthook
+    if getattr(hook, "quiet_tensorboard", False):
+        return
+
+    def quiet(args):
+        if type(args.thread).__name__ != "_AsyncWriterThread":
+            hook(args)
+    quiet.quiet_tensorboard = True
+    threading.excepthook = quiet

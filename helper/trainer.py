@@ -1,11 +1,15 @@
 """Set-up shared by both entry scripts, and ``fit``: stages, epochs, validation, logs and
 checkpoints, in named steps (restore, enter a stage, one epoch, save)."""
+import dataclasses
+import json
+import os
 import random
 import sys
 import time
 import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -20,15 +24,25 @@ from helper.loop import set_lr, step_lr, train_one_epoch, validate
 from helper.run_folder import RunFolder
 
 
+class Interrupted(SystemExit, KeyboardInterrupt):
+    """Ctrl-C, once reported: exit code 130 without a traceback, and still a KeyboardInterrupt
+    to a caller of ``main`` that catches one."""
+
+
 @contextmanager
 def user_errors(rank=0):
-    """Turn a UserError into one line on stderr and exit code 2."""
+    """Turn a UserError into one line on stderr and exit code 2, and Ctrl-C into one line
+    (where the run stopped) and exit code 130."""
     try:
         yield
     except UserError as e:
         where = f" (rank {rank})" if rank else ""
         print(f"error{where}: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
+    except KeyboardInterrupt as e:
+        if not rank:
+            print(str(e) or "interrupted", file=sys.stderr, flush=True)
+        raise Interrupted(130) from None
 
 
 def trial_seed(args):
@@ -59,12 +73,25 @@ def count_parameters(module):
     return sum(p.numel() for p in module.parameters())
 
 
-def resume_checkpoint(args, run_path, meta):
+# The flags a resumed run must share with the run it continues, besides the models, method
+# and data set (checked through the checkpoint's meta) and the method's options. --epochs may grow.
+RESUME_FIXED = ("path_t", "batch_size", "learning_rate", "lr_decay_epochs", "lr_decay_rate",
+                "weight_decay", "momentum", "cls", "div", "beta")
+
+
+def plain(data):
+    """``data`` as JSON has it (tuples as lists, odd types as strings): what last.pth stores of
+    the arguments, compared by ``--resume``."""
+    return json.loads(json.dumps(data, default=str))
+
+
+def resume_checkpoint(config, run_path, meta):
     """The checkpoint ``--resume`` continues from, checked against this run; or None.
 
     Without ``--resume`` an existing run in ``run_path`` is an error rather than being
     silently overwritten.
     """
+    args = config.args
     last = run_path / "last.pth"
     if args.resume is None:
         if last.exists():
@@ -77,11 +104,44 @@ def resume_checkpoint(args, run_path, meta):
     checkpoint = load_file(path, "checkpoint to resume")
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT or "optimizer" not in checkpoint:
         raise UserError(f"{path} is not a last.pth written by this toolbox; --resume needs one")
-    for key in ("model_name", "distill", "dataset"):
+    for key in ("model_name", "distill", "dataset", "teacher"):
         if checkpoint.get(key) != meta.get(key):
             raise UserError(f"cannot resume from {path}: it was written for {key} "
                             f"{checkpoint.get(key)!r}, this run uses {meta.get(key)!r}")
+    check_same_args(config, checkpoint.get("args") or _summary_args(path), path)
     return checkpoint
+
+
+def check_same_args(config, stored, path):
+    """Refuse to resume with a flag of ``RESUME_FIXED`` or the method's options changed."""
+    method = config.method
+    keys = (*RESUME_FIXED, *(f.name for f in dataclasses.fields(method.kd)),
+            *(f.name for f in dataclasses.fields(method.options)))
+    now = plain(config.effective_args())
+    for key in keys:
+        if key not in (stored or {}):
+            continue  # a checkpoint older than the flag
+        old, new = stored[key], now.get(key)
+        if key == "path_t" and old and new:  # the same file, however it is spelt
+            same = os.path.realpath(old) == os.path.realpath(new)
+        else:
+            same = old == new
+        if not same:
+            raise UserError(f"cannot resume from {path}: it was trained with --{key} "
+                            f"{_flag_value(old)}, this run has {_flag_value(new)}; resume with "
+                            f"the same --{key}, or start a new run (another --trial)")
+
+
+def _flag_value(value):
+    return ",".join(map(str, value)) if isinstance(value, list) else value
+
+
+def _summary_args(path):
+    """The arguments in the summary.json beside ``path``, for a last.pth that has none."""
+    try:
+        return json.loads((Path(path).parent / "summary.json").read_text())["args"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def build_data(config, ctx):
@@ -100,9 +160,12 @@ def build_data(config, ctx):
 
 
 def train(config, distiller, train_loader, val_loader, run_path, meta, ctx):
-    """Check the run folder (continue it with --resume, or refuse to overwrite it), then fit."""
-    resume = resume_checkpoint(config.args, run_path, meta)
-    return fit(config, distiller, train_loader, val_loader, run_path, meta, ctx=ctx, resume=resume)
+    """Take the run folder (refused while another run holds it), check it (continue it with
+    --resume, or refuse to overwrite it), then fit."""
+    with RunFolder(run_path, write=ctx.is_main, log=ctx.log) as run:
+        resume = resume_checkpoint(config, run_path, meta)
+        return fit(config, distiller, train_loader, val_loader, run_path, meta, ctx=ctx,
+                   resume=resume, run=run)
 
 
 def stage_at(stages, epoch):
@@ -154,10 +217,15 @@ class Fit:
         self.stages = distiller.stages()
         self.total = sum(stage.epochs for stage in self.stages)
         self.progress = Progress()
+        self.stored_args = plain(config.effective_args())
 
     def restore(self, checkpoint):
         """Continue from a last.pth: weights, extras, RNG, optimizer, scaler and progress."""
         d, p = self.distiller, self.progress
+        if checkpoint["epoch"] > self.total:
+            done = checkpoint["epoch"] - (self.total - self.args.epochs)  # less other stages'
+            raise UserError(f"this run already has {done} epochs; pass --epochs > {done} to "
+                            "continue it")
         d.student.load_state_dict(checkpoint["model"], strict=True)
         d.load_extra_state_dict(checkpoint["extras"])
         set_rng_state(checkpoint["rng"])
@@ -219,7 +287,8 @@ class Fit:
             run.save({**weights, "best_acc": p.best_acc}, "best.pth")
         run.save({**weights, "best_acc": p.best_acc, "best_epoch": p.best_epoch,
                   "wall_time": p.wall, "optimizer": p.optimizer.state_dict(),
-                  "scaler": self.precision.state_dict(), "rng": rng_state()}, "last.pth")
+                  "scaler": self.precision.state_dict(), "rng": rng_state(),
+                  "args": self.stored_args}, "last.pth")
         p.summary.update(epochs_done=epoch, finished=epoch == self.total, stage=stage.name,
                          best_acc=p.best_acc, best_epoch=p.best_epoch, last_acc=val["acc"],
                          last_train_loss=train["loss"], last_acc_top5=val["acc_top5"],
@@ -234,35 +303,43 @@ class Fit:
                     "extras": count_parameters(d) - count_parameters(d.student),
                     "teacher": count_parameters(d.teacher) if d.teacher is not None else 0}}
 
-    def run(self, resume=None):
+    def run(self, run, resume=None):
+        """Every epoch from the start (or ``resume``'s checkpoint), written to ``run``."""
         if resume is not None:
             self.restore(resume)
         distiller = self.distiller
         if self.args.sync_bn:
             distiller = torch.nn.SyncBatchNorm.convert_sync_batchnorm(distiller)
         model = wrap(distiller, self.ctx, find_unused_parameters=len(self.stages) > 1)
-        run = RunFolder(self.run_path, write=self.ctx.is_main, purge_step=self.progress.start_epoch)
         self.progress.summary = self.first_summary()
+        epoch = self.progress.start_epoch
         try:
             for epoch in range(self.progress.start_epoch, self.total + 1):
                 index, stage, stage_epoch = stage_at(self.stages, epoch)
                 self.enter_stage(index, stage)
                 lr, train, val = self.one_epoch(model, epoch, stage, stage_epoch)
                 self.save(run, epoch, stage, lr, train, val)
-        finally:
-            run.close()
+        except KeyboardInterrupt:
+            saved = run.saved or resume is not None
+            then = "continue with --resume" if saved else "nothing was saved"
+            raise KeyboardInterrupt(f"interrupted at epoch {epoch}; {then}") from None
         p = self.progress
         self.log(f"best top-1 {p.best_acc:.2f} at epoch {p.best_epoch}; run folder {self.run_path}")
         return p.summary
 
 
 def fit(config, distiller, train_loader, val_loader, run_path, meta, *, ctx=None, resume=None,
-        log=None):
-    """Train every stage of ``distiller`` and write the run folder. Returns the summary.
+        log=None, run=None):
+    """Train every stage of ``distiller`` and write the run folder (``run``, an entered
+    ``RunFolder``, or one opened here on ``run_path``). Returns the summary.
 
     Epochs are counted over all stages (TensorBoard steps, checkpoints); each stage gets a
     fresh optimizer and its own step schedule.
     """
     ctx = ctx or Context()
-    return Fit(config, distiller, train_loader, val_loader, run_path, meta, ctx,
-               log or ctx.log).run(resume)
+    log = log or ctx.log
+    fitting = Fit(config, distiller, train_loader, val_loader, run_path, meta, ctx, log)
+    if run is not None:
+        return fitting.run(run, resume)
+    with RunFolder(run_path, write=ctx.is_main, log=log) as run:
+        return fitting.run(run, resume)

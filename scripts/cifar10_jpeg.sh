@@ -7,8 +7,11 @@
 #   EPOCHS_T / EPOCHS_S  teacher / student epochs (default 8 / 3; lr x0.1 at 5/8 and 7/8 of the
 #            teacher's schedule and for the student's last epoch)
 #   AMP      precision flags of every run (default "--amp"); kd is also run in fp32 beside it
+#   Recipe of every row: ours (no source); each method at its defaults (distillers/<method>.py).
+#   Teacher checkpoint: best.pth. Metric: best epoch.
 # Then: python -m helper.report $SAVE
 source "$(dirname "$0")/common.sh"
+note "cifar10_jpeg: teacher checkpoint best.pth; metric: best epoch (our own comparison)"
 JPEG=${JPEG:-../shared/data/cifar10-jpeg.tar.gz}
 EPOCHS_T=${EPOCHS_T:-8}
 EPOCHS_S=${EPOCHS_S:-3}
@@ -25,11 +28,11 @@ barrier
 for trial in $(seq 1 "$TRIALS"); do
   job python train_teacher.py --model resnet20 $STUDENT $AMP --trial "$trial"
   for method in $METHODS; do
-    job python train_student.py --path_t "$(teacher_path resnet56 cifar10)" --model_s resnet20 \
+    job python train_student.py --path_t "$(teacher_path resnet56 cifar10 best)" --model_s resnet20 \
       --distill "$method" $STUDENT $AMP --trial "$trial"
   done
   # the same kd run (same seed) in fp32 under $SAVE/fp32, to show what --amp costs in accuracy
   [ -z "$AMP" ] || SAVE=$SAVE/fp32 job python train_student.py \
-    --path_t "$(teacher_path resnet56 cifar10)" --model_s resnet20 --distill kd $STUDENT --trial "$trial"
+    --path_t "$(teacher_path resnet56 cifar10 best)" --model_s resnet20 --distill kd $STUDENT --trial "$trial"
 done
 barrier

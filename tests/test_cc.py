@@ -16,6 +16,7 @@ def test_repdistiller_loss_matches_loop():
     e_s, e_t = rng.normal(size=(4, 3)), rng.normal(size=(4, 3))
     d = abs(e_s - e_t)
     expected = sum(d[i, k] * d[i + 1, k] for i in range(3) for k in range(3)) / 3
+    # float64, loss ~2: a few ulps (~1e-15) on any CPU
     assert abs(cc_loss_repdistiller(torch.tensor(e_s), torch.tensor(e_t)).item() - expected) < 1e-12
 
 
@@ -30,6 +31,7 @@ def test_kernel_variants_match_loops():
     dot = lambda e, i, j: float(e[i] @ e[j])  # noqa: E731
     bil = [[[dot(e, i, j) for j in range(4)] for i in range(4)] for e in (e_s, e_t)]
     got = cc_loss_matrix(torch.tensor(e_s), torch.tensor(e_t), "bilinear").item()
+    # float64 (this and the gaussian below), losses ~0.2-0.3: a few ulps, ~1e-16 on any CPU
     assert abs(got - _frobenius_over_n2(*bil)) < 1e-12
     g, p_order = 0.4, 2
     gauss = [[[math.exp(-2 * g) * sum((2 * g) ** p / math.factorial(p) * dot(e, i, j) ** p
@@ -43,7 +45,10 @@ def test_gaussian_expansion_approaches_the_rbf_kernel_on_unit_vectors():
     e = torch.nn.functional.normalize(torch.randn(5, 4, dtype=torch.float64), dim=1)
     rbf = torch.exp(-0.4 * torch.cdist(e, e).pow(2))
     zero = torch.zeros(5, 4, dtype=torch.float64)  # C(0) is exp(-2 gamma) everywhere
-    assert torch.allclose(correlation_matrix(e, "gaussian", 0.4, 12), rbf, atol=1e-10)
+    # exp(-0.8) times the Taylor remainder of exp(0.8 cos) after order 12: < 0.8^13/13! = 8.8e-12
+    # (4.2e-12 seen, on the diagonal), plus float64 rounding ~1e-16
+    assert torch.allclose(correlation_matrix(e, "gaussian", 0.4, 12), rbf, rtol=0, atol=1e-10)
+    # float64, one exp on each side: a few ulps, under allclose's defaults (rtol 1e-5)
     assert torch.allclose(correlation_matrix(zero, "gaussian", 0.4, 2),
                           torch.full((5, 5), math.exp(-0.8), dtype=torch.float64))
 

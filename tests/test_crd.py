@@ -25,7 +25,7 @@ def test_contrast_loss_matches_formula():
             expected -= math.log((m / n_data) / (x + m / n_data + 1e-7))
     expected /= len(p)
     got = contrast_loss(torch.tensor(p), n_data).item()
-    assert abs(got - expected) < 1e-9
+    assert abs(got - expected) < 1e-9  # float64 logs, loss ~2: a few ulps (~1e-15), any CPU
 
 
 def test_bank_scores_both_paths_match_a_loop():
@@ -34,6 +34,8 @@ def test_bank_scores_both_paths_match_a_loop():
     idx = torch.randint(0, 30, (4, 6))
     loop = torch.tensor([[float(bank[idx[b, j]] @ v[b]) for j in range(6)] for b in range(4)],
                         dtype=torch.float64)
+    # float64 dot products of 8 terms (and their gradients) by matmul, bmm or a loop: a few ulps
+    # (~1e-15) whatever the kernels' order, far below allclose's defaults (rtol 1e-5, atol 1e-8)
     assert torch.allclose(bank_scores(bank, v, idx, full=True), loop)
     assert torch.allclose(bank_scores(bank, v, idx, full=False), loop)
     grads = []
@@ -49,6 +51,8 @@ def test_memory_sets_z_once_and_updates_banks_with_momentum():
     n, d, T, m = 20, 6, 0.07, 0.5
     mem = ContrastMemory(d, n, T, m).double()
     stdv = 1 / math.sqrt(d / 3)
+    # exact on any CPU: float32 rand is in [0, 1) and float32(2 stdv) = 2 float32(stdv), so the
+    # correctly rounded rand * 2 stdv - stdv is within float32(stdv) = 0.70710677 < stdv
     assert mem.memory_s.abs().max() <= stdv and (mem.z < 0).all()
     v_s = torch.nn.functional.normalize(torch.randn(3, d, dtype=torch.float64), dim=1)
     v_t = torch.nn.functional.normalize(torch.randn(3, d, dtype=torch.float64), dim=1)
@@ -59,6 +63,9 @@ def test_memory_sets_z_once_and_updates_banks_with_momentum():
     raw_s = np.array([[math.exp(float(bank_t[cidx[b, j]] @ v_s[b]) / T) for j in range(5)] for b in range(3)])
     raw_t = np.array([[math.exp(float(bank_s[cidx[b, j]] @ v_t[b]) / T) for j in range(5)] for b in range(3)])
     z_s, z_t = raw_s.mean() * n, raw_t.mean() * n
+    # float64: exp(x / T) turns a dot product's rounding (~1e-16 of |x| < 1.8) into ~1e-14
+    # relative (|x| / T < 25), the norms and momentum update round to a few ulps: all far below
+    # allclose's rtol 1e-5, on any CPU
     assert np.allclose(out_s.numpy(), raw_s / z_s) and np.allclose(out_t.numpy(), raw_t / z_t)
     assert np.allclose(mem.z.numpy(), [z_s, z_t])
     for b, i in enumerate(index.tolist()):
@@ -98,6 +105,8 @@ def test_sampler_draws_every_other_class_sample_uniformly():
     freq = torch.bincount(negatives.flatten(), minlength=12).float() / negatives.numel()
     assert freq[3:8].sum() == 0
     others = torch.cat([freq[:3], freq[8:]])
+    # each of the 7 is in a row's 2 negatives with p = 2/7: over 4000 rows its frequency (count /
+    # 8000) has sd sqrt(4000 p (1 - p)) / 8000 = 0.0036, so 0.02 is 5.6 sd (a fixed seed besides)
     assert (others - 1 / 7).abs().max() < 0.02
 
 

@@ -93,7 +93,12 @@ def test_eval_pipeline_matches_torchvision(dali, jpeg_root):
     assert sorted(images) == sorted(reference) == list(range(N))
     a = torch.stack([reference[i] for i in range(N)])
     b = torch.stack([images[i] for i in range(N)])
-    # DALI rounds the resized image to uint8 before normalising: about 1/255/std apart
+    # Both decode with libjpeg-turbo (integer IDCT, bit-exact in its C and SIMD paths) and round
+    # the resized image to uint8; the two bilinear resizes (PIL's fixed point, DALI's float) may
+    # round a pixel to neighbouring levels, 1/255/std = 0.0175 apart (1 level seen, also with
+    # libjpeg-turbo's SIMD forced off). Allowed, in levels: 2.9 per pixel, 0.57 per image and
+    # channel mean, 0.29 per channel mean (0.07 and 0.05 seen): room for a rounding of either
+    # side to move by a level, not for a shifted or rescaled image.
     assert (a - b).abs().max() < 0.05
     assert (a.mean((2, 3)) - b.mean((2, 3))).abs().max() < 0.01   # per image and channel
     assert (a.mean((0, 2, 3)) - b.mean((0, 2, 3))).abs().max() < 0.005
@@ -104,8 +109,10 @@ def test_train_pipeline_augments(dali, jpeg_root):
     first = {i: im for b in epoch(train, 0)[0] for i, im in zip(b["index"].tolist(), b["images"])}
     second = {i: im for b in epoch(train, 1)[0] for i, im in zip(b["index"].tolist(), b["images"])}
     differ = sum(not torch.equal(first[i], second[i]) for i in range(N))
-    assert differ > N * 0.9  # new crops and flips every epoch
+    assert differ > N * 0.9  # new crops and flips every epoch (two draws rarely coincide)
     stacked = torch.stack(list(first.values()))
+    # normalised, not 0..255: values lie in [-2.1, 2.7], so |mean| < 1.5 only fails when the
+    # normalisation is missing or wrong (a bound on the range, not on rounding)
     assert torch.isfinite(stacked).all() and abs(stacked.mean().item()) < 1.5
 
 

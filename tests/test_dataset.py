@@ -335,6 +335,8 @@ def test_crop_offsets_cover_all_positions_and_flip_half():
     positions = set(zip(oy.tolist(), ox.tolist()))
     assert positions == {(i, j) for i in range(9) for j in range(9)}
     counts = torch.bincount(oy * 9 + ox, minlength=81).float()
+    # Binomial(6000, 1/81) per position: mean 74, sd 8.6, so +-37 is 4.3 sd; the flip rate's sd
+    # is 0.0065, so +-0.04 is 6.2 sd (and the seed is fixed: no CPU can change the draws)
     assert counts.min() > 0.5 * n / 81 and counts.max() < 1.5 * n / 81  # uniform-ish
     assert 0.46 < flip.float().mean().item() < 0.54
     # every sample is exactly its crop, zero padding included
@@ -382,6 +384,8 @@ def test_normalisation_values_by_hand():
         for ch in range(c):
             for k, v in enumerate(values.tolist()):
                 expected = (v / 255.0 - mean[ch]) / std[ch]
+                # float32: the constants, / 255, - and / each round by half an ulp (IEEE,
+                # the same on any CPU) on |x| <= 2.82: <= ~6e-7 (2.8e-7 seen)
                 assert abs(out[0, ch, 0, k].item() - expected) < 1e-6
     assert cifar.MEAN == (0.5071, 0.4867, 0.4408) and cifar.STD == (0.2675, 0.2565, 0.2761)
     assert mnist.NORMALIZATION == {'mnist': ((0.1307,), (0.3081,)),
@@ -399,7 +403,7 @@ def test_training_loader_augments_each_sample(tmp_path):
     out = denormalize_u8(got['images'], cifar.MEAN, cifar.STD)
     oy, ox, flip = recover_crop(out, 4)
     assert int(oy.min()) >= 0 and int(oy.max()) <= 8 and int(ox.min()) >= 0 and int(ox.max()) <= 8
-    assert 0 < flip.float().mean().item() < 1
+    assert 0 < flip.float().mean().item() < 1  # 250 fair flips all alike: probability 2^-249
     idx = got['index']
     assert torch.equal(out[:, 2, 16, 16], images[idx, 2, 0, 0])  # the sample it says it is
     for i in range(0, n, 17):
@@ -453,6 +457,8 @@ def test_real_mnist(no_download):
     assert ty[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
     assert torch.bincount(y).tolist()[:2] == [5923, 6742]
     mean, std = _pixel_stats(x)
+    # float64 over exact bin counts (~1e-15); the constants are the true 0.13066 and 0.30811
+    # rounded to 4 decimals
     assert abs(mean - 0.1307) < 1e-4 and abs(std - 0.3081) < 1e-4
     assert len(train) == 60 and len(val) == 10
 
@@ -463,6 +469,7 @@ def test_real_fashion_mnist_from_system_folder(tmp_path, no_download):
     assert info['train_size'] == 60000 and info['val_size'] == 10000
     assert train.targets[0].item() == 9 and val.targets[0].item() == 9
     mean, std = _pixel_stats(train.images)
+    # float64 over exact bin counts; the constants are 0.28604 and 0.35302 rounded to 4 decimals
     assert abs(mean - 0.2860) < 1e-4 and abs(std - 0.3530) < 1e-4
     assert not (tmp_path / 'none').exists() and not no_download
 

@@ -28,7 +28,8 @@ def test_dist_loss_matches_numpy_correlations(beta, gamma, tau):
     rng = np.random.default_rng(0)
     s, t = rng.normal(size=(6, 5)) * 3, rng.normal(size=(6, 5)) * 3
     got = dist_loss(torch.tensor(s), torch.tensor(t), beta, gamma, tau).item()
-    # the reference adds 1e-8 to the norm product; numpy's correlation has no epsilon
+    # the reference adds 1e-8 to the norm product; numpy's correlation has no epsilon: a
+    # relative change ~1e-8 / norms^2, bounded here by 1e-6 (float64 rounding is ~1e-15)
     assert got == pytest.approx(_dist_by_hand(s, t, beta, gamma, tau), rel=1e-6)
 
 
@@ -49,7 +50,7 @@ def test_terms_gradients_and_no_extras():
     assert set(losses) == {"cls", "dist"}
     with torch.no_grad():
         expected = 2.0 * dist_loss(logits, teacher(images), 1.0, 1.0, 4.0)
-    assert torch.allclose(losses["dist"], expected)
+    assert torch.allclose(losses["dist"], expected)  # the same float32 ops recomputed
     losses["dist"].backward()
     assert_gradients(student, teacher, every_student_param=True)
     assert_no_extras(d, student)
@@ -60,3 +61,12 @@ def test_one_epoch(teacher, student, cifar100_tiny, tmp_path, teacher_ckpt):
     _, summary = one_epoch("dist", teacher_ckpt(teacher), student, cifar100_tiny, tmp_path)
     assert summary["parameters"]["extras"] == 0
     assert (summary["args"]["cls"], summary["args"]["div"], summary["args"]["beta"]) == (1, 0, 2)
+
+
+def test_defaults_are_dist_cifar_yaml_and_imagenet_flags_parse():
+    from helper.options import parse_student_args
+    m = parse_student_args(["--distill", "dist"]).method
+    assert (m.weights.cls, m.weights.div, m.weights.beta) == (1.0, 0.0, 2.0)
+    assert (m.options.dist_beta, m.options.dist_gamma, m.options.dist_tau) == (1.0, 1.0, 4.0)
+    m = parse_student_args(["--distill", "dist", "--dist_tau", "1"]).method  # ImageNet: -b 2, tau 1
+    assert (m.weights.beta, m.options.dist_tau) == (2.0, 1.0)

@@ -29,7 +29,10 @@ def test_teacher_then_kd_student_learn_and_write_the_run_folder(mnist_small, tmp
     teacher_dir = save / "teachers" / "mlp_1200_vanilla_mnist_trial_0"
     summary = json.loads((teacher_dir / "summary.json").read_text())
     assert summary["finished"] and summary["epochs_done"] == 3
-    assert summary["best_acc"] > 85, summary  # chance is 10%
+    # Fixed seeds and data; another CPU's kernels only round differently, which moved these
+    # accuracies by 0.4 points at most (teacher 88.0 / 87.6, student 87.4 / 87.4 with AVX-512
+    # and AVX2 kernels). 85 is 12 of the 500 test images below the lowest; chance is 10%.
+    assert summary["best_acc"] > 85, summary
     assert EPOCH_TAGS | {"train/loss_cls"} <= set(_scalars(teacher_dir))
 
     train_student.main(["--model_s", "mlp_800", "--path_t", str(teacher_dir / "best.pth"),
@@ -41,6 +44,7 @@ def test_teacher_then_kd_student_learn_and_write_the_run_folder(mnist_small, tmp
     scalars = _scalars(student_dir)
     assert EPOCH_TAGS | {"train/loss_cls", "train/loss_kd"} <= set(scalars)
     assert [s for s, _ in scalars["test/acc"]] == [1, 2, 3]
+    # TensorBoard stores float32 (0.005 reads back as 0.004999999888): 6 decimals undo that
     assert [round(v, 6) for _, v in scalars["lr"]] == [0.05, 0.05, 0.005]
     best = torch.load(student_dir / "best.pth", weights_only=True)
     assert best["model_name"] == "mlp_800" and best["accuracy"] == summary["best_acc"]
@@ -56,6 +60,7 @@ def test_resume_gives_the_same_weights_and_logs(mnist_small, tmp_path):
     a = torch.load(tmp_path / "a" / run / "last.pth", weights_only=True)
     b = torch.load(tmp_path / "b" / run / "last.pth", weights_only=True)
     assert a["epoch"] == b["epoch"] == 3
+    # --deterministic on one machine: the same kernels in the same order, so bit-identical
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
     sa, sb = _scalars(tmp_path / "a" / run), _scalars(tmp_path / "b" / run)

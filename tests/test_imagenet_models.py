@@ -69,6 +69,8 @@ def test_torchvision_state_dict_loads_strict_and_gives_same_logits(name):
         assert torch.equal(logits, expected)
         pre, logits_pre = model(x, is_feat=True, preact=True)
         assert torch.equal(logits_pre, expected)
+        # the model's own fc on the pooled feature it was given: the same kernel, equal on any
+        # CPU (0 seen); the tolerance is only slack
         assert torch.allclose(model.get_classifier()(feats[-1]), expected, atol=1e-5)
     # preact: the stage outputs before their last ReLU
     for f, p in zip(feats[1:-1], pre[1:-1]):
@@ -108,6 +110,7 @@ def test_resnet50_forward_at_224():
     with torch.no_grad():
         feats, logits = model(torch.randn(1, 3, 224, 224), is_feat=True)
     assert [tuple(f.shape[1:]) for f in feats] == SHAPES["resnet50"]
+    # the model's own fc on its pooled feature: the same kernel, equal on any CPU (slack only)
     assert torch.allclose(model.get_classifier()(feats[-1]), logits, atol=1e-5)
 
 
@@ -139,6 +142,8 @@ def test_bn_before_relu_is_the_preact_bn():
         layer = getattr(model, f"layer{k + 1}")
         with torch.no_grad():
             block_in = layer[:-1](feats[k])
+        # the same blocks on the same input, then the block's own float32 add: equal on any
+        # CPU (0 seen, |pre| < 25); the tolerance is only slack
         assert torch.allclose(pre[k + 1], seen[4 + k] + block_in, atol=1e-5)
 
 
@@ -155,6 +160,7 @@ def test_mobilenet_v1_parameters_and_keys():
         feats, logits_feat = model(x, is_feat=True)
         pre, _ = model(x, is_feat=True, preact=True)
     assert torch.equal(logits, logits_feat)
+    # the model's own fc on its pooled feature: the same kernel, equal on any CPU (slack only)
     assert torch.allclose(model.get_classifier()(feats[-1]), logits, atol=1e-5)
     for f, p in zip(feats[1:-1], pre[1:-1]):
         assert torch.equal(f, torch.relu(p)) and (p < 0).any()

@@ -14,12 +14,17 @@ def test_kd_loss_matches_hand_computation():
     t = [[2.0, 1.0, 0.0], [1.0, 1.0, 1.5]]
     T = 4.0
     expected = kd_by_hand(s, t, T)
-    got = kd_loss(torch.tensor(s), torch.tensor(t), T).item()
-    assert abs(got - expected) < 1e-6
+    # float64, so that only the formula is tested: a few ulps of the log-probabilities (~1)
+    # times T^2 = 16, ~1e-14 on any CPU (float32's rounding alone came to 7e-7 here)
+    f64 = lambda x: torch.tensor(x, dtype=torch.float64)  # noqa: E731
+    got = kd_loss(f64(s), f64(t), T).item()
+    assert abs(got - expected) < 1e-12
 
 
 def test_kd_loss_is_zero_for_equal_logits_and_positive_otherwise():
     x = torch.randn(5, 10)
+    # identical inputs take identical kernels, so the log-probabilities match and each KL term
+    # is exactly 0 on any CPU (the bound is slack)
     assert kd_loss(x, x.clone(), 4.0).abs().item() < 1e-6
     assert kd_loss(x, torch.randn(5, 10), 4.0).item() > 0
 
@@ -41,6 +46,8 @@ def test_kd_distiller_terms_gradients_and_frozen_teacher():
     with torch.no_grad():
         logits_t = teacher(images)
     expected_cls = 0.5 * torch.nn.functional.cross_entropy(logits, targets)
+    # the distiller's losses recomputed with the same kernels in the same order: equal on any
+    # CPU (0 seen); allclose's float32 defaults are only slack
     assert torch.allclose(losses["cls"], expected_cls)
     assert torch.allclose(losses["kd"], 2.0 * kd_loss(logits, logits_t, 4.0))
     sum(losses.values()).backward()
@@ -62,5 +69,6 @@ def test_step_lr_follows_simkd_schedule():
     base, steps = 0.05, [150, 180, 210]
     assert step_lr(1, base, steps, 0.1) == base
     assert step_lr(150, base, steps, 0.1) == base
+    # Python float products of 0.05 and 0.1s: a few ulps (~1e-18)
     assert abs(step_lr(151, base, steps, 0.1) - 0.005) < 1e-12
     assert abs(step_lr(240, base, steps, 0.1) - 0.00005) < 1e-12

@@ -133,7 +133,8 @@ def test_dali_loader_unaugmented_is_the_eval_pipeline_in_order(jpeg_root):
     batches = list(train.unaugmented())
     assert [len(b["index"]) for b in batches] == [4, 4, 2] and _indices(batches) == list(range(N))
     images = torch.cat([b["images"] for b in batches])
-    # DALI rounds the resized image to uint8 before normalising (as tests/test_dali.py)
+    # Same decoder (libjpeg-turbo), resizes that may round a pixel to the neighbouring uint8
+    # level: 1/255/std = 0.0175 apart (1 level seen); 0.05 allows 2.9 levels (tests/test_dali.py)
     assert (images - _eval_reference(train.files)).abs().max() < 0.05
     assert torch.cat([b["targets"] for b in batches]).tolist() == [0] * PER_CLASS + [1] * PER_CLASS
     next(iter(train.unaugmented()))  # left early: the next pass still starts at the start

@@ -27,6 +27,8 @@ def test_nst_loss_matches_loop():
     rng = np.random.default_rng(0)
     f_s, f_t = rng.normal(size=(2, 3, 2, 2)), rng.normal(size=(2, 5, 2, 2))  # channels may differ
     got = nst_loss(torch.tensor(f_s), torch.tensor(f_t)).item()
+    # float64 on unit-normalised maps (squared cosines <= 1, loss < 1): the MMD's cancellation
+    # leaves a few ulps of 1, ~1e-16, on any CPU (so in the tests below)
     assert abs(got - _mmd2(f_s, f_t)) < 1e-12
 
 
@@ -52,6 +54,9 @@ def test_both_ways_of_computing_match_the_loop_and_autograd(c_s, c_t, hw, form):
     assert abs(got.item() - _mmd2(f_s, f_t)) < 1e-12
     (grad,) = torch.autograd.grad(got, s)
     (expected,) = torch.autograd.grad(_plain_nst(s, t), s)
+    # float64 gradients < 0.11 (ulp 1.4e-17) by two formulas: a few ulps apart (4e-17 seen),
+    # within 1e-15 + 1e-9 relative on any CPU; gradcheck: float64 defaults (eps 1e-6, atol
+    # 1e-5, rtol 1e-3) against central differences that err by ~1e-10
     assert torch.isfinite(grad).all() and torch.allclose(grad, expected, rtol=1e-9, atol=1e-15)
     assert torch.autograd.gradcheck(lambda x: nst_loss(x, t), (torch.randn_like(s, requires_grad=True),))
 
@@ -76,6 +81,8 @@ def test_gradients_reach_student_not_teacher_and_no_extras():
     assert set(losses) == {"cls", "nst"}
     with torch.no_grad():
         g_s, g_t = student(x, is_feat=True)[0][1:-1], teacher(x, is_feat=True)[0][1:-1]
+    # the distiller's forwards and loss repeated, the same kernels in the same order: equal on
+    # any CPU (0 seen); allclose's float32 defaults are only slack
     assert torch.allclose(losses["nst"], 50 * sum(nst_loss(s, t) for s, t in zip(g_s, g_t)))
     losses["nst"].backward()
     assert_gradients(student, teacher)

@@ -16,7 +16,8 @@ from models import create_model
 
 
 def _args(**kw):
-    base = dict(cls=1.0, div=0.0, beta=5.0, kd_T=4.0, reviewkd_warmup=20.0)
+    base = dict(cls=1.0, div=0.0, beta=5.0, kd_T=4.0, reviewkd_warmup=20.0,
+                reviewkd_teacher_train=False, reviewkd_student_preact=False)
     base.update(kw)
     return SimpleNamespace(**base)
 
@@ -41,7 +42,7 @@ def test_hcl_matches_hand_computation():
     expected += (mse(a, b) + mse(_pool(a, 2), _pool(b, 2)) / 2 + mse(_pool(a, 1), _pool(b, 1)) / 4) / 1.75
     expected += mse(fs[2], ft[2])
     got = hcl_loss([torch.tensor(x) for x in fs], [torch.tensor(x) for x in ft]).item()
-    assert abs(got - expected) < 1e-10
+    assert abs(got - expected) < 1e-10  # float64 pools and means of values ~1: a few ulps
 
 
 def _conv_bn(seq, x):
@@ -67,6 +68,7 @@ def test_abf_fuses_with_the_upsampled_residual_and_resizes_to_the_teacher():
         z = torch.sigmoid(torch.einsum("oc,nchw->nohw", att.weight[:, :, 0, 0], torch.cat([a, r], 1))
                           + att.bias[None, :, None, None])
         expected_fused = (a * z[:, 0:1] + r * z[:, 1:2]).repeat_interleave(2, 2).repeat_interleave(2, 3)
+        # float64 throughout; torch.allclose's default rtol 1e-5 is far above its rounding
         assert fused.shape == (2, 4, 8, 8) and torch.allclose(fused, expected_fused)
         assert torch.allclose(out, _conv_bn(abf.conv2, expected_fused))
 
@@ -103,6 +105,7 @@ def test_review_loss_uses_preact_teacher_and_relu_student_features():
     ft = to_map(feats_t)
     outputs = distiller.review(to_map(feats_s), [f.shape[2:] for f in ft])
     assert [o.shape for o in outputs] == [f.shape for f in ft]
+    # the same float32 modules on the same features, recomputed: equal up to reduction order
     assert torch.allclose(losses["reviewkd"], 2.0 * 0.5 * hcl_loss(outputs, ft))
 
 
@@ -154,3 +157,48 @@ def test_one_epoch_through_train_student(cifar100_tiny, tmp_path, teacher, stude
     assert summary["finished"] and math.isfinite(summary["last_acc"])
     assert (summary["args"]["cls"], summary["args"]["div"], summary["args"]["beta"]) == (1, 0, 5)
     assert summary["parameters"]["extras"] > 0
+
+
+def test_teacher_mode_follows_the_switch():
+    """Default: the teacher stays in eval mode as in mdistiller and torchdistill;
+    --reviewkd_teacher_train: training mode while training, as the official CIFAR code."""
+    distiller, _, teacher = _distiller()
+    distiller.train()
+    assert not teacher.training
+    distiller, _, teacher = _distiller(reviewkd_teacher_train=True)
+    distiller.train()
+    assert teacher.training
+    bn = next(m for m in teacher.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    before = bn.running_mean.clone()
+    distiller.on_epoch_start(30)
+    _, losses = distiller.forward_train(torch.randn(4, 3, 32, 32), torch.randint(0, 100, (4,)))
+    assert not torch.equal(bn.running_mean, before)  # batch statistics, as train.py's teacher
+    assert all(not p.requires_grad for p in teacher.parameters())
+    distiller.eval()
+    assert not teacher.training
+
+
+def test_student_preact_features_as_torchdistill():
+    distiller, student, teacher = _distiller(beta=2.0, reviewkd_student_preact=True)
+    distiller.train()
+    distiller.on_epoch_start(21)
+    images = torch.randn(4, 3, 32, 32)
+    _, losses = distiller.forward_train(images, torch.randint(0, 100, (4,)))
+    feats_s, _ = student(images, is_feat=True, preact=True)
+    assert (feats_s[1] < 0).any()
+    with torch.no_grad():
+        feats_t, _ = teacher(images, is_feat=True, preact=True)
+    to_map = lambda f: list(f[1:-1]) + [f[-1][:, :, None, None]]
+    ft = to_map(feats_t)
+    outputs = distiller.review(to_map(feats_s), [f.shape[2:] for f in ft])
+    # the same float32 modules on the same features, recomputed: equal up to reduction order
+    assert torch.allclose(losses["reviewkd"], 2.0 * hcl_loss(outputs, ft))
+
+
+def test_switches_parse():
+    from helper.options import parse_student_args
+    o = parse_student_args(["--distill", "reviewkd", "--reviewkd_teacher_train",
+                            "--reviewkd-student-preact"]).method.options
+    assert o.reviewkd_teacher_train and o.reviewkd_student_preact
+    o = parse_student_args(["--distill", "reviewkd"]).method.options
+    assert not o.reviewkd_teacher_train and not o.reviewkd_student_preact

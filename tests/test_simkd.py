@@ -28,6 +28,7 @@ def test_simkd_loss_pools_the_larger_teacher_map_and_matches_hand_computation():
                     target = ft[b, c, 2 * i:2 * i + 2, 2 * j:2 * j + 2].mean()
                     total += (proj[b, c, i, j] - target) ** 2
     got = simkd_loss(torch.tensor(proj), torch.tensor(ft)).item()
+    # float64 means of 24 squares (~1-2), here and below: a few ulps, ~1e-16 on any CPU
     assert abs(got - total / 24) < 1e-10
     same = rng.normal(size=(2, 3, 2, 2))
     got = simkd_loss(torch.tensor(proj), torch.tensor(same)).item()
@@ -68,6 +69,12 @@ def test_train_and_test_logits_go_through_the_teacher_classifier():
         feats_t, _ = teacher(images, is_feat=True)
     proj = distiller.projector(feats_s[-2])
     expected = F.linear(proj.mean((2, 3)), teacher.fc.weight, teacher.fc.bias)
+    # The distiller's projection and teacher classifier repeated on the same features; its
+    # adaptive pools and these mean / avg_pool2d average the same 4 or 16 values: equal (0
+    # seen, AVX-512 and AVX2 kernels). Were a reduction reordered, float32 averages of <= 16
+    # values and a 256-term linear layer move the logits (< 1) by ~1e-6, the MSE (~1000, of
+    # 16k squares summed pairwise) by ~log2(16k) ulps = 1e-6 relative: under the tolerances
+    # with allclose's rtol 1e-5, on any CPU.
     assert torch.allclose(logits, expected, atol=1e-5)
     assert torch.allclose(losses["simkd"], F.mse_loss(proj, F.avg_pool2d(feats_t[-2], 2)), atol=1e-6)
     distiller.zero_grad()
@@ -82,6 +89,7 @@ def test_train_and_test_logits_go_through_the_teacher_classifier():
     with torch.no_grad():
         test = distiller.forward_test(images)
         feats_s, _ = student(images, is_feat=True)
+        # as above: the same computation repeated, equal (0 seen); 1e-5 is slack
         assert torch.allclose(test, teacher.fc(distiller.projector(feats_s[-2]).mean((2, 3))), atol=1e-5)
 
 

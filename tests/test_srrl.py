@@ -28,6 +28,7 @@ def test_srrl_losses_match_hand_computation():
         cls.bias.copy_(torch.tensor(b))
     t = torch.tensor
     got_fm, got_sr = srrl_losses(t(fs), t(ft), cls(t(fs)), t(lt))
+    # float64 MSEs of 12 and 15 terms (~2-10): a few ulps, ~1e-15 on any CPU
     assert abs(got_fm.item() - fm) < 1e-10 and abs(got_sr.item() - sr) < 1e-10
 
 
@@ -52,6 +53,10 @@ def test_terms_gradients_and_frozen_classifier(feat):
         x = feats_s[-2] if feat == "map" else feats_s[-1][:, :, None, None]
         f = distiller.connector(x).mean((2, 3))
         w, b = teacher.fc.weight, teacher.fc.bias
+        # the distiller's connector and classifier repeated on the same features, its MSE as
+        # pow + mean: equal (0 seen, AVX-512 and AVX2 kernels); were the reductions ordered
+        # otherwise, float32 means of <= 512 squares (losses ~0.2-1.2), summed pairwise, move
+        # by ~log2(512) ulps = 5e-7 relative, under 1e-6 / 1e-5 + allclose's rtol 1e-5
         assert torch.allclose(losses["srrl_feat"], 2.0 * ((f - feats_t[-1]) ** 2).mean(), atol=1e-6)
         assert torch.allclose(losses["srrl_logit"], 2.0 * ((f @ w.t() + b - logits_t) ** 2).mean(), atol=1e-5)
     distiller.zero_grad()

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from dataset import build_loaders
-from distillers import Distiller, RunInfo, Stage
+from distillers import Distiller, RunInfo, Stage, Weights
 from helper.options import parse_teacher_args
 from helper.trainer import fit
 from models import create_model
@@ -13,6 +13,7 @@ from models import create_model
 class TwoStage(Distiller):
     """An 'init' stage trains only the extra head on a toy loss, then the student trains."""
     name = "two_stage_test"
+    default_weights = Weights(cls=1.0)  # cross-entropy (and the init head's loss) only
 
     @classmethod
     def requires_teacher(cls, options):

@@ -30,6 +30,8 @@ def _expected(reg, f_s, f_t):
 
 def test_initial_variance_is_five():
     reg = VIDRegressor(3, 4, 5)
+    # float32 softplus of the initial log-scale, plus eps: a few ulps of 5, under allclose's
+    # rtol 1e-5 on any CPU
     assert torch.allclose(reg.variance(), torch.full((5,), 5.0))
 
 
@@ -41,6 +43,7 @@ def test_vid_loss_matches_hand_computation():
     rng = np.random.default_rng(0)
     f_s, f_t = rng.normal(size=(2, 3, 2, 2)), rng.normal(size=(2, 4, 2, 2))
     got = reg(torch.tensor(f_s), torch.tensor(f_t)).item()
+    # float64 (here and below), loss ~1: a few ulps, ~1e-16 on any CPU
     assert abs(got - _expected(reg, f_s, f_t)) < 1e-10
     # a student map twice as large is average-pooled before the regressor
     big = rng.normal(size=(2, 3, 4, 4))
@@ -60,6 +63,9 @@ def test_gradients_match_autograd_of_the_plain_formula():
     params = [f_s, reg.log_scale, *reg.regressor.parameters()]
     expected = torch.autograd.grad(plain, params)
     got = torch.autograd.grad(reg(f_s, f_t), params)
+    # float64 gradients (< 0.03) by two formulas: a few ulps apart (7e-18 seen), far within
+    # 1e-14 + 1e-10 relative on any CPU; gradcheck: float64 defaults (eps 1e-6, atol 1e-5,
+    # rtol 1e-3) against central differences that err by ~1e-10
     assert all(torch.allclose(g, e, rtol=1e-10, atol=1e-14) for g, e in zip(got, expected))
     assert torch.autograd.gradcheck(lambda x, a: reg(x, f_t), (f_s, reg.log_scale))
 
