@@ -111,6 +111,7 @@ def _common(parser):
     r.add_argument("--save_folder", "--save-folder", default="./save")
     r.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="continue from this run's last.pth, or from the given checkpoint")
+    r.add_argument("--evaluate", metavar="CHECKPOINT", default=None, help="score CHECKPOINT on the test split of --dataset (one line, and <CHECKPOINT>.eval.json); no training")
     distributed.add_arguments(parser)
     precision.add_arguments(parser)
 

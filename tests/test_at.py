@@ -89,6 +89,25 @@ def test_no_extras():
     assert_no_extras(d, student)
 
 
+def test_at_stages_keep_the_chosen_pairs_only():
+    """torchdistill's ImageNet AT pairs the last two stages (--at_stages 3,4 there)."""
+    student, teacher = create_model("resnet8", 10), create_model("resnet14", 10)
+    d = build("at", student, teacher, _args(at_stages=(2, 3)))
+    d.train()
+    x = torch.randn(4, 3, 32, 32)
+    _, losses = d.forward_train(x, torch.randint(0, 10, (4,)))
+    with torch.no_grad():
+        f_t = teacher(x, is_feat=True)[0]
+    f_s = student(x, is_feat=True)[0]  # BN in train mode, as in forward_train
+    expected = 1000.0 * (at_loss(f_s[2], f_t[2]) + at_loss(f_s[3], f_t[3]))
+    # the same float32 ops on the same features, recomputed: equal up to reduction order
+    assert torch.allclose(losses["at"], expected)
+    with pytest.raises(UserError, match="--at_stages 4: resnet8 and resnet14 pair 3 stages"):
+        build("at", student, teacher, _args(at_stages=(4,)))
+    with pytest.raises(UserError, match="distinct stages from 1"):
+        build("at", student, teacher, _args(at_stages=(0, 1)))
+
+
 def test_needs_feature_maps():
     student, teacher = create_model("mlp_800", 10), create_model("mlp_1200", 10)
     with pytest.raises(UserError, match="convolutional"):

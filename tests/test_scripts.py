@@ -199,7 +199,7 @@ TORCHDISTILL = [
     row({"kind": "student", "distill": "kd"}, **TD_T34, **TD_E100, batch_size=768,
         learning_rate=0.3, cls=0.5, div=0.5, kd_T=1.0),
     row({"kind": "student", "distill": "at"}, **TD_T34, **TD_E100, batch_size=768,
-        learning_rate=0.3, cls=1.0, div=0.0, beta=1000.0, at_p=2.0),
+        learning_rate=0.3, cls=1.0, div=0.0, beta=1000.0, at_p=2.0, at_stages=(3, 4)),
     row({"kind": "student", "distill": "ft"}, **TD_T34, epochs=90, lr_decay_epochs=[30, 60, 90],
         weight_decay=1e-4, batch_size=256, learning_rate=0.1, cls=1.0, div=0.0, beta=1000.0,
         init_epochs=1, ft_init_lr=0.01, ft_rate=0.5, ft_paper_factor=True),
