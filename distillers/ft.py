@@ -95,6 +95,8 @@ class FT(InitStageDistiller):
       - The authors' code weights the FT loss by beta = 500 (with lr 0.1, CIFAR-10) and
         trains the paraphraser in a separate script; RepDistiller uses 200 and its init stage.
       - The authors' paraphraser and translator have no BN; RepDistiller's translator has.
+        ``--ft_translator_no_bn`` drops it, as the authors and torchdistill's ImageNet config
+        (``rrpr2020/ft-resnet18_from_resnet34.yaml``, ``uses_bn: False``).
     """
 
     default_weights = Weights(cls=1.0, div=0.0, beta=200.0)
@@ -108,6 +110,9 @@ class FT(InitStageDistiller):
             "ResNet/WRN students, else --learning_rate)", "--ft-init-lr", type=float)
         ft_paper_factor: bool = option(False, "normalise the whole factor as the paper "
                                        "(RepDistiller: mean_c F^2)", "--ft-paper-factor")
+        ft_translator_no_bn: bool = option(
+            False, "translator without BN, as the authors and torchdistill (RepDistiller: "
+            "with)", "--ft-translator-no-bn")
 
     def __init__(self, student, teacher, options=None, **kw):
         super().__init__(student, teacher, options, **kw)
@@ -116,7 +121,8 @@ class FT(InitStageDistiller):
         k = float(self.options.ft_rate)
         self.paper_factor = bool(self.options.ft_paper_factor)
         self.paraphraser = Paraphraser(t_shape[0], k)
-        self.translator = Translator(s_shape[0], t_shape[0], k)
+        self.translator = Translator(s_shape[0], t_shape[0], k,
+                                     use_bn=not self.options.ft_translator_no_bn)
 
     def init_lr(self):
         if self.options.ft_init_lr is not None:

@@ -18,7 +18,7 @@
 #   ft   71.56  ft-resnet18_from_resnet34.yaml + .log (1 GPU): paraphraser (k 0.5, no BN) 1 epoch
 #               of MSE reconstruction at lr 0.01, then 90 epochs, batch 256, lr 0.1, x0.1 after
 #               30/60/90, CE 1 + 1000 * FTLoss (p 1, normalised flat factors): --init_epochs 1
-#               --ft_init_lr 0.01 --ft_rate 0.5 --ft_paper_factor -c 1 -d 0 -b 1000
+#               --ft_init_lr 0.01 --ft_rate 0.5 --ft_paper_factor --ft_translator_no_bn -c 1 -d 0 -b 1000
 #   crd  70.93  crd-resnet18_from_resnet34.yaml (85 x 3 GPUs, lr not adjusted): 100 epochs,
 #               batch 256, lr 0.1, x0.1 after 30/60/90; CE 1 + 0.8 * CRD (128-d, 16384
 #               negatives, T 0.07, momentum 0.5, exact), no KD
@@ -44,7 +44,7 @@
 # Teacher checkpoints: torchvision's weight files (TEACHER, resnet34-b627a593.pth; TEACHER18,
 # resnet18-f37072fd.pth for Tf-KD), as torchdistill's pretrained=True. Metric: best epoch
 # (torchdistill tests the best checkpoint at the end).
-# Known differences (no flag yet): FT's translator has BN here (torchdistill's uses_bn: False); the batch must split evenly over GPUS (256 and 512 do not over 3 GPUs:
+# Known differences: the batch must split evenly over GPUS (256 and 512 do not over 3 GPUs:
 # torchdistill's 255 and 513). DIST's world size is not given by its sample config: its
 # per-process batch 256 at lr 0.1 is taken as the total.
 # Then: python -m helper.report $SAVE --table torchdistill_imagenet
@@ -67,7 +67,7 @@ for trial in $(seq 1 "$TRIALS"); do
     --distill at -c 1 -d 0 -b 1000 --at_p 2 --at_stages 3,4 --trial "$trial"
   job python train_student.py $STUDENT $RUN --epochs 90 --lr_decay_epochs 30,60,90 --weight_decay 1e-4 \
     --batch_size 256 --learning_rate 0.1 --distill ft -c 1 -d 0 -b 1000 --init_epochs 1 \
-    --ft_init_lr 0.01 --ft_rate 0.5 --ft_paper_factor --trial "$trial"
+    --ft_init_lr 0.01 --ft_rate 0.5 --ft_paper_factor --ft_translator_no_bn --trial "$trial"
   job python train_student.py $STUDENT $RUN $E100 --batch_size 256 --learning_rate 0.1 \
     --distill crd -c 1 -d 0 -b 0.8 --feat_dim 128 --nce_k 16384 --nce_t 0.07 --nce_m 0.5 --mode exact \
     --trial "$trial"

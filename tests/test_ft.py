@@ -119,3 +119,10 @@ def test_one_epoch_per_stage(teacher, student, cifar100_tiny, tmp_path, teacher_
     _, summary = one_epoch("ft", teacher_ckpt(teacher), student, cifar100_tiny, tmp_path,
                            "--init_epochs", "1", stages=["init", "main"])
     assert summary["finished"]
+
+
+def test_translator_without_bn_as_the_authors_and_torchdistill():
+    _, _, d = _pair(ft_translator_no_bn=True)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in d.translator.modules())
+    _, _, d = _pair()  # RepDistiller's, with BN
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in d.translator.modules()) == 3
