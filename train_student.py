@@ -7,6 +7,7 @@ from pathlib import Path
 from dataset.batch_keys import add_batch_keys
 from helper.checkpoint import create_pretrained, load_teacher
 from helper.distributed import launch
+from helper.evaluate import evaluate
 from helper.errors import UserError
 from helper.loop import validate
 from helper.options import parse_student_args
@@ -18,6 +19,10 @@ from models.base import fit_to_data
 def run(config, ctx):
     with user_errors(ctx.rank):
         args, method = config.args, config.method
+        if args.evaluate is not None:
+            evaluate(config, ctx, args.evaluate, model_name=args.model_t, fallback=config.model,
+                     flag="--model_t")
+            return
         needs_teacher = method.requires_teacher()
         if needs_teacher and args.path_t is None:
             raise UserError(f"--distill {method.name} needs a teacher; pass --path_t CHECKPOINT")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from helper.checkpoint import create_pretrained
 from helper.distributed import launch
+from helper.evaluate import evaluate
 from helper.options import parse_teacher_args
 from helper.run_folder import teacher_run_name
 from helper.trainer import build_data, train, user_errors
@@ -14,6 +15,9 @@ from models.base import fit_to_data
 
 def run(config, ctx):
     with user_errors(ctx.rank):
+        if config.args.evaluate is not None:
+            evaluate(config, ctx, config.args.evaluate, fallback=config.model, flag="--model")
+            return
         config, train_loader, val_loader = build_data(config, ctx)
         info = config.data
         model = fit_to_data(create_pretrained(config.model, info["num_classes"], config.args.pretrained),

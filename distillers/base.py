@@ -83,6 +83,7 @@ class Distiller(nn.Module):
     student_feats = True
     preact = False
     default_weights = Weights(cls=1.0, div=1.0, beta=0.0)
+    label_smoothing = 0.0  # of the cls CE term: --label_smoothing, set by helper/trainer.py
 
     def __init__(self, student: nn.Module, teacher: Optional[nn.Module], options=None, *,
                  weights: Optional[Weights] = None, kd=None, run: Optional[RunInfo] = None):
@@ -182,7 +183,8 @@ class Distiller(nn.Module):
         feats_s, logits_s = self._run(self.student, images, self.student_feats)
         losses = {}
         if self.cls_weight:
-            losses["cls"] = self.cls_weight * F.cross_entropy(logits_s, targets)
+            losses["cls"] = self.cls_weight * F.cross_entropy(logits_s, targets,
+                                                             label_smoothing=self.label_smoothing)
         if self.div_weight and logits_t is not None:
             losses["kd"] = self.div_weight * self.kd_term(logits_s, logits_t)
         losses.update(self.method_losses(feats_s=feats_s, logits_s=logits_s, feats_t=feats_t,

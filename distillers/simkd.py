@@ -100,7 +100,8 @@ class SimKD(Distiller):
                                      self.teacher_size)
         losses = {}
         if self.cls_weight:
-            losses["cls"] = self.cls_weight * F.cross_entropy(logits_s, targets)
+            losses["cls"] = self.cls_weight * F.cross_entropy(logits_s, targets,
+                                                             label_smoothing=self.label_smoothing)
         if self.div_weight:
             losses["kd"] = self.div_weight * self.kd_term(logits_s, logits_t)
         losses["simkd"] = self.beta * simkd_loss(proj, feats_t[-2])

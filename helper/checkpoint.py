@@ -10,7 +10,7 @@ import torch
 from helper.errors import UserError
 from helper.files import describe_mismatch, load_file, state_dict_of
 from models import create_deployed, create_model, model_names
-from models.registry import accepts
+from models.registry import accepts, unknown_model
 
 FORMAT = "kd-toolbox/1"
 
@@ -56,7 +56,7 @@ def model_name_from_path(path):
     path = Path(path)
     folder = path.parent.name
     match = re.match(r"S[:~](.+?)_T[:~]", folder)
-    if match and match.group(1) in model_names():
+    if match and not unknown_model(match.group(1)):  # also timm:NAME, torchvision:NAME
         return match.group(1)
     for candidate in (folder, path.stem):
         hits = [n for n in model_names() if candidate == n or candidate.startswith(n + "_")]
@@ -86,8 +86,9 @@ def load_teacher(path, num_classes, model_name=None):
     name = model_name or stored or model_name_from_path(path)
     if name is None:
         raise UserError(f"cannot tell the teacher's architecture from {path}; pass --model_t NAME")
-    if name not in model_names():
-        raise UserError(f"unknown teacher model {name!r}; choose one of: {', '.join(model_names())}")
+    unknown = unknown_model(name)  # a registered name, or timm:/torchvision:/FILE.py:FUNCTION
+    if unknown:
+        raise UserError(f"unknown teacher model {name!r}: {unknown}")
     stored_classes = info.get("num_classes")
     if stored_classes is not None and stored_classes != num_classes:
         raise UserError(f"teacher checkpoint {path} has {stored_classes} classes but the data set "
@@ -129,7 +130,7 @@ def create_pretrained(name, num_classes, pretrained=None):
         state = create_model(name, num_classes=1000, pretrained=pretrained).state_dict()
     else:
         raise UserError(f"--pretrained {pretrained}: no such file (weights by name exist for the "
-                        "ImageNet models only)")
+                        "ImageNet models, timm:NAME and torchvision:NAME only)")
     own = model.state_dict()
     classifier = {k for k, m in model.named_modules() if m is model.get_classifier()}
     for key in list(state):

@@ -26,33 +26,41 @@ from helper.trainer import build_data
 from models.base import fit_to_data
 
 
-def _architecture(checkpoint, path, fallback):
-    """The model name to pass to ``load_teacher``: None when the file (or its path) names the
-    architecture, else ``fallback`` (the script's ``--model`` / ``--model_t``)."""
+def _architecture(checkpoint, path, model_name, fallback):
+    """The model name to pass to ``load_teacher``: ``model_name`` when given (``--model_t``),
+    None when the file (or its path) names the architecture, else ``fallback`` (``--model``,
+    ``--model_s``)."""
+    if model_name is not None:
+        return model_name
     stored = checkpoint.get("model_name") if isinstance(checkpoint, dict) else None
     if stored or model_name_from_path(path):
         return None
     return fallback
 
 
-def load_for_evaluation(path, num_classes, fallback, flag):
-    """``(model, checkpoint)`` as ``load_teacher`` builds it; its errors name ``flag``."""
-    checkpoint = load_file(path, "checkpoint to evaluate")
+def load_for_evaluation(path, num_classes, model_name=None, fallback=None, flag="--model",
+                        checkpoint=None):
+    """``(model, checkpoint)`` as ``load_teacher`` builds it; its errors name ``flag``.
+    ``checkpoint``: the file's contents, when already read."""
+    if checkpoint is None:
+        checkpoint = load_file(path, "checkpoint to evaluate")
     try:
-        return load_teacher(path, num_classes, _architecture(checkpoint, path, fallback))
+        return load_teacher(path, num_classes,
+                            _architecture(checkpoint, path, model_name, fallback))
     except UserError as e:
         text = str(e).replace("teacher checkpoint", "checkpoint").replace("--model_t", flag)
         raise UserError(text) from None
 
 
 def result_path(checkpoint_path, save_folder):
-    """``<file>.eval.json`` beside the checkpoint, or in ``save_folder`` when the checkpoint's
-    folder is not writable."""
+    """``<file>.eval.json`` beside the checkpoint, or ``<folder>_<file>.eval.json`` in
+    ``save_folder`` when the checkpoint's folder is not writable."""
     path = Path(checkpoint_path)
     name = path.name + ".eval.json"
-    if os.access(path.resolve().parent, os.W_OK | os.X_OK):
+    folder = path.resolve().parent
+    if os.access(folder, os.W_OK | os.X_OK):
         return path.parent / name
-    return Path(save_folder) / name
+    return Path(save_folder) / (f"{folder.name}_{name}" if folder.name else name)
 
 
 def _synchronize(device):
@@ -60,17 +68,19 @@ def _synchronize(device):
         torch.cuda.synchronize(device)
 
 
-def evaluate(config, ctx, path, fallback_model, flag="--model"):
+def evaluate(config, ctx, path, model_name=None, fallback=None, flag="--model"):
     """Score ``path`` on the test split (``build_data``'s validation loader) and report it.
 
-    ``fallback_model`` names the architecture when neither the file nor its path does.
+    The architecture is ``model_name`` when given, else the one the file or its path names,
+    else ``fallback``; errors name ``flag`` as the way to choose it.
     Returns the result dict (also written as JSON by rank 0).
     """
     args = config.args
-    load_file(path, "checkpoint to evaluate")  # a bad path fails before the data is built
+    checkpoint = load_file(path, "checkpoint to evaluate")  # fails before the data is built
     config, _, val_loader = build_data(config, ctx)
     info = config.data
-    model, checkpoint = load_for_evaluation(path, info["num_classes"], fallback_model, flag)
+    model, checkpoint = load_for_evaluation(path, info["num_classes"], model_name, fallback, flag,
+                                            checkpoint)
     model = fit_to_data(model.to(ctx.device), info["input_size"], "model")
     model.eval()
     channels_last = bool(getattr(args, "channels_last", False))
@@ -92,7 +102,8 @@ def evaluate(config, ctx, path, fallback_model, flag="--model"):
         "images": images, "seconds": seconds, "images_per_s": rate,
         "world_size": ctx.world_size, "device": str(ctx.device),
         "amp": precision.dtype is not None and str(precision.dtype).replace("torch.", ""),
-        "recorded": {k: stored[k] for k in ("accuracy", "best_acc", "epoch", "distill")
+        "recorded": {k: stored[k] for k in ("accuracy", "best_acc", "published_acc", "epoch",
+                                            "distill")
                      if isinstance(stored.get(k), (int, float, str))},
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -105,6 +116,9 @@ def evaluate(config, ctx, path, fallback_model, flag="--model"):
             raise UserError(f"cannot write {out} ({e.strerror or e}); pass a writable "
                             "--save_folder") from e
         speed = f"{rate:.0f} img/s" if rate else "? img/s"
+        published = result["recorded"].get("published_acc")
+        if isinstance(published, (int, float)):
+            speed += f" (published top-1 {published:.2f})"
         ctx.log(f"evaluate {path}: {model.model_name} on {args.dataset} test ({images} images): "
                 f"top-1 {metrics['acc']:.2f} top-5 {metrics['acc_top5']:.2f} "
                 f"loss {metrics['loss']:.4f} {speed}; written to {out}")

@@ -93,10 +93,13 @@ _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 def state_dict_of(checkpoint, path, what):
     """The model weights inside a checkpoint: ours and RepDistiller/SimKD's keep them under
-    'model'; a bare state dict (torchvision files) is accepted as is. The prefix that
-    (Distributed)DataParallel or torch.compile put before every key is removed."""
+    'model', akamaster's pytorch_resnet_cifar10 under 'state_dict'; a bare state dict
+    (torchvision files) is accepted as is. The prefix that (Distributed)DataParallel or
+    torch.compile put before every key is removed."""
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get("model"), dict):
         state = checkpoint["model"]
+    elif isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict):
+        state = checkpoint["state_dict"]
     elif isinstance(checkpoint, dict) and checkpoint and all(map(torch.is_tensor, checkpoint.values())):
         state = checkpoint
     else:

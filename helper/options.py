@@ -11,17 +11,18 @@ import argparse
 import dataclasses
 import math
 import os
+import sys
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
 from dataset import DATASET_NAMES
-from helper import distributed, precision
+from helper import config_file, distributed, precision, schedule
 from helper.errors import UserError
 from distillers import MethodConfig, RunInfo, distiller_names, option_owners
 from distillers.options import add_options
-from models import model_names
+from models.registry import model_name as model_arg
 
 SMALL_LR_MODELS = ("MobileNetV2", "MobileNetV2_1_0", "mobile_half", "ShuffleV1", "ShuffleV2",
                    "ShuffleV2_1_5")
@@ -88,6 +89,20 @@ def _common(parser):
                    help="default 0.05, or 0.01 for MobileNet/ShuffleNet as in SimKD")
     g.add_argument("--lr_decay_epochs", "--lr-decay-epochs", type=_epochs_list, default=[150, 180, 210])
     g.add_argument("--lr_decay_rate", "--lr-decay-rate", type=_positive(float), default=0.1)
+    g.add_argument("--optimizer", choices=schedule.OPTIMIZERS, default="sgd",
+                   help="sgd (momentum, fused where available) or adamw (torch's defaults)")
+    g.add_argument("--nesterov", action="store_true", help="Nesterov momentum (SGD)")
+    g.add_argument("--lr_scheduler", "--lr-scheduler", choices=schedule.SCHEDULERS,
+                   default="multistep",
+                   help="per-epoch schedule: multistep (decay after --lr_decay_epochs), step "
+                        "(every --lr_decay_step epochs), cosine or linear (to 0 over the epochs)")
+    g.add_argument("--lr_decay_step", "--lr-decay-step", type=_positive(int), default=None,
+                   help="--lr_scheduler step: decay by --lr_decay_rate every this many epochs")
+    g.add_argument("--warmup_epochs", "--warmup-epochs", type=_non_negative(int), default=0,
+                   help="linear warm-up epochs before the schedule (epoch k at lr*k/(N+1))")
+    g.add_argument("--label_smoothing", "--label-smoothing",
+                   type=_number(float, lambda v: 0 <= v < 1, "in [0, 1)"), default=0.0,
+                   help="label smoothing of the cross-entropy term")
     g.add_argument("--weight_decay", "--weight-decay", type=_non_negative(float), default=5e-4)
     g.add_argument("--momentum", type=_number(float, lambda v: 0 <= v < 1, "in [0, 1)"),
                    default=0.9)
@@ -100,6 +115,8 @@ def _common(parser):
     g.add_argument("--jitter", type=int, default=0,
                    help="MNIST only: random translation of up to this many pixels (Hinton et al.: 2)")
     r = parser.add_argument_group("run")
+    r.add_argument("--config", default=None, metavar="FILE",
+                   help="start from a config.yaml (a run folder's); flags given override it")
     r.add_argument("--trial", default="0", help="trial id, part of the run folder name and the seed")
     r.add_argument("--print_freq", "--print-freq", type=_positive(int), default=100)
     r.add_argument("--gpu_id", "--gpu-id", type=_non_negative(int), default=0,
@@ -111,14 +128,14 @@ def _common(parser):
     r.add_argument("--save_folder", "--save-folder", default="./save")
     r.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="continue from this run's last.pth, or from the given checkpoint")
-    r.add_argument("--evaluate", metavar="CHECKPOINT", default=None, help="score CHECKPOINT on the test split of --dataset (one line, and <CHECKPOINT>.eval.json); no training")
+    r.add_argument("--evaluate", metavar="FILE", help="score FILE on the test split; no training")
     distributed.add_arguments(parser)
     precision.add_arguments(parser)
 
 
 def teacher_parser():
     parser = _Parser(description="Train a model with cross-entropy (a teacher or a baseline).")
-    parser.add_argument("--model", default="resnet32x4", choices=model_names())
+    parser.add_argument("--model", default="resnet32x4", type=model_arg)
     _common(parser)
     return parser
 
@@ -126,9 +143,9 @@ def teacher_parser():
 def student_parser():
     parser = _Parser(description="Distil a student from a trained teacher.")
     g = parser.add_argument_group("distillation")
-    g.add_argument("--model_s", "--model-s", default="resnet8x4", choices=model_names())
+    g.add_argument("--model_s", "--model-s", default="resnet8x4", type=model_arg)
     g.add_argument("--path_t", "--path-t", default=None, help="teacher checkpoint")
-    g.add_argument("--model_t", "--model-t", default=None, choices=model_names(),
+    g.add_argument("--model_t", "--model-t", default=None, type=model_arg,
                    help="teacher architecture, when the checkpoint does not name it")
     g.add_argument("--distill", default="kd", choices=distiller_names())
     add_options(parser, option_owners())
@@ -159,6 +176,8 @@ class RunConfig:
     learning_rate: float            # --learning_rate, its default by model, --adjust_lr scaled
     batch_size: int                 # the batch of one process (--batch_size is one machine's)
     data: Optional[dict] = None     # num_classes, input_size, train_size, val_size
+    flag_learning_rate: Optional[float] = None  # the learning rate before --adjust_lr
+    option_names: tuple = ()        # the parser's option names (config.yaml's keys)
 
     def for_process(self, local_size: int, world_size: int) -> "RunConfig":
         """Split ``--batch_size`` over this machine's ``local_size`` processes; with
@@ -190,20 +209,43 @@ class RunConfig:
                 "div": w.div, "beta": w.beta, "kd_T": self.method.kd.kd_T,
                 **dataclasses.asdict(self.method.options)}
 
+    def file_args(self) -> dict:
+        """What config.yaml holds: the effective flags, with the learning rate as given (before
+        ``--adjust_lr`` scales it per process), without ``--resume`` and ``--config``."""
+        values = self.effective_args()
+        if self.flag_learning_rate is not None:
+            values["learning_rate"] = self.flag_learning_rate
+        keep = set(self.option_names or values) - set(config_file.NOT_WRITTEN)
+        return {k: v for k, v in values.items() if k in keep}
+
     def summary(self) -> dict:
         """Derived values summary.json records beside the flags."""
         return {"batch_size_per_process": self.batch_size, "learning_rate": self.learning_rate}
 
 
+def _parse(parser, argv):
+    """Parse ``argv``; with ``--config FILE``, the file's options are the defaults."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    pre = _Parser(prog=parser.prog, add_help=False)
+    pre.add_argument("--config", default=None)
+    known, _ = pre.parse_known_args(argv)
+    if known.config is not None:
+        try:
+            parser.set_defaults(**config_file.load(known.config, parser))
+        except UserError as e:
+            parser.error(str(e))
+    return FrozenNamespace(parser.parse_args(argv))
+
+
 def parse_teacher_args(argv=None) -> RunConfig:
     parser = teacher_parser()
-    args = FrozenNamespace(parser.parse_args(argv))
+    args = _parse(parser, argv)
     return _config(parser, args, args.model, MethodConfig.create("vanilla"))
 
 
 def parse_student_args(argv=None) -> RunConfig:
     parser = student_parser()
-    args = FrozenNamespace(parser.parse_args(argv))
+    args = _parse(parser, argv)
     try:
         method = MethodConfig.from_namespace(args.distill, args)
     except UserError as e:
@@ -221,12 +263,32 @@ def _config(parser, args, model_name, method) -> RunConfig:
         parser.error(f"--dist-timeout must be a positive number of minutes, "
                      f"got {args.dist_timeout:g}")
     _check_paths(parser, args)
+    _check_schedule(parser, args)
     _check_batch_split(parser, args)
     _check_weights(parser, method)
     lr = args.learning_rate
     if lr is None:
         lr = 0.01 if model_name in SMALL_LR_MODELS else 0.05
-    return RunConfig(args, model_name, method, lr, args.batch_size)
+    return RunConfig(args, model_name, method, lr, args.batch_size, flag_learning_rate=lr,
+                     option_names=tuple(a.dest for a in parser._actions if a.dest != "help"))
+
+
+def _check_schedule(parser, args):
+    """The optimizer and schedule flags' combinations."""
+    if args.warmup_epochs >= args.epochs:
+        parser.error(f"--warmup_epochs {args.warmup_epochs} must be less than --epochs "
+                     f"{args.epochs}")
+    if args.nesterov and args.optimizer != "sgd":
+        parser.error("--nesterov is SGD's; drop it, or use --optimizer sgd")
+    if args.nesterov and args.momentum == 0:
+        parser.error("--nesterov needs momentum; give --momentum > 0 (e.g. 0.9)")
+    if args.lr_scheduler == "step" and args.lr_decay_step is None:
+        parser.error("--lr_scheduler step needs --lr_decay_step N (decay every N epochs)")
+    if args.lr_scheduler == "multistep" and args.warmup_epochs:
+        early = [m for m in args.lr_decay_epochs if m <= args.warmup_epochs]
+        if early:
+            parser.error(f"--lr_decay_epochs {','.join(map(str, early))} fall within the "
+                         f"--warmup_epochs {args.warmup_epochs}; decay after the warm-up")
 
 
 def _check_paths(parser, args):

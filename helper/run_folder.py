@@ -12,20 +12,22 @@ from pathlib import Path
 
 from helper.files import atomic_save, atomic_write
 from helper.errors import UserError
+from models.registry import folder_name
 
 SEP = "~" if sys.platform.startswith("win") else ":"
 
 
 def teacher_run_name(config):
     """SimKD's teacher folder name: ``<model>_vanilla_<dataset>_trial_<trial>``."""
-    return f"{config.model}_vanilla_{config.args.dataset}_trial_{config.args.trial}"
+    return f"{folder_name(config.model)}_vanilla_{config.args.dataset}_trial_{config.args.trial}"
 
 
 def student_run_name(config, teacher_name):
     """SimKD's student folder name: ``S:<s>_T:<t>_<dataset>_<method>_r:<c>_a:<d>_b:<b>_<trial>``,
     with the method's canonical name and its effective weights."""
     s, args, w = SEP, config.args, config.method.weights
-    return (f"S{s}{config.model}_T{s}{teacher_name}_{args.dataset}_{config.method.name}_"
+    model, teacher = folder_name(config.model), folder_name(teacher_name)
+    return (f"S{s}{model}_T{s}{teacher}_{args.dataset}_{config.method.name}_"
             f"r{s}{w.cls:g}_a{s}{w.div:g}_b{s}{w.beta:g}_{args.trial}")
 
 

@@ -6,6 +6,7 @@ import os
 import random
 import sys
 import time
+import warnings
 import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -18,10 +19,12 @@ import torch
 from helper.checkpoint import FORMAT, rng_state, set_rng_state
 from helper.files import load_file
 from helper.distributed import Context, sync_buffers, wrap
-from helper.precision import Precision, compile_models, make_sgd
+from helper import config_file
+from helper.precision import Precision, compile_models
 from helper.errors import UserError
-from helper.loop import set_lr, step_lr, train_one_epoch, validate
+from helper.loop import train_one_epoch, validate
 from helper.run_folder import RunFolder
+from helper.schedule import current_lr, make_optimizer, make_scheduler
 
 
 class Interrupted(SystemExit, KeyboardInterrupt):
@@ -76,7 +79,8 @@ def count_parameters(module):
 # The flags a resumed run must share with the run it continues, besides the models, method
 # and data set (checked through the checkpoint's meta) and the method's options. --epochs may grow.
 RESUME_FIXED = ("path_t", "batch_size", "learning_rate", "lr_decay_epochs", "lr_decay_rate",
-                "weight_decay", "momentum", "cls", "div", "beta")
+                "weight_decay", "momentum", "cls", "div", "beta", "optimizer", "nesterov",
+                "lr_scheduler", "lr_decay_step", "warmup_epochs", "label_smoothing")
 
 
 def plain(data):
@@ -184,9 +188,22 @@ def stage_lr(config, stage):
 
 
 def stage_optimizer(config, distiller, stage):
-    """The fresh optimizer a stage starts with, over its parameters."""
-    return make_sgd(distiller.stage_parameters(stage), lr=stage_lr(config, stage),
-                    momentum=config.args.momentum, weight_decay=config.args.weight_decay)
+    """The fresh optimizer a stage starts with, over its parameters (``--optimizer``)."""
+    args = config.args
+    return make_optimizer(distiller.stage_parameters(stage), name=getattr(args, "optimizer", "sgd"),
+                          lr=stage_lr(config, stage), momentum=args.momentum,
+                          weight_decay=args.weight_decay, nesterov=getattr(args, "nesterov", False))
+
+
+def stage_scheduler(config, optimizer, stage):
+    """The per-epoch lr scheduler of a stage (``--lr_scheduler``, helper/schedule.py), over
+    its epochs, with its own decay epochs when it has them; created with its optimizer."""
+    args = config.args
+    decay = args.lr_decay_epochs if stage.lr_decay_epochs is None else stage.lr_decay_epochs
+    return make_scheduler(optimizer, name=getattr(args, "lr_scheduler", "multistep"),
+                          epochs=stage.epochs, decay_epochs=decay, decay_rate=args.lr_decay_rate,
+                          decay_step=getattr(args, "lr_decay_step", None),
+                          warmup_epochs=getattr(args, "warmup_epochs", 0))
 
 
 @dataclass
@@ -197,6 +214,7 @@ class Progress:
     best_epoch: int = 0
     wall: float = 0.0
     optimizer: Optional[torch.optim.Optimizer] = None
+    scheduler: Optional[object] = None
     stage_index: Optional[int] = None
     summary: dict = field(default_factory=dict)
 
@@ -218,6 +236,8 @@ class Fit:
         self.total = sum(stage.epochs for stage in self.stages)
         self.progress = Progress()
         self.stored_args = plain(config.effective_args())
+        # the CE term's label smoothing (distillers/base.py, simkd.py, sskd.py read it)
+        distiller.label_smoothing = float(getattr(self.args, "label_smoothing", 0.0))
 
     def restore(self, checkpoint):
         """Continue from a last.pth: weights, extras, RNG, optimizer, scaler and progress."""
@@ -232,10 +252,24 @@ class Fit:
         p.start_epoch = checkpoint["epoch"] + 1
         p.best_acc, p.best_epoch = checkpoint["best_acc"], checkpoint["best_epoch"]
         p.wall = checkpoint["wall_time"]
-        p.stage_index, stage, _ = stage_at(self.stages, checkpoint["epoch"])
+        p.stage_index, stage, stage_epoch = stage_at(self.stages, checkpoint["epoch"])
         d.stage = stage.name
         p.optimizer = stage_optimizer(self.config, self.distiller, stage)
-        p.optimizer.load_state_dict(checkpoint["optimizer"])
+        p.scheduler = stage_scheduler(self.config, p.optimizer, stage)
+        stored_epochs = (checkpoint.get("args") or {}).get("epochs", self.args.epochs)
+        if checkpoint.get("scheduler") is not None and stored_epochs == self.args.epochs:
+            p.optimizer.load_state_dict(checkpoint["optimizer"])
+            p.scheduler.load_state_dict(checkpoint["scheduler"])
+        else:  # a last.pth from before the schedulers, or --epochs grown (a cosine or linear
+            # schedule then spans the new epochs): replay the stage's epochs done
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "scheduler stepped before the optimizer"
+                for _ in range(stage_epoch):
+                    p.scheduler.step()
+            lrs = [(g["lr"], g["initial_lr"]) for g in p.optimizer.param_groups]
+            p.optimizer.load_state_dict(checkpoint["optimizer"])
+            for group, (lr, initial) in zip(p.optimizer.param_groups, lrs):
+                group["lr"], group["initial_lr"] = lr, initial
         self.precision.load_state_dict(checkpoint.get("scaler", {}))
         if self.ctx.rank:  # every process continues its own random stream, not rank 0's
             torch.manual_seed(trial_seed(self.args) + checkpoint["epoch"] * self.ctx.world_size
@@ -244,17 +278,17 @@ class Fit:
 
     def enter_stage(self, index, stage):
         """A fresh optimizer over the stage's parameters when the stage changes."""
-        if index != self.progress.stage_index:
-            self.progress.optimizer, self.progress.stage_index = stage_optimizer(self.config, self.distiller, stage), index
+        p = self.progress
+        if index != p.stage_index:
+            p.optimizer, p.stage_index = stage_optimizer(self.config, self.distiller, stage), index
+            p.scheduler = stage_scheduler(self.config, p.optimizer, stage)
             if len(self.stages) > 1:
                 self.log(f"stage {stage.name}: {stage.epochs} epochs")
 
     def one_epoch(self, model, epoch, stage, stage_epoch):
         """Train one epoch and validate: ``(lr, train metrics, validation metrics)``."""
         args, d, p = self.args, self.distiller, self.progress
-        decay = args.lr_decay_epochs if stage.lr_decay_epochs is None else stage.lr_decay_epochs
-        lr = step_lr(stage_epoch, stage_lr(self.config, stage), decay, args.lr_decay_rate)
-        set_lr(p.optimizer, lr)
+        lr = current_lr(p.optimizer)  # the scheduler's, stepped once after each epoch
         self.train_loader.set_epoch(epoch)
         d.on_epoch_start(stage_epoch, self.train_loader, stage)
         t0 = time.time()
@@ -266,6 +300,7 @@ class Fit:
         d.eval()
         val = validate(d.forward_test, self.val_loader, self.ctx.device, self.precision,
                        self.channels_last)
+        p.scheduler.step()
         p.wall += time.time() - t0
         self.log(f"Epoch {epoch}: lr {lr:g} train loss {train['loss']:.4f} acc@1 {train['acc']:.2f} | "
                  f"test loss {val['loss']:.4f} acc@1 {val['acc']:.2f} acc@5 {val['acc_top5']:.2f} "
@@ -287,6 +322,7 @@ class Fit:
             run.save({**weights, "best_acc": p.best_acc}, "best.pth")
         run.save({**weights, "best_acc": p.best_acc, "best_epoch": p.best_epoch,
                   "wall_time": p.wall, "optimizer": p.optimizer.state_dict(),
+                  "scheduler": p.scheduler.state_dict(),
                   "scaler": self.precision.state_dict(), "rng": rng_state(),
                   "args": self.stored_args}, "last.pth")
         p.summary.update(epochs_done=epoch, finished=epoch == self.total, stage=stage.name,
@@ -303,6 +339,19 @@ class Fit:
                     "extras": count_parameters(d) - count_parameters(d.student),
                     "teacher": count_parameters(d.teacher) if d.teacher is not None else 0}}
 
+    def write_config(self, run):
+        """config.yaml: every effective option, to rerun the run with ``--config``."""
+        if not run.write:
+            return
+        path = Path(run.path) / config_file.FILE_NAME
+        teacher = self.meta.get("distill") == "vanilla"
+        command = "train_teacher.py" if teacher else "train_student.py"
+        try:
+            config_file.write(path, self.config.file_args(), command)
+        except OSError as e:
+            raise UserError(f"cannot write {path} ({e.strerror or e}); free disk space and "
+                            "start the run again") from e
+
     def run(self, run, resume=None):
         """Every epoch from the start (or ``resume``'s checkpoint), written to ``run``."""
         if resume is not None:
@@ -312,6 +361,7 @@ class Fit:
             distiller = torch.nn.SyncBatchNorm.convert_sync_batchnorm(distiller)
         model = wrap(distiller, self.ctx, find_unused_parameters=len(self.stages) > 1)
         self.progress.summary = self.first_summary()
+        self.write_config(run)
         epoch = self.progress.start_epoch
         try:
             for epoch in range(self.progress.start_epoch, self.total + 1):
@@ -334,7 +384,7 @@ def fit(config, distiller, train_loader, val_loader, run_path, meta, *, ctx=None
     ``RunFolder``, or one opened here on ``run_path``). Returns the summary.
 
     Epochs are counted over all stages (TensorBoard steps, checkpoints); each stage gets a
-    fresh optimizer and its own step schedule.
+    fresh optimizer and its own scheduler (helper/schedule.py).
     """
     ctx = ctx or Context()
     log = log or ctx.log

@@ -5,3 +5,4 @@ from .registry import create_deployed, create_model, model_names, register_deplo
 # Importing the families registers their constructors.
 from . import resnet, resnetv2, wrn, vgg, mobilenetv2, shufflenetv1, shufflenetv2, mlp  # noqa: F401,E402
 from . import imagenet  # noqa: F401,E402
+from . import resnet_akamaster  # noqa: F401,E402

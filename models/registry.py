@@ -20,13 +20,56 @@ def model_names():
 def accepts(name: str, keyword: str) -> bool:
     """Whether the constructor of ``name`` takes ``keyword`` explicitly."""
     import inspect
+    from . import sources
+    if sources.is_source_name(name):
+        return sources.accepts(name, keyword)
     return keyword in inspect.signature(_MODELS[name]).parameters
 
 
+def unknown_model(name) -> str:
+    """Why ``name`` names no model (one line), or '' when it does: a registered name, or one
+    with a source prefix (``timm:NAME``, ``torchvision:NAME``, ``FILE.py:FUNCTION``; see
+    models/sources.py), checked without building it."""
+    from . import sources
+    if sources.is_source_name(name):
+        return sources.check(name) or ""
+    if name in _MODELS:
+        return ""
+    return (f"invalid choice: {name!r} (choose one of: {', '.join(model_names())}; or "
+            "timm:NAME, torchvision:NAME, FILE.py:FUNCTION: see python -m models)")
+
+
+def model_name(text: str) -> str:
+    """``type=`` of the --model flags: ``text`` when it names a model, else an argparse error."""
+    import argparse
+    reason = unknown_model(text)
+    if reason:
+        raise argparse.ArgumentTypeError(reason)
+    return text
+
+
+def folder_name(name: str) -> str:
+    """``name`` as one folder-name component: a FILE.py:FUNCTION name loses its folders and
+    path separators (``my_net.py:build`` -> ``my_net.py-build``)."""
+    from . import sources
+    source = sources.split(name)
+    if source and source[0] == "file":
+        import os
+        path, function = source[1]
+        return f"{os.path.basename(path)}-{function}"
+    return name
+
+
 def create_model(name: str, num_classes: int, **kwargs):
-    if name not in _MODELS:
+    """Build ``name`` (a registered name, or ``timm:``/``torchvision:``/``FILE.py:FUNCTION``)
+    with ``num_classes`` outputs; ``model.model_name`` is the full name."""
+    from . import sources
+    if sources.is_source_name(name):
+        model = sources.create(name, num_classes, **kwargs)
+    elif name not in _MODELS:
         raise KeyError(f"unknown model {name!r}; choose one of: {', '.join(model_names())}")
-    model = _MODELS[name](num_classes=num_classes, **kwargs)
+    else:
+        model = _MODELS[name](num_classes=num_classes, **kwargs)
     model.model_name = name
     return model
 

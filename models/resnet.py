@@ -110,7 +110,7 @@ class ResNet(FeatureModel):
             feats.append(x)
             preacts.append(pre)
         x = torch.flatten(self.avgpool(x), 1)
-        logits = self.fc(x)
+        logits = self.get_classifier()(x)  # fc here; akamaster's family calls it linear
         if not is_feat:
             return logits
         return (preacts if preact else feats) + [x], logits

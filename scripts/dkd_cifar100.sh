@@ -22,21 +22,20 @@
 #                                  2, CE weight 1; the schedule is taken as mdistiller's above
 #   reviewkd                       dvlab-research/ReviewKD CIFAR-100/train.py and
 #                                  script/reviewKD.sh: batch 128, lr 0.1, 240 epochs, x0.1 after
-#                                  150/180/210, wd 5e-4, --kd-loss-weight 5, warm-up 20, CE 1, no
+#                                  150/180/210, wd 5e-4, Nesterov momentum 0.9 (--nesterov),
+#                                  --kd-loss-weight 5, warm-up 20, CE 1, no
 #                                  KL, teacher in training mode (train.py never calls
 #                                  teacher.eval()); its teacher is its own baseline (the same
 #                                  train.py without a teacher, script/baseline.sh), best checkpoint
 # Teacher checkpoints: last.pth for DKD, KD+LS, DKD+LS and DIST (mdistiller's and DIST's
 # ckpt_epoch_240.pth); best.pth of the separately trained resnet32x4 (trial "reviewkd") for
 # ReviewKD (its checkpoints/cifar100_resnet32x4__baseline1_best.pt). Metric: best epoch.
-# Known differences (no flag yet, issue 17): ReviewKD trains its teacher and student with
-# Nesterov momentum (TODO: add --nesterov to both ReviewKD commands once it exists).
 # dist_cifar.yaml's schedule could not be read here; if it differs from mdistiller's recipe,
 # the DIST row follows mdistiller's.
 # Then: python -m helper.report $SAVE/students $SAVE/teachers --table dkd_cifar100
 source "$(dirname "$0")/common.sh"
 SCHEDULE="--dataset cifar100 --batch_size 64 --epochs 240 --lr_decay_epochs 150,180,210 --lr_decay_rate 0.1 --weight_decay 5e-4 --momentum 0.9"
-REVIEWKD="--dataset cifar100 --batch_size 128 --epochs 240 --learning_rate 0.1 --lr_decay_epochs 150,180,210 --lr_decay_rate 0.1 --weight_decay 5e-4 --momentum 0.9"
+REVIEWKD="--dataset cifar100 --batch_size 128 --epochs 240 --learning_rate 0.1 --lr_decay_epochs 150,180,210 --lr_decay_rate 0.1 --weight_decay 5e-4 --momentum 0.9 --nesterov"
 PAIRS="resnet56:resnet20:2 resnet110:resnet32:2 resnet32x4:resnet8x4:8 wrn_40_2:wrn_16_2:6 wrn_40_2:wrn_40_1:6 vgg13:vgg8:6 resnet32x4:ShuffleV1:8 wrn_40_2:ShuffleV1:8 vgg13:MobileNetV2:6 ResNet50:MobileNetV2:8 resnet32x4:ShuffleV2:8"
 note "dkd_cifar100: teacher checkpoint last.pth (mdistiller's and DIST's ckpt_epoch_240.pth) for dkd, kd+LS, dkd+LS, dist; best.pth of trial reviewkd for reviewkd; metric: best epoch"
 for T in resnet56 resnet110 resnet32x4 wrn_40_2 vgg13 ResNet50; do

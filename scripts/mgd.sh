@@ -18,14 +18,14 @@
 #                                  ResNet-50 (IMAGENET_TEACHER=resnet50-0676ba61.pth)
 # Teacher checkpoints: best.pth of the fine-tuned CUB teacher; torchvision's weight file for
 # ImageNet. Metric: best epoch (the README's "best top1 err.").
-# Known differences (no flag yet, issue 17): Nesterov momentum in every MGD and baseline run
-# (TODO: add --nesterov to every command here once it exists); ImageNet's 10-epoch linear
-# warm-up (those 10 epochs run at the full lr here; TODO: the warm-up flag). The reference's
-# DataParallel batch is split over the GPUs the same way.
+# Known differences: ImageNet's 10-epoch linear warm-up starts at 0.1 x lr in main_mgd.py;
+# --warmup_epochs 10 here starts at lr / 11 (epoch k at lr * k / 11) and reaches the full lr at
+# epoch 11, as the reference. The reference's DataParallel batch is split over the GPUs the
+# same way.
 # Then: python -m helper.report $SAVE --table mgd_cub200 (or mgd_imagenet)
 source "$(dirname "$0")/common.sh"
 IMAGENET_TEACHER=${IMAGENET_TEACHER:-resnet50-0676ba61.pth}
-CUB="--dataset cub200 --batch_size 64 --epochs 120 --learning_rate 0.01 --lr_decay_epochs 31,61,81 --lr_decay_rate 0.1 --weight_decay 1e-4 --momentum 0.9"
+CUB="--dataset cub200 --batch_size 64 --epochs 120 --learning_rate 0.01 --lr_decay_epochs 31,61,81 --lr_decay_rate 0.1 --weight_decay 1e-4 --momentum 0.9 --nesterov"
 MGD="--distill mgd -c 1 -d 0 -b 1 --mgd_reducer amp --mgd_loss_factor 10000"
 note "mgd_cub200: teacher checkpoint best.pth of the fine-tuned resnet50; mgd_imagenet: $IMAGENET_TEACHER (torchvision); metric: best epoch"
 job python train_teacher.py --model resnet50 --pretrained IMAGENET1K_V1 $CUB
@@ -39,7 +39,7 @@ for trial in $(seq 1 "$TRIALS"); do
   job python train_student.py --path_t "$(teacher_path resnet50 cub200 best)" --model_s shufflenet_v2_x1_0 \
     --pretrained IMAGENET1K_V1 $MGD --mgd_update_freq 2 --mgd_with_kd 1 $CUB --trial "${trial}_kd"
 done
-IMAGENET="--dataset imagenet --batch_size 256 --epochs 130 --learning_rate 0.1 --lr_decay_epochs 41,71,91 --lr_decay_rate 0.1 --weight_decay 1e-4 --momentum 0.9 --dali gpu --multiprocessing-distributed --nproc ${#GPU_LIST[@]}"
+IMAGENET="--dataset imagenet --batch_size 256 --epochs 130 --warmup_epochs 10 --learning_rate 0.1 --lr_decay_epochs 41,71,91 --lr_decay_rate 0.1 --weight_decay 1e-4 --momentum 0.9 --nesterov --dali gpu --multiprocessing-distributed --nproc ${#GPU_LIST[@]}"
 GPU_LIST=("$(IFS=,; echo "${GPU_LIST[*]}")")
 for trial in $(seq 1 "$TRIALS"); do
   job python train_teacher.py --model mobilenet_v1 $IMAGENET --trial "$trial"

@@ -8,8 +8,13 @@ import torch
 
 from distillers import distiller_classes
 from helper.loop import train_one_epoch
-from helper.precision import Precision
+from helper.precision import Precision, native_cpu_bf16
 from helper.trainer import stage_optimizer
+
+
+# --amp is refused on CPUs without native bf16 (emulated, ~20x slower): nothing to run there
+pytestmark = pytest.mark.skipif(not native_cpu_bf16(),
+                                reason="this CPU has no native bf16 (AVX-512 BF16 or AMX)")
 
 
 @pytest.mark.parametrize("method", sorted(cls.name for cls in distiller_classes()))

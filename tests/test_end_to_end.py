@@ -7,6 +7,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import train_student
 import train_teacher
+from helper.precision import native_cpu_bf16
 
 EPOCH_TAGS = {"train/loss", "train/acc", "test/acc", "test/acc_top5", "test/loss", "lr"}
 
@@ -92,6 +93,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(mnist_small, tmp_p
     assert all(torch.isfinite(v).all() for v in last["model"].values())
 
 
+@pytest.mark.skipif(not native_cpu_bf16(), reason="--amp needs native bf16 on the CPU")
 def test_amp_bf16_and_channels_last_train_a_kd_student(cifar100_small, tmp_path, teacher_ckpt):
     teacher = teacher_ckpt("resnet14")
     train_student.main(["--path_t", str(teacher), "--model_s", "resnet8", "--distill", "kd",

@@ -20,7 +20,8 @@ from helper.published import TABLES
 from helper.run_folder import SEP, student_run_name, teacher_run_name
 
 SCRIPT_DIR = Path(__file__).resolve().parents[1] / "scripts"
-SCRIPTS = sorted(p for p in SCRIPT_DIR.glob("*.sh") if p.name != "common.sh")
+# The table scripts (common.sh is their library; gpu_check.sh a check, not a table)
+SCRIPTS = sorted(p for p in SCRIPT_DIR.glob("*.sh") if p.name not in ("common.sh", "gpu_check.sh"))
 SAVE = "./save"
 
 
@@ -149,7 +150,7 @@ DKD_BETA = {("resnet56", "resnet20"): 2, ("resnet110", "resnet32"): 2,
             ("resnet32x4", "ShuffleV2"): 8}
 REVIEWKD_SCHEDULE = dict(dataset="cifar100", batch_size=128, epochs=240, learning_rate=0.1,
                          lr_decay_epochs=[150, 180, 210], lr_decay_rate=0.1, weight_decay=5e-4,
-                         momentum=0.9)
+                         momentum=0.9, nesterov=True)
 MD_STUDENT = dict(MD_SCHEDULE, learning_rate=MD_LR, teacher_ckpt="last.pth",
                   teacher_run=trial0("cifar100"))
 DKD = [
@@ -231,11 +232,11 @@ TORCHDISTILL = [
 ]
 
 # kaiyuyue/mgd README.md (training scripts) and main_mgd.py defaults.
-MGD_COMMON = dict(momentum=0.9, weight_decay=1e-4, lr_decay_rate=0.1)
+MGD_COMMON = dict(momentum=0.9, nesterov=True, weight_decay=1e-4, lr_decay_rate=0.1)
 MGD_CUB = dict(MGD_COMMON, dataset="cub200", batch_size=64, epochs=120, learning_rate=0.01,
                lr_decay_epochs=[31, 61, 81], pretrained="IMAGENET1K_V1")
 MGD_IN = dict(MGD_COMMON, dataset="imagenet", batch_size=256, epochs=130, learning_rate=0.1,
-              lr_decay_epochs=[41, 71, 91])
+              lr_decay_epochs=[41, 71, 91], warmup_epochs=10)
 MGD_METHOD = dict(cls=1.0, beta=1.0, mgd_reducer="amp", mgd_loss_factor=1e4, mgd_amp_signed=False)
 MGD = [
     row({"kind": "teacher", "dataset": "cub200"}, **MGD_CUB),

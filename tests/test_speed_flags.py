@@ -101,3 +101,33 @@ def test_compile_without_a_cpu_compiler_is_one_line(mnist_small, tmp_path, monke
     assert e.value.code == 2 and len(err.splitlines()) == 1
     assert "--compile on the CPU needs a C++ compiler" in err
     assert not list((tmp_path / "teachers").rglob("*.pth"))
+
+
+def test_amp_without_native_bf16_is_refused_in_one_line(mnist_small, tmp_path, monkeypatch, capsys):
+    """bf16 autocast emulated in software (an AVX2-only CPU) made a KD step 21x slower."""
+    monkeypatch.setattr(precision, "native_cpu_bf16", lambda: False)
+    with pytest.raises(SystemExit) as e:
+        train_teacher.main(["--model", "mlp_800", "--amp", *_mnist_args(mnist_small, tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1
+    assert "no AVX-512 BF16 or AMX" in err and "drop --amp" in err
+    assert not (tmp_path / "teachers").exists()
+
+
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path, monkeypatch):
+    real_open = open
+
+    def fake(flags):
+        cpuinfo = tmp_path / "cpuinfo"
+        cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+        monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(
+            cpuinfo if path == "/proc/cpuinfo" else path, *a, **k))
+        precision.native_cpu_bf16.cache_clear()
+        return precision.native_cpu_bf16()
+
+    try:
+        assert fake("fpu avx2 avx512f avx512_bf16") and fake("fpu avx2 amx_bf16 amx_tile")
+        assert not fake("fpu sse4_2 avx2 fma")
+    finally:
+        monkeypatch.undo()
+        precision.native_cpu_bf16.cache_clear()

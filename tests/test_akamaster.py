@@ -1,0 +1,186 @@
+"""akamaster's pytorch_resnet_cifar10 ResNets: a file in its exact layout (DataParallel keys,
+``{'state_dict', 'best_prec1'}``, the legacy serialisation) loads strict with the same logits;
+feature shapes; the parameter counts of its README."""
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from helper.checkpoint import load_teacher
+from helper.errors import UserError
+from helper.files import state_dict_of
+from models import create_model
+from models.resnet_akamaster import akamaster_state_dict
+
+
+# The reference, written down from akamaster/pytorch_resnet_cifar10 resnet.py (its module tree,
+# names and option-A shortcut), to produce files in its layout.
+class _Lambda(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+class _Block(nn.Module):
+    def __init__(self, in_planes, planes, stride=1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = _Lambda(lambda x: F.pad(x[:, :, ::2, ::2],
+                                                    (0, 0, 0, 0, planes // 4, planes // 4),
+                                                    "constant", 0))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += self.shortcut(x)
+        return F.relu(out)
+
+
+class _Reference(nn.Module):
+    def __init__(self, n, num_classes=10):
+        super().__init__()
+        self.in_planes = 16
+        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.layer1 = self._layer(16, n, 1)
+        self.layer2 = self._layer(32, n, 2)
+        self.layer3 = self._layer(64, n, 2)
+        self.linear = nn.Linear(64, num_classes)
+
+    def _layer(self, planes, n, stride):
+        layers = []
+        for s in [stride] + [1] * (n - 1):
+            layers.append(_Block(self.in_planes, planes, s))
+            self.in_planes = planes
+        return nn.Sequential(*layers)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer3(self.layer2(self.layer1(out)))
+        out = F.avg_pool2d(out, out.size()[3])
+        return self.linear(out.view(out.size(0), -1))
+
+
+def _reference(n):
+    torch.manual_seed(0)
+    model = _Reference(n)
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():  # trained-looking BatchNorm statistics
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(1 + 0.2 * torch.randn(m.num_features, generator=g))
+            m.bias.data.copy_(0.1 * torch.randn(m.num_features, generator=g))
+    return model.eval()
+
+
+def _write_akamaster_file(model, path):
+    """As akamaster's trainer.py saves: the DataParallel model's state dict, old format."""
+    wrapped = nn.DataParallel(model)
+    torch.save({"state_dict": wrapped.state_dict(), "best_prec1": 91.73}, path,
+               _use_new_zipfile_serialization=False)
+    return path
+
+
+def _accepts_state_dict_key():
+    try:
+        state_dict_of({"state_dict": {"w": torch.zeros(1)}, "best_prec1": 1.0}, "x", "x")
+        return True
+    except UserError:
+        return False
+
+
+@pytest.mark.parametrize("depth", [20, 32])
+def test_akamaster_file_loads_strict_with_the_same_logits(tmp_path, depth):
+    reference = _reference((depth - 2) // 6)
+    path = _write_akamaster_file(reference, tmp_path / f"resnet{depth}-12345678.th")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    assert all(k.startswith("module.") for k in checkpoint["state_dict"])
+    model = create_model(f"resnet{depth}_akamaster", 10).eval()
+    model.load_state_dict(akamaster_state_dict(checkpoint), strict=True)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        expected = reference(x)
+        assert torch.allclose(model(x), expected, rtol=0, atol=1e-5)
+        feats, logits = model(x, is_feat=True)
+        assert torch.equal(logits, model(x))
+        pre, _ = model(x, is_feat=True, preact=True)
+    assert torch.equal(F.relu(pre[3]), feats[3])
+
+
+@pytest.mark.skipif(not _accepts_state_dict_key(),
+                    reason="helper/files.state_dict_of does not read a 'state_dict' entry yet")
+def test_akamaster_file_loads_as_a_teacher(tmp_path):
+    reference = _reference(3)
+    path = _write_akamaster_file(reference, tmp_path / "resnet20-12fca82f.th")
+    teacher, _ = load_teacher(path, 10, "resnet20_akamaster")
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(teacher(x), reference(x), rtol=0, atol=1e-5)
+
+
+def test_akamaster_state_dict_of_other_files():
+    sd = {"module.linear.weight": torch.zeros(10, 64)}
+    assert list(akamaster_state_dict(sd)) == ["linear.weight"]
+    assert akamaster_state_dict({"best_prec1": 1.0}) is None
+    assert akamaster_state_dict([1, 2]) is None
+
+
+def test_feature_shapes_and_api():
+    model = create_model("resnet20_akamaster", 100)
+    assert model.feature_shapes() == [(16, 32, 32), (16, 32, 32), (32, 16, 16), (64, 8, 8), (64,)]
+    assert model.feature_shapes(preact=True) == model.feature_shapes()
+    assert model.get_classifier() is model.linear
+    assert len(model.get_bn_before_relu()) == 3 and len(model.get_feat_modules()) == 6
+    # no shortcut parameters (option A): the keys are akamaster's
+    assert not any("shortcut" in k for k in model.state_dict())
+    assert model.linear.out_features == 100
+
+
+@pytest.mark.parametrize("depth,millions", [(20, 0.27), (32, 0.46), (44, 0.66), (56, 0.85),
+                                            (110, 1.7)])
+def test_parameter_counts_match_the_readme(depth, millions):
+    model = create_model(f"resnet{depth}_akamaster", 10)
+    count = sum(p.numel() for p in model.parameters()) / 1e6
+    digits = 1 if millions >= 1 else 2
+    assert round(count, digits) == millions
+    assert count == sum(p.numel() for p in _Reference((depth - 2) // 6).parameters()) / 1e6
+
+
+def test_folder_name_picks_the_akamaster_model():
+    from helper.checkpoint import model_name_from_path
+    path = "save/teachers/resnet56_akamaster_vanilla_cifar10_trial_0/best.pth"
+    assert model_name_from_path(path) == "resnet56_akamaster"
+
+
+def test_register_converts_an_akamaster_file(tmp_path, capsys):
+    from helper import teachers
+    reference = _reference(3)
+    path = _write_akamaster_file(reference, tmp_path / "resnet20-12fca82f.th")
+    save = tmp_path / "save"
+    teachers.main(["register", str(path), "--model", "resnet20_akamaster", "--dataset", "cifar10",
+                   "--save_folder", str(save)])
+    best = save / "teachers" / "resnet20_akamaster_vanilla_cifar10_trial_0" / "best.pth"
+    teacher, checkpoint = load_teacher(best, 10)
+    assert checkpoint["best_acc"] == pytest.approx(91.73) and checkpoint["dataset"] == "cifar10"
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(teacher(x), reference(x), rtol=0, atol=1e-5)
+    # the wrong architecture or class count is one line, exit 2, and nothing is written
+    for argv in (["--model", "resnet32_akamaster", "--dataset", "cifar10"],
+                 ["--model", "resnet20_akamaster", "--dataset", "cifar100"]):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as e:
+            teachers.main(["register", str(path), *argv, "--save_folder", str(tmp_path / "x")])
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "does not fit" in err[0]
+    assert not (tmp_path / "x").exists()

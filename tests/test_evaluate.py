@@ -1,0 +1,155 @@
+"""--evaluate on both entry scripts: a toolbox best.pth scores what its training recorded, a
+RepDistiller-format file scores with --model, a SimKD student scores as its deployed model,
+and every bad input is one line with exit code 2. No run folder is created."""
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import train_student
+import train_teacher
+from helper.checkpoint import load_teacher
+from helpers import read_summary, run_student
+
+MNIST = ["--dataset", "mnist", "--batch_size", "128", "--print_freq", "1000"]
+
+
+@pytest.fixture(scope="module")
+def mnist_teacher(mnist_small, tmp_path_factory):
+    """One epoch of an MNIST MLP: its run folder."""
+    save = tmp_path_factory.mktemp("eval_save")
+    train_teacher.main(["--model", "mlp_800", *MNIST, "--data_folder", str(mnist_small),
+                        "--save_folder", str(save), "--epochs", "1", "--learning_rate", "0.01"])
+    return next((save / "teachers").iterdir())
+
+
+def _evaluate(script, capsys, *argv):
+    script.main(["--evaluate", *map(str, argv)])
+    out = capsys.readouterr().out.strip().splitlines()
+    lines = [line for line in out if line.startswith("evaluate ")]
+    assert len(lines) == 1, out
+    return lines[0]
+
+
+def _user_error(script, capsys, *argv):
+    with pytest.raises(SystemExit) as e:
+        script.main(["--evaluate", *map(str, argv)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_best_pth_scores_what_training_recorded(mnist_teacher, mnist_small, tmp_path, capsys):
+    best = mnist_teacher / "best.pth"
+    before = sorted(p.name for p in mnist_teacher.iterdir())
+    save = tmp_path / "save"
+    line = _evaluate(train_teacher, capsys, best, *MNIST, "--data_folder", mnist_small,
+                     "--save_folder", save)
+    summary = read_summary(mnist_teacher)
+    assert f"top-1 {summary['best_acc']:.2f}" in line and "img/s" in line and "top-5" in line
+    result = json.loads((mnist_teacher / "best.pth.eval.json").read_text())
+    assert result["acc"] == pytest.approx(summary["best_acc"], abs=1e-9)
+    assert result["acc_top5"] == pytest.approx(summary["last_acc_top5"], abs=1e-9)
+    assert result["model_name"] == "mlp_800" and result["images"] == 500
+    assert result["images_per_s"] > 0 and result["recorded"]["best_acc"] == summary["best_acc"]
+    # nothing else written: no run folder, no --save_folder
+    after = {p.name for p in mnist_teacher.iterdir()}
+    assert after == set(before) | {"best.pth.eval.json"}
+    assert not save.exists()
+    # the student script scores the same file the same way (the model name is stored)
+    line2 = _evaluate(train_student, capsys, best, *MNIST, "--data_folder", mnist_small,
+                      "--save_folder", save)
+    assert f"top-1 {summary['best_acc']:.2f}" in line2
+
+
+def test_repdistiller_file_with_model_flag(mnist_teacher, mnist_small, tmp_path, capsys):
+    checkpoint = torch.load(mnist_teacher / "best.pth", weights_only=True)
+    path = tmp_path / "ckpt_epoch_1.pth"  # a name that does not tell the architecture
+    torch.save({"model": checkpoint["model"], "epoch": 1}, path)
+    line = _evaluate(train_teacher, capsys, path, "--model", "mlp_800", *MNIST,
+                     "--data_folder", mnist_small, "--save_folder", tmp_path / "save")
+    assert f"top-1 {checkpoint['best_acc']:.2f}" in line and "mlp_800" in line
+    line = _evaluate(train_student, capsys, path, "--model_t", "mlp_800", *MNIST,
+                     "--data_folder", mnist_small, "--save_folder", tmp_path / "save")
+    assert f"top-1 {checkpoint['best_acc']:.2f}" in line
+    # the wrong architecture is one line naming the flag to fix
+    err = _user_error(train_teacher, capsys, path, "--model", "mlp_1200", *MNIST,
+                      "--data_folder", mnist_small, "--save_folder", tmp_path / "save")
+    assert "does not fit mlp_1200" in err and "--model_t" not in err
+
+
+def test_unwritable_folder_writes_into_save_folder(mnist_teacher, mnist_small, tmp_path, capsys,
+                                                   monkeypatch):
+    import helper.evaluate
+    folder = tmp_path / "readonly"
+    folder.mkdir()
+    path = folder / "best.pth"
+    path.write_bytes((mnist_teacher / "best.pth").read_bytes())
+    access = os.access
+    # as if the folder were read-only (a chmod does not stop root, who may run the tests)
+    monkeypatch.setattr(helper.evaluate.os, "access",
+                        lambda p, mode: False if Path(p) == folder else access(p, mode))
+    line = _evaluate(train_teacher, capsys, path, *MNIST, "--data_folder", mnist_small,
+                     "--save_folder", tmp_path / "save")
+    out = tmp_path / "save" / "readonly_best.pth.eval.json"
+    assert str(out) in line and out.exists() and not (folder / "best.pth.eval.json").exists()
+
+
+def test_errors_are_one_line(mnist_teacher, mnist_small, tmp_path, capsys, cifar100_tiny):
+    common = [*MNIST, "--data_folder", mnist_small, "--save_folder", tmp_path / "save"]
+    err = _user_error(train_teacher, capsys, tmp_path / "missing.pth", *common)
+    assert "does not exist" in err
+    err = _user_error(train_student, capsys, tmp_path / "missing.pth", *common)
+    assert "does not exist" in err
+    bad = tmp_path / "garbage.pth"
+    bad.write_bytes(b"not a checkpoint")
+    assert "not a file torch.save writes" in _user_error(train_teacher, capsys, bad, *common)
+    # a 10-class MNIST model scored on CIFAR-100: the class counts differ
+    err = _user_error(train_teacher, capsys, mnist_teacher / "best.pth", "--dataset", "cifar100",
+                      "--data_folder", cifar100_tiny, "--save_folder", tmp_path / "save")
+    assert "10 classes" in err and "100" in err
+    assert not (tmp_path / "save").exists()
+
+
+def test_simkd_student(cifar100_small, tmp_path, capsys, teacher_ckpt):
+    run = run_student("simkd", "resnet8", cifar100_small, tmp_path / "simkd",
+                      teacher=teacher_ckpt("wrn_16_2"))
+    path = run / "best.pth" if (run / "best.pth").exists() else run / "last.pth"
+    checkpoint = torch.load(path, weights_only=True)
+    capsys.readouterr()
+    line = _evaluate(train_student, capsys, path, "--dataset", "cifar100", "--data_folder",
+                     cifar100_small, "--save_folder", tmp_path / "save", "--print_freq", "1000")
+    assert f"top-1 {checkpoint['accuracy']:.2f}" in line and "resnet8" in line
+    result = json.loads(Path(str(path) + ".eval.json").read_text())
+    assert result["acc"] == pytest.approx(checkpoint["accuracy"], abs=1e-9)
+    deployed, _ = load_teacher(path, 100)
+    assert type(deployed).__name__ == "SimKDStudent"
+
+
+def test_two_gloo_processes_score_the_whole_test_set(mnist_teacher, mnist_small, tmp_path):
+    """Each process scores its shard and the counts are summed: the one-process figures."""
+    import socket
+    import subprocess
+    import sys
+    repo = Path(__file__).resolve().parents[1]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    path = tmp_path / "best.pth"
+    path.write_bytes((mnist_teacher / "best.pth").read_bytes())
+    done = subprocess.run(
+        [sys.executable, str(repo / "train_teacher.py"), "--evaluate", str(path), *MNIST,
+         "--data_folder", str(mnist_small), "--save_folder", str(tmp_path / "save"),
+         "--multiprocessing-distributed", "--nproc", "2", "--dist-url", f"tcp://127.0.0.1:{port}"],
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}, timeout=300,
+        capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert sum(line.startswith("evaluate ") for line in done.stdout.splitlines()) == 1
+    result = json.loads((tmp_path / "best.pth.eval.json").read_text())
+    summary = read_summary(mnist_teacher)
+    assert result["world_size"] == 2 and result["images"] == 500
+    assert abs(result["acc"] - summary["best_acc"]) < 0.3  # float summation order may flip one
+    assert not (tmp_path / "save").exists()
