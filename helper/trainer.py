@@ -1,8 +1,5 @@
 """Set-up shared by both entry scripts, and ``fit``: stages, epochs, validation, logs and
 checkpoints, in named steps (restore, enter a stage, one epoch, save)."""
-import dataclasses
-import json
-import os
 import random
 import sys
 import time
@@ -17,12 +14,12 @@ import numpy as np
 import torch
 
 from helper.checkpoint import FORMAT, rng_state, set_rng_state
-from helper.files import load_file
 from helper.distributed import Context, sync_buffers, wrap
 from helper import config_file
 from helper.precision import Precision, compile_models
 from helper.errors import UserError
 from helper.loop import train_one_epoch, validate
+from helper.resume import plain, resume_checkpoint
 from helper.run_folder import RunFolder
 from helper.schedule import current_lr, make_optimizer, make_scheduler
 
@@ -74,78 +71,6 @@ def seed_everything(args, rank=0):
 
 def count_parameters(module):
     return sum(p.numel() for p in module.parameters())
-
-
-# The flags a resumed run must share with the run it continues, besides the models, method
-# and data set (checked through the checkpoint's meta) and the method's options. --epochs may grow.
-RESUME_FIXED = ("path_t", "batch_size", "learning_rate", "lr_decay_epochs", "lr_decay_rate",
-                "weight_decay", "momentum", "cls", "div", "beta", "optimizer", "nesterov",
-                "lr_scheduler", "lr_decay_step", "warmup_epochs", "label_smoothing")
-
-
-def plain(data):
-    """``data`` as JSON has it (tuples as lists, odd types as strings): what last.pth stores of
-    the arguments, compared by ``--resume``."""
-    return json.loads(json.dumps(data, default=str))
-
-
-def resume_checkpoint(config, run_path, meta):
-    """The checkpoint ``--resume`` continues from, checked against this run; or None.
-
-    Without ``--resume`` an existing run in ``run_path`` is an error rather than being
-    silently overwritten.
-    """
-    args = config.args
-    last = run_path / "last.pth"
-    if args.resume is None:
-        if last.exists():
-            raise UserError(f"{run_path} already holds a run; pass --resume to continue it, "
-                            "or another --trial or --save_folder to start a new one")
-        return None
-    path = last if args.resume == "auto" else args.resume
-    if args.resume == "auto" and not last.exists():
-        raise UserError(f"nothing to resume: {last} does not exist; drop --resume to start the run")
-    checkpoint = load_file(path, "checkpoint to resume")
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT or "optimizer" not in checkpoint:
-        raise UserError(f"{path} is not a last.pth written by this toolbox; --resume needs one")
-    for key in ("model_name", "distill", "dataset", "teacher"):
-        if checkpoint.get(key) != meta.get(key):
-            raise UserError(f"cannot resume from {path}: it was written for {key} "
-                            f"{checkpoint.get(key)!r}, this run uses {meta.get(key)!r}")
-    check_same_args(config, checkpoint.get("args") or _summary_args(path), path)
-    return checkpoint
-
-
-def check_same_args(config, stored, path):
-    """Refuse to resume with a flag of ``RESUME_FIXED`` or the method's options changed."""
-    method = config.method
-    keys = (*RESUME_FIXED, *(f.name for f in dataclasses.fields(method.kd)),
-            *(f.name for f in dataclasses.fields(method.options)))
-    now = plain(config.effective_args())
-    for key in keys:
-        if key not in (stored or {}):
-            continue  # a checkpoint older than the flag
-        old, new = stored[key], now.get(key)
-        if key == "path_t" and old and new:  # the same file, however it is spelt
-            same = os.path.realpath(old) == os.path.realpath(new)
-        else:
-            same = old == new
-        if not same:
-            raise UserError(f"cannot resume from {path}: it was trained with --{key} "
-                            f"{_flag_value(old)}, this run has {_flag_value(new)}; resume with "
-                            f"the same --{key}, or start a new run (another --trial)")
-
-
-def _flag_value(value):
-    return ",".join(map(str, value)) if isinstance(value, list) else value
-
-
-def _summary_args(path):
-    """The arguments in the summary.json beside ``path``, for a last.pth that has none."""
-    try:
-        return json.loads((Path(path).parent / "summary.json").read_text())["args"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 def build_data(config, ctx):
