@@ -72,14 +72,15 @@ def load_model_weights(model, state, path, what, hint=""):
     model.load_state_dict(state, strict=True)
 
 
-def load_teacher(path, num_classes, model_name=None):
+def load_teacher(path, num_classes, model_name=None, checkpoint=None):
     """Build the teacher named by ``model_name``, the checkpoint, or its path, and load it.
 
     A toolbox checkpoint with a ``deploy`` entry (a SimKD student: the student, its projector
-    and the reused classifier) loads as that whole model. Returns ``(model, checkpoint)``.
-    Every failure is a one-line UserError.
+    and the reused classifier) loads as that whole model. ``checkpoint``: the file's contents
+    when already read. Returns ``(model, checkpoint)``. Every failure is a one-line UserError.
     """
-    checkpoint = load_file(path, "teacher checkpoint")
+    if checkpoint is None:
+        checkpoint = load_file(path, "teacher checkpoint")
     state = state_dict_of(checkpoint, path, "teacher checkpoint")
     info = checkpoint if isinstance(checkpoint, dict) else {}
     stored = info.get("model_name")

@@ -46,7 +46,7 @@ def load_for_evaluation(path, num_classes, model_name=None, fallback=None, flag=
         checkpoint = load_file(path, "checkpoint to evaluate")
     try:
         return load_teacher(path, num_classes,
-                            _architecture(checkpoint, path, model_name, fallback))
+                            _architecture(checkpoint, path, model_name, fallback), checkpoint)
     except UserError as e:
         text = str(e).replace("teacher checkpoint", "checkpoint").replace("--model_t", flag)
         raise UserError(text) from None
@@ -83,7 +83,7 @@ def evaluate(config, ctx, path, model_name=None, fallback=None, flag="--model"):
                                             checkpoint)
     model = fit_to_data(model.to(ctx.device), info["input_size"], "model")
     model.eval()
-    channels_last = bool(getattr(args, "channels_last", False))
+    channels_last = args.channels_last
     if channels_last:
         model.to(memory_format=torch.channels_last)
     precision = Precision.from_args(args, ctx.device)

@@ -4,6 +4,7 @@ can be unusable.
 A leaf module: it imports nothing from the package but ``helper.errors``, so ``models/``
 (pretrained weights) and ``helper/checkpoint.py`` (teachers, resume) can both use it.
 """
+import io
 import os
 import pickle
 from pathlib import Path
@@ -72,6 +73,16 @@ def load_file(path, what):
     except OSError as e:
         raise UserError(f"cannot read {what} {path} ({e.strerror or e}); check that it is "
                         "readable") from e
+
+
+def load_bytes(data: bytes, what):
+    """``torch.load`` of a checkpoint held in memory (a member of an archive), with the errors
+    of ``load_file``."""
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for bad files
+        raise UserError(f"{what} is not a readable PyTorch checkpoint: "
+                        f"{_why_unreadable(data[:16], e)}") from e
 
 
 def _why_unreadable(head, error):

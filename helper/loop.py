@@ -21,11 +21,6 @@ def step_lr(epoch, base_lr, decay_epochs, decay_rate):
     return base_lr * decay_rate ** sum(epoch > m for m in decay_epochs)
 
 
-def set_lr(optimizer, lr):
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-
-
 def _check_finite(first_bad, bad_terms, names, epoch):
     it = int(first_bad.item())
     if it >= 0:

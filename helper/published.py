@@ -106,20 +106,17 @@ def _torchdistill():
 
 
 def _kd_zoo(dataset):
-    values = {"cifar10": {"vanilla": (92.0, 92.5), "logits": (92.5, 94.2), "kd": (92.8, 93.9),
-                          "at": (91.9, 93.3), "fsp": (92.0, 92.7)},
-              "cifar100": {"vanilla": (67.6, 71.6), "logits": (69.2, 71.8), "kd": (69.9, 74.1),
-                           "at": (68.4, 72.6), "fsp": (68.0, 72.8)}}[dataset]
-    entries = []
-    for method, (small, large) in values.items():
-        for model, value in (("resnet20", small), ("resnet110", large)):
-            # AT alone has no KD term; ST + AT (below) is AT with 0.9 * ST
-            constraints = {"div": 0.0} if method == "at" else {}
-            entries.append((_teacher(method, model), model, method, value, constraints))
-    at_kd = {"cifar10": (92.6, 93.7), "cifar100": (68.7, 73.7)}[dataset]
-    entries += [("resnet20", "resnet20", "at", at_kd[0], {"div": 0.9}),
-                ("resnet110", "resnet110", "at", at_kd[1], {"div": 0.9})]
-    return entries
+    # row: (method, constraints, ResNet-20, ResNet-110); AT alone has no KD term, ST + AT is
+    # AT with 0.9 * ST
+    rows = {"cifar10": [("vanilla", {}, 92.0, 92.5), ("logits", {}, 92.5, 94.2),
+                        ("kd", {}, 92.8, 93.9), ("at", {"div": 0.0}, 91.9, 93.3),
+                        ("fsp", {}, 92.0, 92.7), ("at", {"div": 0.9}, 92.6, 93.7)],
+            "cifar100": [("vanilla", {}, 67.6, 71.6), ("logits", {}, 69.2, 71.8),
+                         ("kd", {}, 69.9, 74.1), ("at", {"div": 0.0}, 68.4, 72.6),
+                         ("fsp", {}, 68.0, 72.8), ("at", {"div": 0.9}, 68.7, 73.7)]}[dataset]
+    return [(_teacher(method, model), model, method, value, constraints)
+            for method, constraints, small, large in rows
+            for model, value in (("resnet20", small), ("resnet110", large))]
 
 
 TABLES = {

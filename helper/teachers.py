@@ -28,7 +28,6 @@ import argparse
 import contextlib
 import hashlib
 import http.client
-import io
 import os
 import re
 import sys
@@ -46,7 +45,7 @@ import torch
 
 from helper.checkpoint import FORMAT
 from helper.errors import UserError
-from helper.files import atomic_save, describe_mismatch, load_file, state_dict_of
+from helper.files import atomic_save, describe_mismatch, load_bytes, load_file, state_dict_of
 from models import create_model, model_names
 from models.registry import accepts
 from models.resnet_akamaster import akamaster_state_dict
@@ -263,15 +262,9 @@ def _find(members, release, model):
 
 def _load_bytes(data, where):
     try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for bad files
-        if not data.startswith((b"PK\x03\x04", b"\x80\x02")):
-            why = "not a file torch.save writes"
-        else:
-            first = (str(e).strip().split(". ")[0].splitlines() or [type(e).__name__])[0]
-            why = f"truncated or corrupt: {first[:120]}"
-        raise UserError(f"{where} is not a readable PyTorch checkpoint ({why}); the archive is "
-                        "corrupt or another one: fetch it again") from None
+        return load_bytes(data, where)
+    except UserError as e:
+        raise UserError(f"{e}; the archive is corrupt or another one: fetch it again") from None
 
 
 def _accuracy(checkpoint):

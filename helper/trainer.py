@@ -115,9 +115,9 @@ def stage_lr(config, stage):
 def stage_optimizer(config, distiller, stage):
     """The fresh optimizer a stage starts with, over its parameters (``--optimizer``)."""
     args = config.args
-    return make_optimizer(distiller.stage_parameters(stage), name=getattr(args, "optimizer", "sgd"),
+    return make_optimizer(distiller.stage_parameters(stage), name=args.optimizer,
                           lr=stage_lr(config, stage), momentum=args.momentum,
-                          weight_decay=args.weight_decay, nesterov=getattr(args, "nesterov", False))
+                          weight_decay=args.weight_decay, nesterov=args.nesterov)
 
 
 def stage_scheduler(config, optimizer, stage):
@@ -125,10 +125,9 @@ def stage_scheduler(config, optimizer, stage):
     its epochs, with its own decay epochs when it has them; created with its optimizer."""
     args = config.args
     decay = args.lr_decay_epochs if stage.lr_decay_epochs is None else stage.lr_decay_epochs
-    return make_scheduler(optimizer, name=getattr(args, "lr_scheduler", "multistep"),
-                          epochs=stage.epochs, decay_epochs=decay, decay_rate=args.lr_decay_rate,
-                          decay_step=getattr(args, "lr_decay_step", None),
-                          warmup_epochs=getattr(args, "warmup_epochs", 0))
+    return make_scheduler(optimizer, name=args.lr_scheduler, epochs=stage.epochs,
+                          decay_epochs=decay, decay_rate=args.lr_decay_rate,
+                          decay_step=args.lr_decay_step, warmup_epochs=args.warmup_epochs)
 
 
 @dataclass

@@ -353,8 +353,8 @@ def versions():
     try:
         import nvidia.dali
         v["dali"] = nvidia.dali.__version__
-    except Exception:
-        v["dali"] = None
+    except (ImportError, OSError) as e:  # not installed, or its libraries do not load here
+        v["dali"] = f"not importable ({type(e).__name__}: {e})"
     return v
 
 
@@ -579,14 +579,15 @@ def main(argv=None):
     else:
         try:
             import nvidia.dali  # noqa: F401
+        except ImportError:
+            rows.append(skip_row("dali_gpu", "dali", "DALI is not installed"))
+        else:
             dsave = work / "dali"
             rows.append(go(Step("dali_gpu", "train_teacher",
                                 ["--model", "resnet18", "--dataset", "folder", "--data_folder", str(images),
                                  "--dali", "gpu", "--num_workers", "4", "--epochs", "1", "--batch_size",
                                  str(bs), "--print_freq", "1000", "--save_folder", str(dsave)],
                                 method="vanilla", precision="fp32", kind="dali", timeout=a.timeout), dsave))
-        except ImportError:
-            rows.append(skip_row("dali_gpu", "dali", "DALI is not installed"))
 
     # 5. torchrun (NCCL, --sync-bn with more than one GPU)
     if dry:

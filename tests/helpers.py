@@ -22,13 +22,15 @@ PAIRS = [("resnet14x4", "resnet8x4"), ("wrn_40_2", "wrn_16_2"), ("vgg13", "vgg8"
          ("resnet14x4", "ShuffleV2")]
 
 
-def save_teacher(name, path, num_classes=100, batches=1, batch_size=32):
+def save_teacher(name, path, num_classes=100, batches=1, batch_size=32, input_size=None):
     """An untrained teacher checkpoint whose BatchNorm statistics are estimated on random
     images (a plain average over ``batches``), as a trained teacher's fit its data. With the
     initial (0, 1) statistics an untrained deep teacher's features grow to hundreds in norm, far
     beyond a trained teacher's, and feature losses diverge at the default lr. One batch of 32
     gives every channel thousands of values (its cost, a few seconds for resnet32x4 on one
-    thread, is paid once per session). The global RNG is left as it was."""
+    thread, is paid once per session). ``input_size`` (C, H, W) replaces the model's own (a timm
+    or torchvision model sized for 224 that trains on 32x32 data). The global RNG is left as it
+    was."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = create_model(name, num_classes)
@@ -38,8 +40,9 @@ def save_teacher(name, path, num_classes=100, batches=1, batch_size=32):
         model.train()
         with torch.no_grad():
             for _ in range(batches):
-                model(torch.randn(batch_size, *model.input_size))
-    torch.save({"model": model.state_dict(), "model_name": name}, path)
+                model(torch.randn(batch_size, *(input_size or model.input_size)))
+    torch.save({"model": model.state_dict(), "model_name": name, "num_classes": num_classes},
+               path)
     return path
 
 

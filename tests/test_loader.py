@@ -1,6 +1,5 @@
 """The loader interface (dataset/loader.py): the sharding arithmetic all loaders share, and
 ``unaugmented()`` of every loader class (MGD's matching pass)."""
-import sys
 from pathlib import Path
 
 import pytest
@@ -8,17 +7,14 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from dataset import RandomCropFlip, TensorLoader, normalize  # noqa: E402
-from dataset.crd import ContrastLoader  # noqa: E402
-from dataset.folder import (IMAGENET_MEAN, IMAGENET_STD, build_folder_loaders,  # noqa: E402
+from dataset import RandomCropFlip, TensorLoader, normalize
+from dataset.crd import ContrastLoader
+from dataset.folder import (IMAGENET_MEAN, IMAGENET_STD, build_folder_loaders,
                             extract_image_archive)
-from dataset.loader import Loader, batches_per_epoch, shard  # noqa: E402
+from dataset.loader import Loader, batches_per_epoch, shard
 
 torch.set_num_threads(1)
+REPO = Path(__file__).resolve().parents[1]
 ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 CLASSES = ("airplane", "cat")
 PER_CLASS = 5

@@ -11,7 +11,7 @@ pytest.importorskip("timm")
 
 from helper.checkpoint import load_teacher  # noqa: E402
 from helper.errors import UserError  # noqa: E402
-from helpers import one_epoch, one_line_user_error  # noqa: E402
+from helpers import one_epoch, one_line_user_error, save_teacher  # noqa: E402
 from models import create_model  # noqa: E402
 from models.base import fit_to_data  # noqa: E402
 from models.registry import folder_name, unknown_model  # noqa: E402
@@ -37,20 +37,9 @@ def _check_pooled_and_logits(model):
 
 
 def save_checkpoint(name, path, num_classes=100):
-    """An untrained teacher checkpoint of ``name`` whose BatchNorm statistics are estimated on
-    one batch of random CIFAR-size images (as helpers.save_teacher, at 32x32)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = create_model(name, num_classes)
-        for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.momentum = None
-        model.train()
-        with torch.no_grad():
-            model(torch.randn(32, *CIFAR))
-    torch.save({"model": model.state_dict(), "model_name": name, "num_classes": num_classes},
-               path)
-    return path
+    """An untrained teacher checkpoint of ``name``, its BatchNorm statistics estimated at 32x32
+    (helpers.save_teacher)."""
+    return save_teacher(name, path, num_classes, input_size=CIFAR)
 
 
 # ---- the feature API ----------------------------------------------------------------------

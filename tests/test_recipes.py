@@ -254,10 +254,8 @@ def _lr_scalars(run):
     return [(e.step, e.value) for e in acc.Scalars("lr")]
 
 
-def test_resume_mid_cosine_with_warmup_matches_uninterrupted(mnist_small, tmp_path, monkeypatch):
-    flags = ("--epochs", "4", "--lr_scheduler", "cosine", "--warmup_epochs", "1",
-             "--learning_rate", "0.05")
-    train_teacher.main(_mnist(mnist_small, tmp_path / "full", *flags))
+def _killed_in_third_epoch(monkeypatch, argv):
+    """``train_teacher.main(argv)`` interrupted at the start of its third epoch."""
     real = helper.trainer.train_one_epoch
     calls = {"n": 0}
 
@@ -269,8 +267,15 @@ def test_resume_mid_cosine_with_warmup_matches_uninterrupted(mnist_small, tmp_pa
 
     monkeypatch.setattr(helper.trainer, "train_one_epoch", killed_in_third)
     with pytest.raises(KeyboardInterrupt):
-        train_teacher.main(_mnist(mnist_small, tmp_path / "cut", *flags))
+        train_teacher.main(argv)
     monkeypatch.setattr(helper.trainer, "train_one_epoch", real)
+
+
+def test_resume_mid_cosine_with_warmup_matches_uninterrupted(mnist_small, tmp_path, monkeypatch):
+    flags = ("--epochs", "4", "--lr_scheduler", "cosine", "--warmup_epochs", "1",
+             "--learning_rate", "0.05")
+    train_teacher.main(_mnist(mnist_small, tmp_path / "full", *flags))
+    _killed_in_third_epoch(monkeypatch, _mnist(mnist_small, tmp_path / "cut", *flags))
     train_teacher.main([*_mnist(mnist_small, tmp_path / "cut", *flags), "--resume"])
     name = "teachers/mlp_800_vanilla_mnist_trial_0"
     full, cut = tmp_path / "full" / name, tmp_path / "cut" / name
@@ -288,19 +293,7 @@ def test_resume_from_a_checkpoint_without_scheduler_state(mnist_small, tmp_path,
     """A last.pth written before the schedulers: the stage's epochs are replayed."""
     flags = ("--epochs", "3", "--lr_decay_epochs", "1,2", "--lr_decay_rate", "0.5")
     train_teacher.main(_mnist(mnist_small, tmp_path / "full", *flags))
-    real = helper.trainer.train_one_epoch
-    calls = {"n": 0}
-
-    def killed_in_third(model, loader, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt("simulated kill")
-        return real(model, loader, *args, **kwargs)
-
-    monkeypatch.setattr(helper.trainer, "train_one_epoch", killed_in_third)
-    with pytest.raises(KeyboardInterrupt):
-        train_teacher.main(_mnist(mnist_small, tmp_path / "cut", *flags))
-    monkeypatch.setattr(helper.trainer, "train_one_epoch", real)
+    _killed_in_third_epoch(monkeypatch, _mnist(mnist_small, tmp_path / "cut", *flags))
     name = "teachers/mlp_800_vanilla_mnist_trial_0"
     full, cut = tmp_path / "full" / name, tmp_path / "cut" / name
     old = _weights(cut)
