@@ -1,5 +1,6 @@
 """The distiller contract (DESIGN.md, "Distiller"): the base class, its stages, weights and
 what a method may know of the run."""
+import argparse
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
@@ -34,6 +35,24 @@ class Weights:
     beta: float = 0.0
 
 
+def parse_beta(text: str):
+    """``-b``: a number (one method), or ``name=weight,...`` naming methods of ``--distill``."""
+    text = str(text).strip()
+    try:
+        if "=" not in text:
+            return float(text)
+        weights = {}
+        for item in text.split(","):
+            name, sep, value = item.partition("=")
+            if not sep or not name.strip():
+                raise ValueError(item)
+            weights[name.strip()] = float(value)
+        return weights
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, or name=weight pairs such as "
+                                         f"dkd=1,reviewkd=8, got {text!r}") from None
+
+
 @dataclass(frozen=True)
 class WeightOptions(MethodOptions):
     """The ``-c/-d/-b`` flags; ``None`` takes the method's ``default_weights``."""
@@ -43,8 +62,9 @@ class WeightOptions(MethodOptions):
                                   "-c", "-r", "--gamma", type=float)
     div: Optional[float] = option(None, "weight of the KD term (method default, 1 for most)",
                                   "-d", "-a", "--alpha", type=float)
-    beta: Optional[float] = option(None, "weight of the method's own loss (method default)",
-                                   "-b", type=float)
+    beta: Optional[float] = option(
+        None, "weight of the method's own loss (method default); with several methods, "
+        "name each: -b dkd=1,reviewkd=8", "-b", type=parse_beta, metavar="B|NAME=B,...")
 
 
 @dataclass(frozen=True)
@@ -83,6 +103,8 @@ class Distiller(nn.Module):
     student_feats = True
     preact = False
     default_weights = Weights(cls=1.0, div=1.0, beta=0.0)
+    combinable = True  # False: replaces the training step or test model (distillers/combine.py)
+    stage_maps = True  # reads the stage maps, which differ with preact (not only the pooled one)
     label_smoothing = 0.0  # of the cls CE term: --label_smoothing, set by helper/trainer.py
 
     def __init__(self, student: nn.Module, teacher: Optional[nn.Module], options=None, *,
@@ -146,8 +168,13 @@ class Distiller(nn.Module):
     def train(self, mode: bool = True):
         super().train(mode)
         if self.teacher is not None:
-            self.teacher.eval()
+            self.teacher.train(mode and self.teacher_trains())
         return self
+
+    def teacher_trains(self) -> bool:
+        """Whether the teacher runs in training mode (BatchNorm on batch statistics) during
+        training epochs; it never learns either way."""
+        return False
 
     def stages(self) -> List[Stage]:
         """The stages this method trains in; one of ``run_info.epochs`` by default."""
@@ -179,8 +206,8 @@ class Distiller(nn.Module):
         feats_t = logits_t = None
         if self.teacher is not None and (self.div_weight or self.uses_teacher_output()):
             with torch.no_grad():
-                feats_t, logits_t = self._run(self.teacher, images, self.teacher_feats)
-        feats_s, logits_s = self._run(self.student, images, self.student_feats)
+                feats_t, logits_t = self._run(self.teacher, images, self.feature_mode("teacher"))
+        feats_s, logits_s = self._run(self.student, images, self.feature_mode("student"))
         losses = {}
         if self.cls_weight:
             losses["cls"] = self.cls_weight * F.cross_entropy(logits_s, targets,
@@ -191,9 +218,16 @@ class Distiller(nn.Module):
                                          logits_t=logits_t, targets=targets, **batch))
         return logits_s, losses
 
-    def _run(self, model, images, with_feats):
-        if with_feats:
-            return model(images, is_feat=True, preact=self.preact)
+    def feature_mode(self, who: str) -> Optional[bool]:
+        """How the method reads the features of ``who`` ("teacher" or "student"): None for
+        not at all (only logits are computed), else the ``preact`` flag they are taken with."""
+        wanted = self.teacher_feats if who == "teacher" else self.student_feats
+        return self.preact if wanted else None
+
+    def _run(self, model, images, preact: Optional[bool]):
+        """``(features or None, logits)`` of ``model``; features when ``preact`` is not None."""
+        if preact is not None:
+            return model(images, is_feat=True, preact=preact)
         return None, model(images)
 
     def uses_kd_temperature(self) -> bool:
@@ -218,9 +252,14 @@ class Distiller(nn.Module):
         return {}
 
     # ---- checkpoints -------------------------------------------------------------------
+    def _student_prefixes(self):
+        """Where the student's weights sit in ``state_dict()`` (they are saved apart)."""
+        return ("student.",)
+
     def extra_state_dict(self):
         """Everything the method trains or remembers beyond the student's weights."""
-        return {k: v for k, v in self.state_dict().items() if not k.startswith("student.")}
+        prefixes = self._student_prefixes()
+        return {k: v for k, v in self.state_dict().items() if not k.startswith(prefixes)}
 
     def load_extra_state_dict(self, state):
         own = self.extra_state_dict()
@@ -229,7 +268,9 @@ class Distiller(nn.Module):
         if missing or unexpected:
             raise UserError(f"checkpoint extras do not match --distill {self.name}: "
                             f"missing {missing[:5]}, unexpected {unexpected[:5]}")
-        full = {**{"student." + k: v for k, v in self.student.state_dict().items()}, **state}
+        student = self.student.state_dict()
+        full = {prefix + k: v for prefix in self._student_prefixes() for k, v in student.items()}
+        full.update(state)
         self.load_state_dict(full, strict=True)
 
     def deploy_state(self):

@@ -28,7 +28,10 @@ class MethodConfig:
         method = get_distiller(name)
         options = method.Options() if options is None else options
         kd = KDOptions() if kd is None else kd
-        effective, kd_T = method.effective_weights(options, weights or WeightOptions(), kd.kd_T)
+        weights = weights or WeightOptions()
+        if isinstance(weights.beta, dict):  # -b name=weight
+            weights = dataclasses.replace(weights, beta=_named_beta(method.name, weights.beta))
+        effective, kd_T = method.effective_weights(options, weights, kd.kd_T)
         return cls(method.name, options, effective, dataclasses.replace(kd, kd_T=kd_T))
 
     @classmethod
@@ -43,6 +46,22 @@ class MethodConfig:
     def method(self):
         return get_distiller(self.name)
 
+    @property
+    def parts(self):
+        return (self,)
+
+    def option_values(self) -> dict:
+        """The method's options by flag name (summary.json, config.yaml, the resume checks)."""
+        return dataclasses.asdict(self.options)
+
+    def beta_label(self) -> str:
+        """``-b`` in the run folder's name."""
+        return f"{self.weights.beta:g}"
+
+    def beta_value(self):
+        """``-b`` as config.yaml and summary.json record it."""
+        return self.weights.beta
+
     def requires_teacher(self) -> bool:
         return self.method.requires_teacher(self.options)
 
@@ -56,6 +75,19 @@ class MethodConfig:
                             f"KD term here (-d {distiller.div_weight:g}); drop --ctkd, or pass "
                             "-d > 0 to a method with a KD term")
         return distiller
+
+
+def _named_beta(name, betas):
+    """A one-method run's ``-b name=weight``: the weight, when it names this method."""
+    for key, value in betas.items():
+        try:
+            known = get_distiller(key).name
+        except KeyError:
+            known = key
+        if known != name:
+            raise UserError(f"-b names {key}, which is not in --distill {name}; "
+                            f"use -b {name}=WEIGHT or a plain number")
+    return next(iter(betas.values()))
 
 
 def option_owners():

@@ -63,6 +63,8 @@ class CC(Distiller):
     must then be retuned (torchdistill uses 0.003 with KD on ImageNet).
     """
 
+    stage_maps = False  # reads only the pooled feature
+
     teacher_feats = True
     student_feats = True
     default_weights = Weights(cls=1.0, div=0.0, beta=0.02)

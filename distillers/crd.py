@@ -131,6 +131,8 @@ class CRD(Distiller):
     matmul when that is cheaper than gathering them (same dot products).
     """
 
+    stage_maps = False  # reads only the pooled feature
+
     default_weights = Weights(cls=1.0, div=1.0, beta=0.8)
 
     @dataclass(frozen=True)

@@ -138,8 +138,8 @@ class FitNet(Distiller):
         if self.stage != "hint":
             return super().forward_train(images, targets, **batch)
         with torch.no_grad():
-            feats_t, _ = self._run(self.teacher, images, True)
-        feats_s, logits_s = self._run(self.student, images, True)
+            feats_t, _ = self._run(self.teacher, images, self.preact)
+        feats_s, logits_s = self._run(self.student, images, self.preact)
         return logits_s, {"hint": self.beta * self.hint(feats_s, feats_t)}
 
     def method_losses(self, *, feats_s, logits_s, feats_t, logits_t, targets, **batch):

@@ -79,6 +79,8 @@ class L2(Distiller):
     lr 0.2 for a total batch of 512, x0.1 at 30 and 60 (``scripts/torchdistill_imagenet.sh``).
     """
 
+    stage_maps = False  # reads only the pooled feature
+
     teacher_feats = True
     student_feats = True
     default_weights = Weights(cls=1.0, div=0.0, beta=1.0)

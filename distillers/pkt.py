@@ -39,6 +39,8 @@ class PKT(Distiller):
     ``-b``). We follow the code.
     """
 
+    stage_maps = False  # reads only the pooled feature
+
     teacher_feats = True
     student_feats = True
     default_weights = Weights(cls=1.0, div=0.0, beta=30000.0)

@@ -139,19 +139,13 @@ class ReviewKD(Distiller):
         self.abfs = nn.ModuleList(ABF(s[0], mid, t[0], fuse=i < n - 1)
                                   for i, (s, t) in enumerate(zip(s_shapes, t_shapes)))
 
-    def _run(self, model, images, with_feats):
-        if with_feats:
-            preact = True if model is self.teacher else self.student_preact
-            return model(images, is_feat=True, preact=preact)
-        return None, model(images)
+    def feature_mode(self, who):
+        return True if who == "teacher" else self.student_preact
 
-    def train(self, mode=True):
-        """The base class keeps the teacher in eval mode; ``--reviewkd_teacher_train`` puts it
-        in training mode for training epochs, as the official CIFAR code."""
-        super().train(mode)
-        if mode and getattr(self, "teacher_train", False) and self.teacher is not None:
-            self.teacher.train()
-        return self
+    def teacher_trains(self):
+        """``--reviewkd_teacher_train``: the teacher in training mode for training epochs, as
+        the official CIFAR code."""
+        return getattr(self, "teacher_train", False)
 
     def warmup_factor(self):
         """``min(e / warmup, 1)`` with ``e = epoch - 1`` (the loop counts epochs from 1)."""

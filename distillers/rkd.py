@@ -56,6 +56,8 @@ class RKD(Distiller):
     (the same as over distinct pairs). We follow the code.
     """
 
+    stage_maps = False  # reads only the pooled feature
+
     teacher_feats = True
     student_feats = True
     default_weights = Weights(cls=1.0, div=0.0, beta=1.0)

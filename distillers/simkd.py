@@ -66,6 +66,8 @@ class SimKD(Distiller):
     The code also holds a depthwise 3x3 variant, commented out; it is not offered here.
     """
 
+    combinable = False  # its own training step / test-time model
+
     default_weights = Weights(cls=0.0, div=0.0, beta=1.0)
 
     @dataclass(frozen=True)

@@ -103,6 +103,8 @@ class SSKD(Distiller):
         effect at lr 0); here the teacher_ss optimizer holds the head alone.
     """
 
+    combinable = False  # its own training step / test-time model
+
     default_weights = Weights(cls=0.1, div=0.9, beta=10.0)
 
     @dataclass(frozen=True)

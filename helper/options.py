@@ -21,6 +21,7 @@ from dataset import DATASET_NAMES
 from helper import config_file, distributed, precision, schedule
 from helper.errors import UserError
 from distillers import MethodConfig, RunInfo, distiller_names, option_owners
+from distillers.combine import configure, split_methods
 from distillers.options import add_options
 from models.registry import model_name as model_arg
 
@@ -74,6 +75,15 @@ def _positive(kind):
 
 def _non_negative(kind):
     return _number(kind, lambda v: v >= 0, "0 or more")
+
+
+def _method_spec(text):
+    """``--distill``: one registered method, or several joined by ``+``."""
+    try:
+        split_methods(text)
+    except UserError as e:
+        raise argparse.ArgumentTypeError(f"invalid choice: {e}") from None
+    return text
 
 
 def _common(parser):
@@ -147,7 +157,9 @@ def student_parser():
     g.add_argument("--path_t", "--path-t", default=None, help="teacher checkpoint")
     g.add_argument("--model_t", "--model-t", default=None, type=model_arg,
                    help="teacher architecture, when the checkpoint does not name it")
-    g.add_argument("--distill", default="kd", choices=distiller_names())
+    g.add_argument("--distill", default="kd", type=_method_spec, metavar="METHOD[+METHOD...]",
+                   help=f"the method, or several joined by '+' (e.g. dkd+reviewkd, each with "
+                        f"its own -b NAME=B): {', '.join(distiller_names())}")
     add_options(parser, option_owners())
     _common(parser)
     return parser
@@ -206,8 +218,8 @@ class RunConfig:
         the model or the method filled in."""
         w = self.method.weights
         return {**vars(self.args), "learning_rate": self.learning_rate, "cls": w.cls,
-                "div": w.div, "beta": w.beta, "kd_T": self.method.kd.kd_T,
-                **dataclasses.asdict(self.method.options)}
+                "div": w.div, "beta": self.method.beta_value(), "kd_T": self.method.kd.kd_T,
+                **self.method.option_values()}
 
     def file_args(self) -> dict:
         """What config.yaml holds: the effective flags, with the learning rate as given (before
@@ -247,7 +259,7 @@ def parse_student_args(argv=None) -> RunConfig:
     parser = student_parser()
     args = _parse(parser, argv)
     try:
-        method = MethodConfig.from_namespace(args.distill, args)
+        method = configure(args.distill, args)
     except UserError as e:
         parser.error(str(e))
     return _config(parser, args, args.model_s, method)
@@ -324,10 +336,12 @@ def _check_batch_split(parser, args):
 def _check_weights(parser, method):
     """The effective -c/-d/-b: none negative (that would maximise its loss), not all 0."""
     w = method.weights
-    for flag, value in (("-c", w.cls), ("-d", w.div), ("-b", w.beta)):
+    betas = [(f"-b {p.name}" if len(method.parts) > 1 else "-b", p.weights.beta)
+             for p in method.parts]
+    for flag, value in (("-c", w.cls), ("-d", w.div), *betas):
         if not (math.isfinite(value) and value >= 0):
             parser.error(f"{flag} must be 0 or more (a negative weight maximises its loss), "
                          f"got {value:g}")
-    if not (w.cls or w.div or w.beta):
+    if not (w.cls or w.div or any(b for _, b in betas)):
         parser.error(f"no loss term is active: -c, -d and -b are all 0 for --distill "
                      f"{method.name}; give one a positive weight")

@@ -55,7 +55,7 @@ def check_same_args(config, stored, path):
     """Refuse to resume with a flag of ``RESUME_FIXED`` or the method's options changed."""
     method = config.method
     keys = (*RESUME_FIXED, *(f.name for f in dataclasses.fields(method.kd)),
-            *(f.name for f in dataclasses.fields(method.options)))
+            *method.option_values())
     now = plain(config.effective_args())
     for key in keys:
         if key not in (stored or {}):

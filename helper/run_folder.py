@@ -28,7 +28,7 @@ def student_run_name(config, teacher_name):
     s, args, w = SEP, config.args, config.method.weights
     model, teacher = folder_name(config.model), folder_name(teacher_name)
     return (f"S{s}{model}_T{s}{teacher}_{args.dataset}_{config.method.name}_"
-            f"r{s}{w.cls:g}_a{s}{w.div:g}_b{s}{w.beta:g}_{args.trial}")
+            f"r{s}{w.cls:g}_a{s}{w.div:g}_b{s}{config.method.beta_label()}_{args.trial}")
 
 
 class RunFolder:
