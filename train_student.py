@@ -7,39 +7,72 @@ from pathlib import Path
 from dataset.batch_keys import add_batch_keys
 from helper.checkpoint import create_pretrained, load_teacher
 from helper.distributed import launch
+from helper import fkd_labels
 from helper.evaluate import evaluate
 from helper.errors import UserError
 from helper.loop import validate
 from helper.options import parse_student_args
 from helper.run_folder import student_run_name
+from helper.teacher_cache import attach as attach_teacher_cache
+from helper.teacher_forward import wrap_teacher
 from helper.trainer import build_data, train, user_errors
 from models.base import fit_to_data
+from models.teachers import as_list, ensemble_of, teacher_specs
+
+
+def load_teachers(config, ctx, specs, train_loader, val_loader):
+    """The teachers of ``specs`` (path, model name), each loaded, fitted to the data, given its
+    fast forward (--teacher_forward) and scored once; with --fkd none runs: the stored outputs
+    stand in. Returns the training loader (FKD's replaces it) and the teachers."""
+    args, info = config.args, config.data
+    if args.fkd is not None:
+        train_loader, stored_teacher = fkd_labels.attach(train_loader, config, ctx)
+        return train_loader, [stored_teacher]
+    teachers = []
+    for path, name in specs:
+        teacher, _ = load_teacher(path, info["num_classes"], name, dataset=args.dataset)
+        fit_to_data(teacher.to(ctx.device), info["input_size"], "teacher")
+        teacher = wrap_teacher(teacher, args.teacher_forward, info["input_size"], ctx.device,
+                               args.teacher_compile, log=ctx.log)
+        ctx.log(f"teacher {teacher.model_name} from {path}: test top-1 "
+                f"{validate(teacher, val_loader, ctx.device)['acc']:.2f}")
+        teachers.append(teacher)
+    return train_loader, teachers
 
 
 def run(config, ctx):
     with user_errors(ctx.rank):
         args, method = config.args, config.method
         if args.evaluate is not None:
+            if len(as_list(args.model_t)) > 1:
+                raise UserError("--evaluate scores one checkpoint; give one --model_t")
             evaluate(config, ctx, args.evaluate, model_name=args.model_t, fallback=config.model,
                      flag="--model_t")
             return
         needs_teacher = method.requires_teacher()
         if needs_teacher and args.path_t is None:
             raise UserError(f"--distill {method.name} needs a teacher; pass --path_t CHECKPOINT")
+        specs = teacher_specs(args.path_t, args.model_t) if needs_teacher else []
+        if needs_teacher and len(specs) < method.min_teachers():
+            raise UserError(f"--distill {method.name} weighs {method.min_teachers()} or more "
+                            "teachers; pass several checkpoints: --path_t A B [C ...]")
+        if len(specs) > 1 and not all(m.method.accepts_ensemble(m.options) for m in method.parts):
+            raise UserError(f"--distill {method.name} reads one teacher's features; pass one "
+                            "--path_t (several teachers: kd, dkd or another logit method, or "
+                            "camkd)")
         config, train_loader, val_loader = build_data(config, ctx)
         info = config.data
-        teacher, teacher_name = None, "none"
-        if needs_teacher:
-            teacher, _ = load_teacher(args.path_t, info["num_classes"], args.model_t)
-            teacher_name = teacher.model_name
-            fit_to_data(teacher.to(ctx.device), info["input_size"], "teacher")
-            ctx.log(f"teacher {teacher_name} from {args.path_t}: test top-1 "
-                    f"{validate(teacher, val_loader, ctx.device)['acc']:.2f}")
+        train_loader, teachers = load_teachers(config, ctx, specs, train_loader, val_loader)
+        teacher = ensemble_of(teachers)
+        teacher_name = teacher.model_name if teacher is not None else "none"  # several: a+b
         student = fit_to_data(create_pretrained(config.model, info["num_classes"], args.pretrained),
                               info["input_size"], "student")
         distiller = method.build(student, teacher, config.run_info).to(ctx.device)
+        train_loader = attach_teacher_cache(train_loader, distiller, args, ctx, args.dataset,
+                                            info["num_classes"])
         train_loader = add_batch_keys(train_loader, distiller.batch_requests(), method.name)
-        run_path = Path(args.save_folder) / "students" / student_run_name(config, teacher_name)
+        run_path = Path(args.save_folder) / "students" / student_run_name(
+            config, [t.model_name for t in teachers] or teacher_name)
         meta = {"model_name": config.model, "num_classes": info["num_classes"],
                 "dataset": args.dataset, "distill": method.name, "teacher": teacher_name,
                 "path_t": args.path_t}

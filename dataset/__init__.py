@@ -14,13 +14,14 @@ from pathlib import Path
 from helper.errors import UserError
 
 from . import batch_keys, cifar, mnist
+from .augment import AugmentConfig, MixLoader, SampleAugment
 from .folder import FOLDER_DATASET_NAMES, build_folder_loaders
 from .tensor_loader import RandomCropFlip, TensorLoader, crop_flip, epoch_seed, normalize
 
 DATASET_NAMES = ['cifar10', 'cifar100', 'mnist', 'fashion_mnist'] + FOLDER_DATASET_NAMES
 
 __all__ = ['DATASET_NAMES', 'build_loaders', 'load_arrays', 'TensorLoader', 'RandomCropFlip',
-           'crop_flip', 'normalize', 'epoch_seed']
+           'crop_flip', 'normalize', 'epoch_seed', 'AugmentConfig']
 
 
 def _canonical(name: str) -> str:
@@ -61,7 +62,7 @@ def _load_rank0_first(name, data_folder, world_size, rank):
 
 
 def build_loaders(name, data_folder, batch_size, device, *, seed=0, rank=0, world_size=1,
-                  jitter=0, drop_last=False, num_workers=4, dali=None):
+                  jitter=0, drop_last=False, num_workers=4, dali=None, augment=None):
     """Build the training and validation loaders of a data set.
 
     Args:
@@ -76,6 +77,8 @@ def build_loaders(name, data_folder, batch_size, device, *, seed=0, rank=0, worl
             so each validation sample is counted exactly once over all ranks.
         jitter: MNIST / Fashion-MNIST only: random translation of up to ``jitter`` pixels.
         drop_last: drop the last, smaller training batch.
+        augment: an ``AugmentConfig`` (``dataset/augment.py``: presets, erasing, rotation,
+            MixUp/CutMix, folder input size), or None for the standard augmentation.
 
     Returns:
         ``(train_loader, val_loader, info)`` with ``info = {'num_classes', 'input_size'
@@ -90,13 +93,16 @@ def build_loaders(name, data_folder, batch_size, device, *, seed=0, rank=0, worl
                         f"check --rank and --world-size")
     if jitter < 0:
         raise UserError(f"--jitter must be >= 0 pixels, got {jitter}")
+    augment = augment or AugmentConfig()
+    augment.check(name, name in FOLDER_DATASET_NAMES, dali)
     if name in FOLDER_DATASET_NAMES:
         if jitter:
             raise UserError(f"--jitter applies to mnist and fashion_mnist only; {name} uses "
                             "RandomResizedCrop and flip: drop --jitter")
-        return build_folder_loaders(name, data_folder, batch_size, device, seed=seed, rank=rank,
-                                    world_size=world_size, num_workers=num_workers, dali=dali,
-                                    drop_last=drop_last)
+        train_loader, val_loader, info = build_folder_loaders(
+            name, data_folder, batch_size, device, seed=seed, rank=rank, world_size=world_size,
+            num_workers=num_workers, dali=dali, drop_last=drop_last, augment=augment)
+        return _mixed(train_loader, augment, info), val_loader, info
     if dali is not None:
         raise UserError(f"--dali applies to the folder data sets ({', '.join(FOLDER_DATASET_NAMES)}); "
                         f"{name} is held in memory and augmented on the device: drop --dali")
@@ -117,10 +123,18 @@ def build_loaders(name, data_folder, batch_size, device, *, seed=0, rank=0, worl
 
     common = dict(device=device, mean=mean, std=std, seed=seed, rank=rank,
                   world_size=world_size)
+    per_sample = SampleAugment(augment, mean) if augment.per_sample else None
     train_loader = TensorLoader(train_x, train_y, batch_size, shuffle=True, transform=transform,
-                                pad=True, drop_last=drop_last, **common)
+                                pad=True, drop_last=drop_last, augment=per_sample, **common)
     val_loader = TensorLoader(test_x, test_y, batch_size, shuffle=False, transform=None,
                               pad=False, drop_last=False, **common)
     info = {'num_classes': num_classes, 'input_size': tuple(train_x.shape[1:]),
             'train_size': len(train_x), 'val_size': len(test_x)}
-    return train_loader, val_loader, info
+    return _mixed(train_loader, augment, info), val_loader, info
+
+
+def _mixed(train_loader, augment, info):
+    """The training loader, wrapped in MixUp/CutMix when ``augment`` asks for them."""
+    if not augment.mixes:
+        return train_loader
+    return MixLoader(train_loader, info['num_classes'], mixup=augment.mixup, cutmix=augment.cutmix)

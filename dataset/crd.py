@@ -20,7 +20,7 @@ import torch
 from helper.errors import UserError
 
 from .batch_keys import register_batch_key
-from .tensor_loader import epoch_seed
+from .loader_wrapper import LoaderWrapper
 
 _SALT = 0xC4D  # keeps CRD's stream apart from the loader's own (same seed and epoch)
 
@@ -65,35 +65,17 @@ class ContrastSampler:
         return torch.cat([positive[:, None], negatives], dim=1)
 
 
-class ContrastLoader:
+class ContrastLoader(LoaderWrapper):
     """Wraps a training ``Loader`` (``dataset/loader.py``) and adds ``contrast_index`` to each
     batch; everything else is the wrapped loader's."""
 
     def __init__(self, loader, k: int, mode: str = "exact"):
-        self.loader = loader
+        super().__init__(loader)
         self.device = getattr(loader, "device", torch.device("cpu"))
         self.sampler = ContrastSampler(loader.targets_cpu, k, mode, self.device)
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-        self.loader.set_epoch(epoch)
-
-    def __len__(self):
-        return len(self.loader)
-
-    def __getattr__(self, name):  # dataset_size, targets_cpu, ... of the wrapped loader
-        if name == "loader":
-            raise AttributeError(name)
-        return getattr(self.loader, name)
-
-    def generator(self) -> torch.Generator:
-        seed = epoch_seed(getattr(self.loader, "seed", 0), self.epoch)
-        seed = (seed * 1000003 + getattr(self.loader, "rank", 0) * 7919 + _SALT) % 2**63
-        return torch.Generator(device=self.device).manual_seed(seed)
 
     def __iter__(self):
-        g = self.generator()
+        g = self.epoch_generator(_SALT, self.device)
         for batch in self.loader:
             batch["contrast_index"] = self.sampler.sample(batch["index"], batch["targets"], g)
             yield batch

@@ -9,6 +9,15 @@ transforms:
 - evaluation: ``fn.decoders.image``, resize the shorter side to 256, centre crop 224x224;
 - ``fn.crop_mirror_normalize`` with the ImageNet mean and std times 255: float CHW.
 
+``--input_size N`` makes the crops N and the evaluation resize ``int(N * 256 / 224)``. The
+presets of ``dataset/augment.py`` run after the training resize, before the mirror (their
+operations' ranges are symmetric, so the order does not change their distribution), with
+black fill and nearest-neighbour interpolation as torchvision's: ``--random_rotation`` as
+``fn.rotate`` by a uniform angle, ``--aug`` as ``nvidia.dali.auto_aug``'s ``auto_augment``
+(``image_net`` policy), ``rand_augment`` (n 2, m 9, 31 bins) or ``trivial_augment_wide``
+(31 bins). ``--random_erasing`` is refused (``augment.AugmentConfig.check``); MixUp/CutMix
+wrap the loader as on every path.
+
 ``--dali gpu`` decodes with the ``mixed`` (nvJPEG) decoder and resizes on the GPU;
 ``--dali cpu`` runs everything on the CPU with ``device_id=None`` (no CUDA needed; where a GPU
 is the training device the batch is copied there after the iterator, on the CPU nothing is
@@ -57,7 +66,7 @@ import torch
 
 from helper.errors import UserError
 
-from .imagenet_transforms import CROP, IMAGENET_MEAN, IMAGENET_STD, RESIZE
+from .imagenet_transforms import CROP, IMAGENET_MEAN, IMAGENET_STD, eval_resize
 from .loader import batches_per_epoch, shard
 from .tensor_loader import epoch_seed
 
@@ -78,15 +87,41 @@ def check_dali(mode, device):
         raise UserError("--dali gpu needs CUDA; use --dali cpu")
 
 
+def _presets(images, presets):
+    """The ``dataset/augment.py`` presets on a batch of uint8 HWC images (see the docstring)."""
+    from nvidia.dali import fn, types
+    if presets.random_rotation > 0:
+        angle = fn.random.uniform(range=[-presets.random_rotation, presets.random_rotation])
+        images = fn.rotate(images, angle=angle, keep_size=True, fill_value=0,
+                           interp_type=types.INTERP_NN)
+    if presets.aug == 'standard':
+        return images
+    try:
+        from nvidia.dali.auto_aug import auto_augment, rand_augment, trivial_augment
+    except ImportError as e:
+        raise UserError(f"--aug {presets.aug} with --dali needs nvidia.dali.auto_aug ({e}); "
+                        f"upgrade DALI, or drop --dali") from None
+    common = dict(fill_value=0, interp_type=types.INTERP_NN)
+    if presets.aug == 'autoaugment':
+        return auto_augment.auto_augment(images, policy_name='image_net', **common)
+    if presets.aug == 'randaugment':
+        return rand_augment.rand_augment(images, n=2, m=9, num_magnitude_bins=31, **common)
+    return trivial_augment.trivial_augment_wide(images, num_magnitude_bins=31, **common)
+
+
 def _build_pipeline(files, *, augment, mode, batch_size, num_threads, device_id, seed, shard_id,
-                    num_shards):
+                    num_shards, crop=CROP, presets=None):
     from nvidia.dali import fn, pipeline_def, types
 
     mean = [255 * m for m in IMAGENET_MEAN]
     std = [255 * s for s in IMAGENET_STD]
     decoder = 'mixed' if mode == 'gpu' else 'cpu'
 
-    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed)
+    presets = presets if augment and presets is not None and presets.per_sample else None
+    conditionals = presets is not None and presets.aug != 'standard'  # auto_aug needs them
+
+    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed,
+                  enable_conditionals=conditionals)
     def pipeline():
         encoded, index = fn.readers.file(
             files=files, labels=list(range(len(files))), shard_id=shard_id, num_shards=num_shards,
@@ -95,14 +130,18 @@ def _build_pipeline(files, *, augment, mode, batch_size, num_threads, device_id,
             images = fn.decoders.image_random_crop(
                 encoded, device=decoder, output_type=types.RGB, random_area=[0.08, 1.0],
                 random_aspect_ratio=[3 / 4, 4 / 3], num_attempts=100)
-            images = fn.resize(images, resize_x=CROP, resize_y=CROP, interp_type=types.INTERP_LINEAR)
+            images = fn.resize(images, resize_x=crop, resize_y=crop,
+                               interp_type=types.INTERP_LINEAR)
+            if presets is not None:
+                images = _presets(images, presets)
             mirror = fn.random.coin_flip(probability=0.5)
         else:
             images = fn.decoders.image(encoded, device=decoder, output_type=types.RGB)
-            images = fn.resize(images, resize_shorter=RESIZE, interp_type=types.INTERP_LINEAR)
+            images = fn.resize(images, resize_shorter=eval_resize(crop),
+                               interp_type=types.INTERP_LINEAR)
             mirror = 0
         images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW",
-                                          crop=(CROP, CROP), mean=mean, std=std, mirror=mirror)
+                                          crop=(crop, crop), mean=mean, std=std, mirror=mirror)
         return images, index
 
     return pipeline()
@@ -122,10 +161,12 @@ class DaliLoader:
         seed, rank, world_size: see the module docstring.
         num_threads: DALI worker threads.
         drop_last: (training) drop the last batch when it is smaller than ``batch_size``.
+        crop: the crop size (``--input_size``).
+        presets: an ``AugmentConfig`` whose per-image presets training adds, or None.
     """
 
     def __init__(self, samples, batch_size, device, *, train, augment=None, mode='cpu', seed=0,
-                 rank=0, world_size=1, num_threads=2, drop_last=False):
+                 rank=0, world_size=1, num_threads=2, drop_last=False, crop=CROP, presets=None):
         self.device = torch.device(device)
         check_dali(mode, self.device)
         if world_size < 1 or not 0 <= rank < world_size:
@@ -144,6 +185,7 @@ class DaliLoader:
         self.mode = mode
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
         self.num_threads = max(1, int(num_threads))
+        self.crop, self.presets = int(crop), presets
         self.epoch = 0
         self.dataset_size = len(self.files)
         self.num_samples = len(shard(self.dataset_size, self.rank, self.world_size, pad=self.train,
@@ -174,7 +216,8 @@ class DaliLoader:
             pipe = _build_pipeline(self.files, augment=self.augment, mode=self.mode,
                                    batch_size=self.batch_size, num_threads=self.num_threads,
                                    device_id=device_id, seed=self.pipeline_seed(),
-                                   shard_id=self.rank, num_shards=self.world_size)
+                                   shard_id=self.rank, num_shards=self.world_size,
+                                   crop=self.crop, presets=self.presets)
             policy = LastBatchPolicy.FILL if self.train else LastBatchPolicy.PARTIAL
             self._iterator = DALIGenericIterator([pipe], ['images', 'index'], reader_name=READER,
                                                  last_batch_policy=policy, auto_reset=False,
@@ -212,7 +255,7 @@ class DaliLoader:
             self._unaugmented = DaliLoader(
                 samples, self.batch_size, self.device, train=self.train, augment=False,
                 mode=self.mode, seed=self.seed, rank=self.rank, world_size=self.world_size,
-                num_threads=self.num_threads)
+                num_threads=self.num_threads, crop=self.crop)
         return iter(self._unaugmented)
 
     def __repr__(self):

@@ -16,7 +16,9 @@ Each may also sit one level down, in ``<data_folder>/imagenet/`` (SimKD/RepDisti
 ``./data/imagenet``) or ``<data_folder>/cub200/``.
 
 Transforms are the standard ImageNet ones: ``RandomResizedCrop(224)`` +
-``RandomHorizontalFlip()`` for training, ``Resize(256)`` + ``CenterCrop(224)`` for evaluation.
+``RandomHorizontalFlip()`` for training, ``Resize(256)`` + ``CenterCrop(224)`` for evaluation;
+``--input_size N`` makes the crops N (and the resize ``int(N * 256 / 224)``), and the presets
+of ``dataset/augment.py`` add their per-image transforms after the flip.
 Workers return uint8 images (a quarter of the bytes of float through shared and pinned
 memory); they are normalised with the ImageNet mean and std on ``device`` by the same
 operations as ``ToTensor`` + ``Normalize`` (bit-identical results).
@@ -41,6 +43,7 @@ workers take their seeds once, when they start.)
 """
 import copy
 import tarfile
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -218,8 +221,10 @@ class FolderLoader:
     dicts on ``device`` (see the module docstring)."""
 
     def __init__(self, dataset, batch_size, device, *, train, seed=0, rank=0, world_size=1,
-                 num_workers=0, drop_last=False, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+                 num_workers=0, drop_last=False, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                 eval_transform=eval_transform):
         self.dataset = dataset
+        self.eval_transform = eval_transform
         self.device = torch.device(device)
         self._cuda = self.device.type == 'cuda'
         self.batch_size = int(batch_size)
@@ -255,9 +260,10 @@ class FolderLoader:
 
     def unaugmented(self):
         """This rank's samples (padded as in training) in data-set order through the evaluation
-        transform (``Resize(256)`` + ``CenterCrop(224)``): MGD's matching pass."""
+        transform (``Resize(256)`` + ``CenterCrop(224)``, or the ``--input_size`` ones): MGD's
+        matching pass."""
         dataset = copy.copy(self.dataset)  # shares the file list, not the transform
-        dataset.transform = eval_transform()
+        dataset.transform = self.eval_transform()
         sampler = EpochSampler(len(dataset), shuffle=False, pad=self.train, augment=False,
                                rank=self.rank, world_size=self.world_size)
         loader = DataLoader(dataset, batch_size=self.batch_size, sampler=sampler,
@@ -278,7 +284,7 @@ class FolderLoader:
 
 
 def build_folder_loaders(name, data_folder, batch_size, device, *, seed=0, rank=0, world_size=1,
-                         num_workers=4, dali=None, drop_last=False):
+                         num_workers=4, dali=None, drop_last=False, augment=None):
     """Training and validation loaders of a folder data set.
 
     Args:
@@ -293,10 +299,12 @@ def build_folder_loaders(name, data_folder, batch_size, device, *, seed=0, rank=
         num_workers: DataLoader worker processes, or DALI threads with ``dali``.
         dali: None (torchvision DataLoader), 'cpu' or 'gpu' (``dataset/dali.py``).
         drop_last: drop the last, smaller training batch.
+        augment: an ``AugmentConfig`` (``dataset/augment.py``): its ``input_size`` and per-image
+            presets; None for the standard transforms.
 
     Returns:
         ``(train_loader, val_loader, info)`` with ``info = {'num_classes', 'input_size'
-        (3, 224, 224), 'train_size', 'val_size'}``.
+        (3, 224, 224; the ``--input_size`` otherwise), 'train_size', 'val_size'}``.
     """
     key = canonical_folder_name(name)
     if key is None:
@@ -320,22 +328,23 @@ def build_folder_loaders(name, data_folder, batch_size, device, *, seed=0, rank=
         if len(split) < world_size:
             raise UserError(f"{split.root} holds {len(split)} images, fewer than the "
                             f"{world_size} processes; use fewer processes or more data")
-    info = {'num_classes': len(train_set.classes), 'input_size': (3, CROP, CROP),
+    crop = (augment.input_size if augment is not None else None) or CROP
+    info = {'num_classes': len(train_set.classes), 'input_size': (3, crop, crop),
             'train_size': len(train_set), 'val_size': len(val_set)}
     common = dict(seed=seed, rank=rank, world_size=world_size)
     if dali is not None:
         threads = max(1, num_workers)
-        train_loader = DaliLoader(train_set.samples, batch_size, device, train=True, mode=dali,
-                                  num_threads=threads, drop_last=drop_last, **common)
-        val_loader = DaliLoader(val_set.samples, batch_size, device, train=False, mode=dali,
-                                num_threads=threads, **common)
+        common.update(mode=dali, num_threads=threads, crop=crop)
+        train_loader = DaliLoader(train_set.samples, batch_size, device, train=True,
+                                  drop_last=drop_last, presets=augment, **common)
+        val_loader = DaliLoader(val_set.samples, batch_size, device, train=False, **common)
         return train_loader, val_loader, info
-    train_set.transform = train_transform()
-    val_set.transform = eval_transform()
-    train_loader = FolderLoader(train_set, batch_size, device, train=True,
-                                num_workers=num_workers, drop_last=drop_last, **common)
-    val_loader = FolderLoader(val_set, batch_size, device, train=False,
-                              num_workers=num_workers, **common)
+    train_set.transform = train_transform(crop, augment)
+    val_set.transform = eval_transform(crop)
+    common.update(num_workers=num_workers, eval_transform=partial(eval_transform, crop))
+    train_loader = FolderLoader(train_set, batch_size, device, train=True, drop_last=drop_last,
+                                **common)
+    val_loader = FolderLoader(val_set, batch_size, device, train=False, **common)
     return train_loader, val_loader, info
 
 

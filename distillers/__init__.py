@@ -7,4 +7,10 @@ from .registry import distiller_classes, distiller_names, get_distiller, registe
 # Importing the method files registers them.
 from . import (vanilla, kd, fitnet, at, sp, vid, crd, srrl, simkd, semckd, reviewkd,  # noqa: F401,E402
                dkd, dist, mgd, ab, fsp, ft, sskd, logits, l2, rkd, pkt, cc, nst, tfkd)
+from . import ofd  # noqa: F401,E402
+from . import kdsvd  # noqa: F401,E402
+from . import catkd  # noqa: F401,E402
+from . import dml  # noqa: F401,E402
+from . import camkd  # noqa: F401,E402
+from . import nkd, uskd, mlkd  # noqa: F401,E402
 from .build import MethodConfig, option_owners  # noqa: F401,E402

@@ -105,6 +105,8 @@ class Distiller(nn.Module):
     default_weights = Weights(cls=1.0, div=1.0, beta=0.0)
     combinable = True  # False: replaces the training step or test model (distillers/combine.py)
     stage_maps = True  # reads the stage maps, which differ with preact (not only the pooled one)
+    min_teachers = 1  # teachers (--path_t) a run needs at least, when it needs one (CA-MKD: 2)
+    cacheable = None  # "logits": reads only the teacher's logits (helper/teacher_cache.py)
     label_smoothing = 0.0  # of the cls CE term: --label_smoothing, set by helper/trainer.py
 
     def __init__(self, student: nn.Module, teacher: Optional[nn.Module], options=None, *,
@@ -137,6 +139,14 @@ class Distiller(nn.Module):
     def requires_teacher(cls, options) -> bool:
         """Whether a run with these options needs ``--path_t``; the one place that says so."""
         return True
+
+    @classmethod
+    def accepts_ensemble(cls, options) -> bool:
+        """Whether the method works with several teachers (``--path_t A B ...``, a
+        ``models.teachers.TeacherEnsemble`` whose output is their mean logit): by default the
+        methods that read only the teacher's logits; one that reads the members itself
+        (CA-MKD) says True."""
+        return not cls.teacher_feats
 
     @classmethod
     def effective_weights(cls, options, given: WeightOptions,
@@ -203,19 +213,20 @@ class Distiller(nn.Module):
     def forward_train(self, images, targets, **batch) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         # The teacher first: its forward pass then does not run beside the student's graph,
         # which made a resnet32x4 -> resnet8x4 KD iteration about 5% slower on the CPU.
-        feats_t = logits_t = None
-        if self.teacher is not None and (self.div_weight or self.uses_teacher_output()):
+        feats_t, logits_t = None, batch.pop("teacher_logits", None)  # --teacher_cache's
+        if logits_t is None and self.teacher is not None and (
+                self.div_weight or self.uses_teacher_output()):
             with torch.no_grad():
                 feats_t, logits_t = self._run(self.teacher, images, self.feature_mode("teacher"))
         feats_s, logits_s = self._run(self.student, images, self.feature_mode("student"))
         losses = {}
         if self.cls_weight:
-            losses["cls"] = self.cls_weight * F.cross_entropy(logits_s, targets,
-                                                             label_smoothing=self.label_smoothing)
+            losses["cls"] = self.cls_weight * self.cls_loss(logits_s, targets, batch)
         if self.div_weight and logits_t is not None:
             losses["kd"] = self.div_weight * self.kd_term(logits_s, logits_t)
         losses.update(self.method_losses(feats_s=feats_s, logits_s=logits_s, feats_t=feats_t,
-                                         logits_t=logits_t, targets=targets, **batch))
+                                         logits_t=logits_t, targets=targets, images=images,
+                                         **batch))
         return logits_s, losses
 
     def feature_mode(self, who: str) -> Optional[bool]:
@@ -229,6 +240,12 @@ class Distiller(nn.Module):
         if preact is not None:
             return model(images, is_feat=True, preact=preact)
         return None, model(images)
+
+    def cls_loss(self, logits_s, targets, batch):
+        """The unweighted cross-entropy term, with ``--label_smoothing``; MixUp/CutMix batches
+        carry ``soft_targets`` (dataset/augment.py), which it then uses."""
+        return F.cross_entropy(logits_s, batch.get("soft_targets", targets),
+                               label_smoothing=self.label_smoothing)
 
     def uses_kd_temperature(self) -> bool:
         """Whether the run has a term using the KD temperature (what ``--ctkd`` learns)."""
@@ -279,6 +296,13 @@ class Distiller(nn.Module):
         return ``{"builder": name, "kwargs": {...}, "state_dict": ...}`` where ``name`` is
         registered with ``models.register_deployed``."""
         return None
+
+    def extra_models(self) -> Dict[str, Tuple[str, nn.Module]]:
+        """Whole networks the method trains beside the student (DML's peers), ``{name:
+        (model name, module)}``: the trainer validates each every epoch and writes
+        ``<name>_best.pth`` and ``<name>_last.pth`` that load alone (``--path_t``,
+        ``--evaluate``)."""
+        return {}
 
     def trainable_parameters(self):
         return [p for p in self.parameters() if p.requires_grad]

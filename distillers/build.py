@@ -50,6 +50,9 @@ class MethodConfig:
     def parts(self):
         return (self,)
 
+    def min_teachers(self) -> int:
+        return self.method.min_teachers
+
     def option_values(self) -> dict:
         """The method's options by flag name (summary.json, config.yaml, the resume checks)."""
         return dataclasses.asdict(self.options)

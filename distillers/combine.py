@@ -104,11 +104,14 @@ class CombinedConfig:
             one = dataclasses.replace(given, beta=betas[name])
             weights, kd_T = method.effective_weights(options, one, kd.kd_T)
             cls_w[name], div_w[name], temps[name] = weights.cls, weights.div, kd_T
-            parts.append(MethodConfig(name, options, Weights(0.0, 0.0, weights.beta),
-                                      dataclasses.replace(kd, kd_T=kd_T)))
+            parts.append((name, options, weights.beta))
         shared = Weights(_shared(spec, "-c", cls_w), _shared(spec, "-d", div_w), 0.0)
-        kd_T = _shared(spec, "--kd_T", temps)
-        return cls(SEPARATOR.join(names), tuple(parts), shared, dataclasses.replace(kd, kd_T=kd_T))
+        kd = dataclasses.replace(kd, kd_T=_shared(spec, "--kd_T", temps))
+        # each method knows the run's -c and -d (for terms of its own such as MLKD's CE on its
+        # second view); the combination computes the CE and KD terms once
+        parts = tuple(MethodConfig(name, options, Weights(shared.cls, shared.div, beta), kd)
+                      for name, options, beta in parts)
+        return cls(SEPARATOR.join(names), parts, shared, kd)
 
     @property
     def method(self):
@@ -134,6 +137,9 @@ class CombinedConfig:
     def requires_teacher(self) -> bool:
         return any(p.requires_teacher() for p in self.parts)
 
+    def min_teachers(self) -> int:
+        return max(p.min_teachers() for p in self.parts)
+
     def build(self, student, teacher, run: RunInfo = None) -> "Combined":
         run = run or RunInfo()
         kd_term = KDTerm.from_options(self.kd)
@@ -157,6 +163,8 @@ class Combined(Distiller):
             self._check_combinable(part)
         self.methods = nn.ModuleDict({p.name: p for p in parts})
         self.teacher_feats = any(p.teacher_feats for p in parts)
+        kinds = {p.cacheable for p in parts}  # --teacher_cache when every method can use it
+        self.cacheable = kinds.pop() if len(kinds) == 1 else None
         self.student_feats = any(p.student_feats for p in parts)
         self._modes = {who: self._feature_mode(who) for who in ("teacher", "student")}
         self._requests = self._merged_requests()
@@ -218,6 +226,12 @@ class Combined(Distiller):
         super().on_epoch_start(epoch, train_loader, stage)
         for part in self.methods.values():
             part.on_epoch_start(epoch, train_loader, stage)
+
+    def extra_models(self):
+        models = {}
+        for part in self.methods.values():
+            models.update(part.extra_models())
+        return models
 
     def method_losses(self, **outputs):
         losses = {}

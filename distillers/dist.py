@@ -54,6 +54,7 @@ class DIST(Distiller):
 
     teacher_feats = False
     student_feats = False
+    cacheable = "logits"  # --teacher_cache (helper/teacher_cache.py)
     default_weights = Weights(cls=1.0, div=0.0, beta=2.0)
 
     @dataclass(frozen=True)

@@ -63,6 +63,7 @@ class DKD(Distiller):
 
     teacher_feats = False
     student_feats = False
+    cacheable = "logits"  # --teacher_cache (helper/teacher_cache.py)
     default_weights = Weights(cls=1.0, div=0.0, beta=1.0)
 
     @dataclass(frozen=True)

@@ -77,6 +77,7 @@ class KD(Distiller):
 
     teacher_feats = False
     student_feats = False
+    cacheable = "logits"  # --teacher_cache (helper/teacher_cache.py)
 
     def uses_teacher_output(self):
         return False

@@ -34,6 +34,7 @@ class Logits(Distiller):
 
     teacher_feats = False
     student_feats = False
+    cacheable = "logits"  # --teacher_cache (helper/teacher_cache.py)
     default_weights = Weights(cls=1.0, div=0.0, beta=0.1)
 
     def method_losses(self, *, feats_s, logits_s, feats_t, logits_t, targets, **batch):

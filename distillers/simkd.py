@@ -102,8 +102,7 @@ class SimKD(Distiller):
                                      self.teacher_size)
         losses = {}
         if self.cls_weight:
-            losses["cls"] = self.cls_weight * F.cross_entropy(logits_s, targets,
-                                                             label_smoothing=self.label_smoothing)
+            losses["cls"] = self.cls_weight * self.cls_loss(logits_s, targets, batch)
         if self.div_weight:
             losses["kd"] = self.div_weight * self.kd_term(logits_s, logits_t)
         losses["simkd"] = self.beta * simkd_loss(proj, feats_t[-2])

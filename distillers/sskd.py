@@ -186,8 +186,7 @@ class SSKD(Distiller):
         keep_ss = keep_mask(sim_t, sim_targets, self.ratio_ss)
         losses = {}
         if self.cls_weight:
-            losses["cls"] = self.cls_weight * F.cross_entropy(normal_s, targets,
-                                                             label_smoothing=self.label_smoothing)
+            losses["cls"] = self.cls_weight * self.cls_loss(normal_s, targets, batch)
         if self.div_weight:
             losses["kd"] = self.div_weight * self.kd_term(normal_s, normal_t)
         losses["tf"] = self.tf_weight * masked_kd(rotated_s, rotated_t, self.tf_T, keep_tf)

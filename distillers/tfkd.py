@@ -84,10 +84,11 @@ class TfKD(Distiller):
             --path_t save/teachers/MobileNetV2_1_0_vanilla_cifar100_trial_0/best.pth
             --model_s MobileNetV2_1_0 --distill tfkd -c 0.05 -d 0 -b 0.95 --tfkd_T 20
             --batch_size 128 --learning_rate 0.1 --epochs 200 --lr_decay_epochs 60,120,160
-            --lr_decay_rate 0.2 --weight_decay 5e-4
+            --lr_decay_rate 0.2 --weight_decay 5e-4 --warmup_epochs 1 --random_rotation 15
 
     (the teacher: ``train_teacher.py --model MobileNetV2_1_0`` with the same schedule flags).
-    Not reproduced (no flags yet, issue 17): the one-epoch warm-up and ``RandomRotation(15)``.
+    The reference warms up per iteration over the first epoch; ``--warmup_epochs 1`` per
+    epoch (epoch 1 at lr/2).
     torchdistill's ImageNet row (``tfkd-resnet18_from_resnet18.yaml``) is plain KD with
     torchvision's ResNet-18 as teacher: ``-c 0.9 -d 0 -b 0.1 --tfkd_T 1 --tfkd_reduction
     batchmean`` (see ``scripts/torchdistill_imagenet.sh``).
@@ -107,6 +108,7 @@ class TfKD(Distiller):
 
     teacher_feats = False
     student_feats = False
+    cacheable = "logits"  # --teacher_cache (helper/teacher_cache.py)
     default_weights = Weights(cls=0.05, div=0.0, beta=0.95)
 
     @dataclass(frozen=True)

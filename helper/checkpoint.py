@@ -9,6 +9,7 @@ import torch
 
 from helper.errors import UserError
 from helper.files import describe_mismatch, load_file, state_dict_of
+from helper.normalization import data_normalization, renormalize, stored_normalization
 from models import create_deployed, create_model, model_names
 from models.registry import accepts, unknown_model
 
@@ -72,12 +73,14 @@ def load_model_weights(model, state, path, what, hint=""):
     model.load_state_dict(state, strict=True)
 
 
-def load_teacher(path, num_classes, model_name=None, checkpoint=None):
+def load_teacher(path, num_classes, model_name=None, checkpoint=None, dataset=None):
     """Build the teacher named by ``model_name``, the checkpoint, or its path, and load it.
 
     A toolbox checkpoint with a ``deploy`` entry (a SimKD student: the student, its projector
     and the reused classifier) loads as that whole model. ``checkpoint``: the file's contents
-    when already read. Returns ``(model, checkpoint)``. Every failure is a one-line UserError.
+    when already read. ``dataset``: the run's data set; a teacher trained on inputs normalised
+    otherwise takes this data set's (``helper.normalization``). Returns ``(model, checkpoint)``.
+    Every failure is a one-line UserError.
     """
     if checkpoint is None:
         checkpoint = load_file(path, "teacher checkpoint")
@@ -113,6 +116,8 @@ def load_teacher(path, num_classes, model_name=None, checkpoint=None):
     if stored not in (None, name):
         hint = f"; the checkpoint records model {stored}: drop --model_t {name}"
     load_model_weights(model, state, path, "teacher checkpoint", hint)
+    if dataset is not None:
+        renormalize(model, stored_normalization(checkpoint, path), data_normalization(dataset))
     model.eval()
     return model, checkpoint
 

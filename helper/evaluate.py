@@ -4,10 +4,15 @@ training and without a run folder.
 Any file ``--path_t`` accepts can be scored: the toolbox's ``best.pth``/``last.pth`` (the
 architecture and class count are stored; a SimKD student's deploy state loads as the whole
 deployed model), RepDistiller/SimKD's ``{'model': state_dict}`` (the architecture from their
-folder-name convention, else ``--model`` / ``--model_t``), bare state dicts. One line is
+folder-name convention, else ``--model`` / ``--model_t``), bare state dicts. A checkpoint
+trained on inputs normalised otherwise than ``--dataset``'s pipeline (e.g. akamaster's, with
+ImageNet's mean and std) sees its own normalisation (``helper.normalization``). One line is
 printed (top-1, top-5, loss, images/s) and the result is written as JSON beside the checkpoint
 (``<file>.eval.json``), or into ``--save_folder`` when that folder is not writable.
 Distributed runs score each process's shard and sum the counts (``helper.loop.validate``).
+
+``check_published`` scores a teacher the zoo just wrote (``helper/teachers.py``) the same way
+and compares it with its published top-1 (more than 0.5 points off: a warning line).
 """
 import json
 import os
@@ -17,10 +22,15 @@ from pathlib import Path
 
 import torch
 
+from dataset import load_arrays
+from dataset.folder import FOLDER_DATASET_NAMES, find_split_folders
 from helper.checkpoint import load_teacher, model_name_from_path
+from helper.distributed import Context
 from helper.errors import UserError
 from helper.files import atomic_write, load_file
 from helper.loop import validate
+from helper.normalization import data_normalization
+from helper.options import parse_teacher_args
 from helper.precision import Precision
 from helper.trainer import build_data
 from models.base import fit_to_data
@@ -39,14 +49,15 @@ def _architecture(checkpoint, path, model_name, fallback):
 
 
 def load_for_evaluation(path, num_classes, model_name=None, fallback=None, flag="--model",
-                        checkpoint=None):
-    """``(model, checkpoint)`` as ``load_teacher`` builds it; its errors name ``flag``.
-    ``checkpoint``: the file's contents, when already read."""
+                        checkpoint=None, dataset=None):
+    """``(model, checkpoint)`` as ``load_teacher`` builds it (taking ``dataset``'s inputs); its
+    errors name ``flag``. ``checkpoint``: the file's contents, when already read."""
     if checkpoint is None:
         checkpoint = load_file(path, "checkpoint to evaluate")
     try:
         return load_teacher(path, num_classes,
-                            _architecture(checkpoint, path, model_name, fallback), checkpoint)
+                            _architecture(checkpoint, path, model_name, fallback), checkpoint,
+                            dataset=dataset)
     except UserError as e:
         text = str(e).replace("teacher checkpoint", "checkpoint").replace("--model_t", flag)
         raise UserError(text) from None
@@ -61,6 +72,15 @@ def result_path(checkpoint_path, save_folder):
     if os.access(folder, os.W_OK | os.X_OK):
         return path.parent / name
     return Path(save_folder) / (f"{folder.name}_{name}" if folder.name else name)
+
+
+def _normalization(model, dataset):
+    """The data's normalisation, and the checkpoint's own where the model re-normalises."""
+    out = {"data": data_normalization(dataset).as_dict()}
+    own = getattr(model, "input_normalization", None)
+    if own is not None:
+        out["checkpoint"] = own.as_dict()
+    return out
 
 
 def _synchronize(device):
@@ -80,7 +100,7 @@ def evaluate(config, ctx, path, model_name=None, fallback=None, flag="--model"):
     config, _, val_loader = build_data(config, ctx)
     info = config.data
     model, checkpoint = load_for_evaluation(path, info["num_classes"], model_name, fallback, flag,
-                                            checkpoint)
+                                            checkpoint, dataset=args.dataset)
     model = fit_to_data(model.to(ctx.device), info["input_size"], "model")
     model.eval()
     channels_last = args.channels_last
@@ -101,6 +121,7 @@ def evaluate(config, ctx, path, model_name=None, fallback=None, flag="--model"):
         "acc": metrics["acc"], "acc_top5": metrics["acc_top5"], "loss": metrics["loss"],
         "images": images, "seconds": seconds, "images_per_s": rate,
         "world_size": ctx.world_size, "device": str(ctx.device),
+        "normalization": _normalization(model, args.dataset),
         "amp": precision.dtype is not None and str(precision.dtype).replace("torch.", ""),
         "recorded": {k: stored[k] for k in ("accuracy", "best_acc", "published_acc", "epoch",
                                             "distill")
@@ -116,6 +137,9 @@ def evaluate(config, ctx, path, model_name=None, fallback=None, flag="--model"):
             raise UserError(f"cannot write {out} ({e.strerror or e}); pass a writable "
                             "--save_folder") from e
         speed = f"{rate:.0f} img/s" if rate else "? img/s"
+        own = getattr(model, "input_normalization", None)
+        if own is not None:
+            speed += f" (inputs re-normalised to the checkpoint's {own})"
         published = result["recorded"].get("published_acc")
         if isinstance(published, (int, float)):
             speed += f" (published top-1 {published:.2f})"
@@ -123,3 +147,49 @@ def evaluate(config, ctx, path, model_name=None, fallback=None, flag="--model"):
                 f"top-1 {metrics['acc']:.2f} top-5 {metrics['acc_top5']:.2f} "
                 f"loss {metrics['loss']:.4f} {speed}; written to {out}")
     return result
+
+
+# ---- a fetched teacher against its published accuracy ------------------------------------
+PUBLISHED_TOLERANCE = 0.5  # points of top-1 (issue 15)
+
+
+def data_missing(dataset, data_folder):
+    """Why the test split of ``dataset`` is not in ``data_folder``, or None when it is (nothing
+    is downloaded)."""
+    try:
+        if dataset in FOLDER_DATASET_NAMES:
+            find_split_folders(dataset, data_folder)
+        else:
+            load_arrays(dataset, data_folder, download=False)
+    except UserError as e:
+        return str(e)
+    return None
+
+
+def check_published(path, dataset, data_folder, save_folder, log=print):
+    """Score a fetched or registered teacher once on the test split of ``dataset`` (the line
+    and ``<file>.eval.json`` of ``--evaluate``) and compare its top-1 with the accuracy its
+    source publishes (else the one the file records). Returns ``(top-1, reference or None,
+    within PUBLISHED_TOLERANCE)``; a difference beyond it is reported, not an error."""
+    config = parse_teacher_args(["--evaluate", str(path), "--dataset", dataset,
+                                 "--data_folder", str(data_folder),
+                                 "--save_folder", str(save_folder), "--batch_size", "256"])
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    result = evaluate(config, Context(device=device), path)
+    acc, recorded = result["acc"], result["recorded"]
+    name = result["model_name"]
+    reference, what = recorded.get("published_acc"), "published"
+    if not isinstance(reference, (int, float)):
+        reference, what = recorded.get("accuracy"), "recorded in the file"
+    if not isinstance(reference, (int, float)):
+        log(f"{name}: test top-1 {acc:.2f} (no published accuracy to compare with)")
+        return acc, None, True
+    diff = acc - reference
+    if abs(diff) > PUBLISHED_TOLERANCE:
+        log(f"warning: {name}: test top-1 {acc:.2f} is {abs(diff):.2f} points "
+            f"{'below' if diff < 0 else 'above'} the {what} {reference:.2f} (more than "
+            f"{PUBLISHED_TOLERANCE} off): check that {data_folder} holds the original "
+            f"{dataset} test set and that the teacher is the one published")
+        return acc, reference, False
+    log(f"{name}: test top-1 {acc:.2f} agrees with the {what} {reference:.2f} ({diff:+.2f})")
+    return acc, reference, True

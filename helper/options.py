@@ -17,8 +17,11 @@ from typing import Optional
 
 import torch
 
-from dataset import DATASET_NAMES
-from helper import config_file, distributed, precision, schedule
+from dataset import DATASET_NAMES, FOLDER_DATASET_NAMES, augment
+from helper import (config_file, distributed, fkd_labels, precision, schedule, teacher_cache,
+                    teacher_forward)
+from helper.argtypes import OneLineParser as _Parser
+from helper.argtypes import non_negative as _non_negative, number as _number, positive as _positive
 from helper.errors import UserError
 from distillers import MethodConfig, RunInfo, distiller_names, option_owners
 from distillers.combine import configure, split_methods
@@ -34,13 +37,6 @@ SMALL_LR_MODELS = ("MobileNetV2", "MobileNetV2_1_0", "mobile_half", "ShuffleV1",
 MAX_SEED = 2**32 - 1
 
 
-class _Parser(argparse.ArgumentParser):
-    """An ``ArgumentParser`` whose errors are one line: what is wrong and the fix (no usage)."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def _epochs_list(text):
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
@@ -52,29 +48,6 @@ def _epochs_list(text):
     if any(b <= a for a, b in zip(values, values[1:])):
         raise argparse.ArgumentTypeError(f"epochs must be increasing, got {text!r}")
     return values
-
-
-def _number(kind, ok, rule):
-    """An argparse type: a finite ``kind`` for which ``ok(value)`` holds, else "must be <rule>"."""
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}")
-        if not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
-        if not ok(value):
-            raise argparse.ArgumentTypeError(f"must be {rule}, got {text!r}")
-        return value
-    return parse
-
-
-def _positive(kind):
-    return _number(kind, lambda v: v > 0, "positive")
-
-
-def _non_negative(kind):
-    return _number(kind, lambda v: v >= 0, "0 or more")
 
 
 def _method_spec(text):
@@ -141,6 +114,7 @@ def _common(parser):
     r.add_argument("--evaluate", metavar="FILE", help="score FILE on the test split; no training")
     distributed.add_arguments(parser)
     precision.add_arguments(parser)
+    augment.add_arguments(parser)
 
 
 def teacher_parser():
@@ -150,18 +124,48 @@ def teacher_parser():
     return parser
 
 
+def _each(kind):
+    """An argparse type: comma-separated values, each converted by ``kind``; one value as it
+    is, several as a list (``--path_t``/``--model_t`` given in a config file)."""
+    def parse(text):
+        parts = [kind(v.strip()) if v.strip() else None for v in str(text).split(",")]
+        if None in parts:
+            raise argparse.ArgumentTypeError(f"empty name in {text!r}; separate values by single "
+                                             "commas or spaces")
+        return parts[0] if len(parts) == 1 else parts
+    parse.__name__ = getattr(kind, "__name__", "value")
+    return parse
+
+
+class _OneOrSeveral(argparse.Action):
+    """``nargs="+"`` kept as one string when one value is given, so that a run with one
+    teacher keeps its ``--path_t FILE`` in summary.json, config.yaml and the --resume checks."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        flat = [v for value in values for v in ([value] if isinstance(value, str) else value)]
+        setattr(namespace, self.dest, flat[0] if len(flat) == 1 else flat)
+
+
 def student_parser():
     parser = _Parser(description="Distil a student from a trained teacher.")
     g = parser.add_argument_group("distillation")
     g.add_argument("--model_s", "--model-s", default="resnet8x4", type=model_arg)
-    g.add_argument("--path_t", "--path-t", default=None, help="teacher checkpoint")
-    g.add_argument("--model_t", "--model-t", default=None, type=model_arg,
-                   help="teacher architecture, when the checkpoint does not name it")
+    g.add_argument("--path_t", "--path-t", default=None, nargs="+", type=_each(str),
+                   action=_OneOrSeveral, metavar="CHECKPOINT",
+                   help="teacher checkpoint; several (space- or comma-separated) distil from "
+                        "their mean logit, or with --distill camkd")
+    g.add_argument("--model_t", "--model-t", default=None, nargs="+", type=_each(model_arg),
+                   action=_OneOrSeveral, metavar="MODEL",
+                   help="teacher architecture, when the checkpoint does not name it (several: "
+                        "one per --path_t, in order)")
     g.add_argument("--distill", default="kd", type=_method_spec, metavar="METHOD[+METHOD...]",
                    help=f"the method, or several joined by '+' (e.g. dkd+reviewkd, each with "
                         f"its own -b NAME=B): {', '.join(distiller_names())}")
     add_options(parser, option_owners())
     _common(parser)
+    teacher_forward.add_arguments(parser)
+    teacher_cache.add_arguments(parser)
+    fkd_labels.add_arguments(parser)
     return parser
 
 
@@ -262,6 +266,9 @@ def parse_student_args(argv=None) -> RunConfig:
         method = configure(args.distill, args)
     except UserError as e:
         parser.error(str(e))
+    teacher_forward.check_arguments(parser, args)
+    teacher_cache.check_arguments(parser, args)
+    fkd_labels.check_arguments(parser, args)
     return _config(parser, args, args.model_s, method)
 
 
@@ -269,6 +276,7 @@ def _config(parser, args, model_name, method) -> RunConfig:
     """Check combinations and derive the run configuration (for one process per machine)."""
     distributed.check_arguments(parser, args)
     precision.check_arguments(parser, args)
+    augment.check_arguments(parser, args, args.dataset in FOLDER_DATASET_NAMES)
     if args.jitter < 0:
         parser.error(f"--jitter must be 0 or more, got {args.jitter}")
     if not (math.isfinite(args.dist_timeout) and args.dist_timeout > 0):

@@ -15,7 +15,8 @@ from helper.files import load_file
 # and data set (checked through the checkpoint's meta) and the method's options. --epochs may grow.
 RESUME_FIXED = ("path_t", "batch_size", "learning_rate", "lr_decay_epochs", "lr_decay_rate",
                 "weight_decay", "momentum", "cls", "div", "beta", "optimizer", "nesterov",
-                "lr_scheduler", "lr_decay_step", "warmup_epochs", "label_smoothing")
+                "lr_scheduler", "lr_decay_step", "warmup_epochs", "label_smoothing", "aug",
+                "random_erasing", "random_rotation", "mixup", "cutmix", "input_size")
 
 
 def plain(data):
@@ -61,14 +62,19 @@ def check_same_args(config, stored, path):
         if key not in (stored or {}):
             continue  # a checkpoint older than the flag
         old, new = stored[key], now.get(key)
-        if key == "path_t" and old and new:  # the same file, however it is spelt
-            same = os.path.realpath(old) == os.path.realpath(new)
+        if key == "path_t" and old and new:  # the same files in order, however spelt
+            same = _real_paths(old) == _real_paths(new)
         else:
             same = old == new
         if not same:
             raise UserError(f"cannot resume from {path}: it was trained with --{key} "
                             f"{_flag_value(old)}, this run has {_flag_value(new)}; resume with "
                             f"the same --{key}, or start a new run (another --trial)")
+
+
+def _real_paths(value):
+    """``--path_t``'s file or files, resolved, as a list."""
+    return [os.path.realpath(p) for p in ([value] if isinstance(value, str) else value)]
 
 
 def _flag_value(value):

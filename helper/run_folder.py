@@ -5,9 +5,11 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import sys
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 from helper.files import atomic_save, atomic_write
@@ -24,11 +26,33 @@ def teacher_run_name(config):
 
 def student_run_name(config, teacher_name):
     """SimKD's student folder name: ``S:<s>_T:<t>_<dataset>_<method>_r:<c>_a:<d>_b:<b>_<trial>``,
-    with the method's canonical name and its effective weights."""
+    with the method's canonical name (``_fkd`` after it for ``--fkd``) and its effective
+    weights."""
     s, args, w = SEP, config.args, config.method.weights
-    model, teacher = folder_name(config.model), folder_name(teacher_name)
-    return (f"S{s}{model}_T{s}{teacher}_{args.dataset}_{config.method.name}_"
+    model = folder_name(config.model)
+    teacher = "+".join(folder_name(t) for t in  # several teachers: --path_t A B
+                       ([teacher_name] if isinstance(teacher_name, str) else teacher_name))
+    fkd = "_fkd" if getattr(args, "fkd", None) else ""  # FKD's stored crops: another training
+    return (f"S{s}{model}_T{s}{teacher}_{args.dataset}_{config.method.name}{fkd}_"
             f"r{s}{w.cls:g}_a{s}{w.div:g}_b{s}{config.method.beta_label()}_{args.trial}")
+
+
+@contextmanager
+def deferred_interrupt():
+    """Ctrl-C during the block (an epoch's checkpoints, events and summary) takes effect at
+    its end. Raised inside TensorBoard's writer, a KeyboardInterrupt can leave its queue's lock
+    held, and the run then hangs at exit instead of stopping."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received and callable(previous):
+            previous(signal.SIGINT, received[0])
 
 
 class RunFolder:

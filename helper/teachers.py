@@ -1,7 +1,8 @@
-"""The teacher zoo: published CIFAR-100 teachers, fetched and converted to the toolbox's format.
+"""The teacher zoo: published teachers, fetched and converted to the toolbox's format.
 
-    python -m helper.teachers list
+    python -m helper.teachers list [--plain]
     python -m helper.teachers fetch [NAME ...]          # all of the release's teachers by default
+    python -m helper.teachers fetch resnet56_akamaster --release akamaster
     python -m helper.teachers register ARCHIVE_OR_FOLDER [NAME ...]
     python -m helper.teachers register FILE --model NAME [--dataset cifar10]   # one foreign file
 
@@ -21,34 +22,45 @@ code 2 (Ctrl-C: 130). Existing teachers are kept unless ``--force``.
 ``{'model': ...}``, akamaster's ``{'state_dict': ..., 'best_prec1': ...}`` with DataParallel
 keys, a bare state dict) into ``<model>_vanilla_<dataset>_trial_0/best.pth``.
 
+``--release akamaster`` fetches akamaster's CIFAR-10 ResNets (``pretrained_models/*.th``, one
+file per teacher). Every teacher written records the input normalisation it was trained with
+(``'normalization'``: the release's, e.g. akamaster's ImageNet mean and std; a registered
+file's from ``--mean/--std``, its own record, akamaster's for its trainer's files, else the
+toolbox pipeline's of ``--dataset``), so that ``--path_t`` and ``--evaluate`` feed it inputs
+normalised as it expects (``helper/normalization.py``).
+
+When the teacher's data set is in ``--data_folder`` (nothing is downloaded for this), each
+teacher written is scored once on its test split (``--evaluate``'s line and ``best.pth.eval.json``)
+and compared with the accuracy its source publishes; more than 0.5 points off is reported as a
+warning line (not an error). ``--no_check`` skips it. ``list --plain`` prints one line per
+published teacher (``RELEASE MODEL DATASET TOP1``) for the table scripts (scripts/common.sh).
+
 Note: a teacher lives where ``train_teacher.py`` would write its own run of that model, data
 set and trial 0; training one there afterwards replaces it (``--trial`` avoids that).
 """
 import argparse
 import contextlib
 import hashlib
-import http.client
-import os
 import re
 import sys
 import tarfile
 import tempfile
-import time
-import urllib.error
-import urllib.request
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 
 from helper.checkpoint import FORMAT
+from helper.download import download, why
 from helper.errors import UserError
+from helper.evaluate import check_published, data_missing
 from helper.files import atomic_save, describe_mismatch, load_bytes, load_file, state_dict_of
+from helper.normalization import Normalization, data_normalization, stored_normalization
 from models import create_model, model_names
 from models.registry import accepts
-from models.resnet_akamaster import akamaster_state_dict
+from models.resnet_akamaster import AKAMASTER_MEAN, AKAMASTER_STD, akamaster_state_dict
 
 
 @dataclass(frozen=True)
@@ -63,9 +75,23 @@ class Release:
     published: Dict[str, float] = field(default_factory=dict)  # model -> reported top-1
     source: str = ""
     sha256: Optional[str] = None    # of the archive, where it is known
+    # A release of single files instead of an archive: model -> file name, ``url`` (and
+    # ``member``) holding {file}.
+    files: Dict[str, str] = field(default_factory=dict)
+    # (mean, std) the teachers were trained with; None: the toolbox's pipeline of ``dataset``
+    normalization: Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]] = None
+
+    def member_of(self, model):
+        """A teacher's path under ``root``."""
+        return self.member.format(model=model, file=self.files.get(model, ""))
 
     def path_of(self, model):
-        return f"{self.root}/{self.member.format(model=model)}"
+        return f"{self.root}/{self.member_of(model)}" if self.root else self.member_of(model)
+
+    def normalization_of(self):
+        if self.normalization is None:
+            return data_normalization(self.dataset)
+        return Normalization(*self.normalization)
 
 
 # RepDistiller's teachers (Tian et al., ICLR 2020, Table 1 and 2: the teachers' CIFAR-100 top-1),
@@ -80,127 +106,35 @@ RELEASES = {
         published={"wrn_40_2": 75.61, "resnet56": 72.34, "resnet110": 74.31,
                    "resnet32x4": 79.42, "vgg13": 74.64, "ResNet50": 79.34},
         source="megvii-research/mdistiller release 'checkpoints' (RepDistiller's teachers)"),
+    # akamaster/pytorch_resnet_cifar10 README.md: the published test errors 8.27, 7.37, 6.90,
+    # 6.61, 6.32, 6.18 % and the files in pretrained_models/ ({'state_dict', 'best_prec1'}
+    # through DataParallel); trainer.py normalises CIFAR-10 with ImageNet's mean and std.
+    "akamaster": Release(
+        name="akamaster",
+        url="https://github.com/akamaster/pytorch_resnet_cifar10/raw/master/pretrained_models/"
+            "{file}",
+        dataset="cifar10", num_classes=10, root="", member="{file}",
+        files={"resnet20_akamaster": "resnet20-12fca82f.th",
+               "resnet32_akamaster": "resnet32-d509ac18.th",
+               "resnet44_akamaster": "resnet44-014dd654.th",
+               "resnet56_akamaster": "resnet56-4bfd9763.th",
+               "resnet110_akamaster": "resnet110-1d1ed7c2.th",
+               "resnet1202_akamaster": "resnet1202-f3b1deed.th"},
+        published={"resnet20_akamaster": 91.73, "resnet32_akamaster": 92.63,
+                   "resnet44_akamaster": 93.10, "resnet56_akamaster": 93.39,
+                   "resnet110_akamaster": 93.68, "resnet1202_akamaster": 93.82},
+        normalization=(AKAMASTER_MEAN, AKAMASTER_STD),
+        source="akamaster/pytorch_resnet_cifar10 pretrained_models (CIFAR-10, option-A ResNets)"),
 }
 DEFAULT_RELEASE = "mdistiller"
-CHUNK = 1 << 16
-
-
 def run_folder(save_folder, model, dataset):
     return Path(save_folder) / "teachers" / f"{model}_vanilla_{dataset}_trial_0"
-
-
-# ----------------------------------------------------------------------------- download
-
-class _Progress:
-    """Progress on stdout: a carriage-return line on a terminal, else one line per quarter."""
-
-    def __init__(self, label, total, out=None):
-        self.label, self.total, self.out = label, total, out or sys.stdout
-        self.tty = self.out.isatty()
-        self.shown, self.last = -1, 0.0
-
-    def __call__(self, done):
-        mb = done / 1e6
-        if self.total:
-            pct = int(100 * done / self.total)
-            text = f"{self.label}: {mb:.1f}/{self.total / 1e6:.1f} MB ({pct}%)"
-        else:
-            pct, text = -1, f"{self.label}: {mb:.1f} MB"
-        now = time.monotonic()
-        if self.tty:
-            if now - self.last > 0.2 or (self.total and done >= self.total):
-                self.out.write("\r" + text)
-                self.out.flush()
-                self.last = now
-        elif self.total and pct // 25 > self.shown:
-            self.shown = pct // 25
-            print(text, file=self.out, flush=True)
-
-    def end(self):
-        if self.tty:
-            self.out.write("\n")
-            self.out.flush()
-
-
-def _open(url, start, timeout):
-    headers = {"User-Agent": "kd-toolbox"}
-    if start:
-        headers["Range"] = f"bytes={start}-"
-    return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
-
-
-def _why(error):
-    if isinstance(error, urllib.error.HTTPError):
-        return f"HTTP {error.code} {error.reason}"
-    if isinstance(error, urllib.error.URLError):
-        reason = error.reason
-        return getattr(reason, "strerror", None) or str(reason)
-    return getattr(error, "strerror", None) or str(error) or type(error).__name__
-
-
-def download(url, path, *, retries=3, timeout=60, log=print):
-    """Download ``url`` into ``path``; a dropped connection is resumed with a Range request
-    where the server answers 206, else the download restarts. Returns the byte count."""
-    done, total, failures = 0, None, 0
-    progress = None
-    with open(path, "wb") as f:
-        while True:
-            try:
-                response = _open(url, done, timeout)
-            except urllib.error.HTTPError as e:
-                raise UserError(f"cannot download {url}: {_why(e)}; check the URL, or fetch the "
-                                "archive by other means and use 'register'") from None
-            except (urllib.error.URLError, OSError) as e:
-                failures += 1
-                if failures > retries or done == 0:
-                    raise UserError(f"cannot download {url} ({_why(e)}); check the network, or "
-                                    "fetch the archive by other means and use 'register'") from None
-                continue
-            with response:
-                status = getattr(response, "status", 200)
-                if done and status != 206:  # the server ignores Range: start again
-                    log(f"the server cannot resume; restarting the download at 0 of "
-                        f"{total or '?'} bytes")
-                    f.seek(0)
-                    f.truncate()
-                    done = 0
-                length = response.headers.get("Content-Length")
-                if total is None and length is not None:
-                    total = int(length) + done
-                if progress is None:
-                    progress = _Progress(f"downloading {url}", total)
-                try:
-                    while True:
-                        chunk = response.read(CHUNK)
-                        if not chunk:
-                            break
-                        f.write(chunk)
-                        done += len(chunk)
-                        progress(done)
-                except (OSError, http.client.HTTPException) as e:
-                    failures += 1
-                    if failures > retries:
-                        progress.end()
-                        raise UserError(f"download of {url} failed after {retries} retries "
-                                        f"({_why(e)}); try again later") from None
-                    log(f"connection lost at {done} bytes ({_why(e)}); resuming")
-                    continue
-            if total is not None and done < total:
-                failures += 1
-                if failures > retries:
-                    progress.end()
-                    raise UserError(f"download of {url} stopped at {done} of {total} bytes after "
-                                    f"{retries} retries; try again later")
-                log(f"connection closed at {done} of {total} bytes; resuming")
-                continue
-            progress.end()
-            return done
 
 
 # ----------------------------------------------------------------------------- verify, convert
 
 def _first_line(error):
-    return (_why(error).strip().splitlines() or [type(error).__name__])[0].rstrip(":")
+    return (why(error).strip().splitlines() or [type(error).__name__])[0].rstrip(":")
 
 
 def _members(source, label, stack):
@@ -253,7 +187,7 @@ def _find(members, release, model):
     """The member holding ``model``: the release's path, under any leading folders (a folder
     given at or above the archive's root)."""
     want = release.path_of(model)
-    for tail in (want, release.member.format(model=model)):
+    for tail in (want, release.member_of(model)):
         hits = [n for n in members if n == tail or n.endswith("/" + tail)]
         if hits:
             return min(hits, key=len)
@@ -268,7 +202,7 @@ def _load_bytes(data, where):
 
 
 def _accuracy(checkpoint):
-    for key in ("best_acc", "accuracy", "acc"):
+    for key in ("best_acc", "accuracy", "acc", "best_prec1"):
         value = checkpoint.get(key) if isinstance(checkpoint, dict) else None
         if torch.is_tensor(value) and value.numel() == 1:
             value = value.item()
@@ -298,23 +232,29 @@ def _convert(members, release, models, label):
         name = _find(members, release, model)
         where = f"{label}: {name}"
         checkpoint = _load_bytes(members[name](), where)
-        state = state_dict_of(checkpoint, where, "teacher")
+        state = _weights_of(checkpoint, where)
         net = create_model(model, num_classes=release.num_classes)
         mismatch = describe_mismatch(net, state)
         if mismatch:
             raise UserError(f"{where} does not fit {model}: {mismatch}")
         net.load_state_dict(state, strict=True)
-        recorded = _accuracy(checkpoint)
-        epoch = checkpoint.get("epoch") if isinstance(checkpoint, dict) else None
-        converted[model] = {
-            "format": FORMAT, "model_name": model, "num_classes": release.num_classes,
-            "dataset": release.dataset, "distill": "vanilla", "teacher": None,
-            "model": net.state_dict(), "extras": {}, "deploy": None,
-            "epoch": epoch if isinstance(epoch, int) else None, "stage": "main",
-            "accuracy": recorded, "best_acc": recorded,
-            "published_acc": release.published.get(model),
-            "source": f"{label} {name}"}
+        converted[model] = toolbox_checkpoint(
+            net, model, release.num_classes, release.dataset, release.normalization_of(),
+            f"{label} {name}",
+            recorded=_accuracy(checkpoint), published=release.published.get(model),
+            epoch=checkpoint.get("epoch") if isinstance(checkpoint, dict) else None)
     return converted
+
+
+def toolbox_checkpoint(net, model, num_classes, dataset, normalization, source, *,
+                       recorded=None, published=None, epoch=None):
+    """A published teacher in the format ``train_teacher.py`` writes (``--path_t`` and
+    ``--evaluate`` read it), with the normalisation it was trained with and where it came from."""
+    return {"format": FORMAT, "model_name": model, "num_classes": num_classes, "dataset": dataset,
+            "distill": "vanilla", "teacher": None, "model": net.state_dict(), "extras": {},
+            "deploy": None, "epoch": epoch if isinstance(epoch, int) else None, "stage": "main",
+            "accuracy": recorded, "best_acc": recorded, "published_acc": published,
+            "normalization": normalization.as_dict(), "source": source}
 
 
 def install(converted, release, save_folder, force=False, log=print):
@@ -372,9 +312,28 @@ def _report(written, release, log):
             f"--dataset {release.dataset}")
 
 
+def score(written, dataset, args, log=print):
+    """Each teacher just written, scored once on the test split of ``dataset`` when it is in
+    ``--data_folder`` and compared with its published accuracy (helper.evaluate.check_published);
+    ``--no_check`` skips this."""
+    if not written or args.no_check:
+        return
+    missing = data_missing(dataset, args.data_folder)
+    if missing:
+        log(f"not scored against the published accuracy: {missing}")
+        return
+    for path in written:
+        check_published(path, dataset, args.data_folder, args.save_folder, log)
+
+
 # ----------------------------------------------------------------------------- commands
 
 def cmd_list(args, log=print):
+    if args.plain:
+        for release in RELEASES.values():
+            for model, acc in release.published.items():
+                log(f"{release.name} {model} {release.dataset} {acc:.2f}")
+        return
     if args.release == "torchvision":
         import torchvision.models
         log("torchvision: ImageNet weights by name (fetch NAME --release torchvision "
@@ -387,11 +346,13 @@ def cmd_list(args, log=print):
         return
     for release in RELEASES.values():
         log(f"{release.name}: {release.url}")
-        log(f"  {release.source}; {release.dataset}, layout {release.path_of('<model>')}")
+        layout = (f"one file per teacher ({next(iter(release.files.values()))}, ...)"
+                  if release.files else f"layout {release.path_of('<model>')}")
+        log(f"  {release.source}; {release.dataset}, {layout}")
         for model, acc in release.published.items():
             target = run_folder(args.save_folder, model, release.dataset) / "best.pth"
             state = "installed" if target.exists() else "not fetched"
-            log(f"  {model:<12} published top-1 {acc:.2f}  {state}: {target}")
+            log(f"  {model:<20} published top-1 {acc:.2f}  {state}: {target}")
 
 
 def torchvision_models():
@@ -430,7 +391,7 @@ def _top1(weights):
 
 def fetch_torchvision(models, weights_name, save_folder, force=False, log=print):
     """ImageNet teachers from torchvision's weights (downloaded, hash-checked and cached by
-    torch.hub), written as ``<model>_vanilla_imagenet_trial_0/best.pth``."""
+    torch.hub), written as ``<model>_vanilla_imagenet_trial_0/best.pth``; returns their paths."""
     unknown = [m for m in models if m not in torchvision_models()]
     if not models or unknown:
         raise UserError(f"name the ImageNet teachers to fetch from torchvision"
@@ -444,31 +405,44 @@ def fetch_torchvision(models, weights_name, save_folder, force=False, log=print)
         log(f"{model}: torchvision {weights.name} weights from {weights.url}")
         net = create_model(model, num_classes=1000, pretrained=weights.name)
         top1 = _top1(weights)
-        converted[model] = {
-            "format": FORMAT, "model_name": model, "num_classes": 1000, "dataset": "imagenet",
-            "distill": "vanilla", "teacher": None, "model": net.state_dict(), "extras": {},
-            "deploy": None, "epoch": None, "stage": "main", "accuracy": top1, "best_acc": top1,
-            "published_acc": top1, "source": weights.url}
+        preset = weights.transforms()
+        converted[model] = toolbox_checkpoint(
+            net, model, 1000, "imagenet", Normalization(preset.mean, preset.std), weights.url,
+            recorded=top1, published=top1)
         release.published[model] = top1
-    _report(install(converted, release, save_folder, force, log), release, log)
+    written = install(converted, release, save_folder, force, log)
+    _report(written, release, log)
+    return written
 
 
 def cmd_fetch(args, log=print):
     if args.release == "torchvision":
-        fetch_torchvision(args.names, args.weights, args.save_folder, args.force, log)
+        written = fetch_torchvision(args.names, args.weights, args.save_folder, args.force, log)
+        score(written, "imagenet", args, log)
         return
     release = RELEASES[args.release]
     models = _select(release, args.names)
-    url = args.url or release.url
-    fd, tmp = tempfile.mkstemp(prefix=".kd-teachers-", suffix=".part")
-    os.close(fd)
-    try:
-        download(url, tmp, retries=args.retries, timeout=args.timeout, log=log)
-        check_sha256(tmp, args.sha256 or release.sha256)
-        converted = verify(tmp, release, models, label=url)
-    finally:
-        os.unlink(tmp)
-    _report(install(converted, release, args.save_folder, args.force, log), release, log)
+    if release.files and args.sha256:
+        raise UserError(f"--sha256 checks an archive; {release.name} publishes one file per "
+                        "teacher: drop --sha256")
+    with tempfile.TemporaryDirectory(prefix=".kd-teachers-") as tmp:
+        if release.files:  # one file per teacher, into a folder laid out as the release
+            base = args.url.rstrip("/") + "/{file}" if args.url else release.url
+            label = base.replace("/{file}", "")
+            for model in models:
+                name = release.files[model]
+                download(base.format(file=name), Path(tmp) / name, retries=args.retries,
+                         timeout=args.timeout, log=log)
+            source = tmp
+        else:
+            label = args.url or release.url
+            source = Path(tmp) / "archive.part"
+            download(label, source, retries=args.retries, timeout=args.timeout, log=log)
+            check_sha256(source, args.sha256 or release.sha256)
+        converted = verify(source, release, models, label=label)
+    written = install(converted, release, args.save_folder, args.force, log)
+    _report(written, release, log)
+    score(written, release.dataset, args, log)
 
 
 # The class count of the data sets a single registered file may be for.
@@ -487,8 +461,23 @@ def _weights_of(checkpoint, where):
         return state
 
 
-def convert_file(path, model, dataset):
-    """One foreign teacher file as a toolbox checkpoint of ``model`` for ``dataset``."""
+def file_normalization(checkpoint, path, dataset, given=None):
+    """The normalisation a registered file was trained with: ``given`` (--mean/--std), else
+    the one a toolbox checkpoint records, else akamaster's for a file of akamaster's trainer.py
+    (``{'state_dict', 'best_prec1'}``), else the toolbox pipeline's of ``dataset``."""
+    if given is not None:
+        return given
+    own = stored_normalization(checkpoint, path)
+    if own is not None:
+        return own
+    if isinstance(checkpoint, dict) and {"state_dict", "best_prec1"} <= set(checkpoint):
+        return Normalization(AKAMASTER_MEAN, AKAMASTER_STD)
+    return data_normalization(dataset)
+
+
+def convert_file(path, model, dataset, normalization=None):
+    """One foreign teacher file as a toolbox checkpoint of ``model`` for ``dataset``
+    (``normalization``: the inputs it was trained on, when not the file's or its family's)."""
     path = Path(path)
     checkpoint = load_file(path, "teacher file")
     state = _weights_of(checkpoint, path)
@@ -499,16 +488,11 @@ def convert_file(path, model, dataset):
         raise UserError(f"{path} does not fit {model} with {num_classes} classes ({dataset}): "
                         f"{mismatch}")
     net.load_state_dict(state, strict=True)
-    recorded = _accuracy(checkpoint)
-    if recorded is None and isinstance(checkpoint, dict):
-        recorded = _accuracy({"acc": checkpoint.get("best_prec1")})
-    epoch = checkpoint.get("epoch") if isinstance(checkpoint, dict) else None
-    return {"format": FORMAT, "model_name": model, "num_classes": num_classes,
-            "dataset": dataset, "distill": "vanilla", "teacher": None,
-            "model": net.state_dict(), "extras": {}, "deploy": None,
-            "epoch": epoch if isinstance(epoch, int) else None, "stage": "main",
-            "accuracy": recorded, "best_acc": recorded, "published_acc": None,
-            "source": str(path.resolve())}
+    return toolbox_checkpoint(
+        net, model, num_classes, dataset,
+        file_normalization(checkpoint, path, dataset, normalization), str(path.resolve()),
+        recorded=_accuracy(checkpoint),
+        epoch=checkpoint.get("epoch") if isinstance(checkpoint, dict) else None)
 
 
 def cmd_register(args, log=print):
@@ -522,15 +506,46 @@ def cmd_register(args, log=print):
                             "not one (an archive or folder of the release: drop --model)")
         single = Release(name="file", url="", dataset=args.dataset, num_classes=0, root="",
                          member="")
-        converted = {args.model: convert_file(source, args.model, args.dataset)}
-        _report(install(converted, single, args.save_folder, args.force, log), single, log)
+        converted = {args.model: convert_file(source, args.model, args.dataset,
+                                              _given_normalization(args))}
+        written = install(converted, single, args.save_folder, args.force, log)
+        _report(written, single, log)
+        score(written, args.dataset, args, log)
         return
+    if args.mean is not None or args.std is not None:
+        raise UserError("--mean and --std apply to one file registered with --model; a "
+                        "release's teachers carry the release's normalisation: drop them")
     release = RELEASES[args.release]
     models = _select(release, args.names)
     if source.is_file():
         check_sha256(source, args.sha256 or release.sha256)
     converted = verify(source, release, models)
-    _report(install(converted, release, args.save_folder, args.force, log), release, log)
+    written = install(converted, release, args.save_folder, args.force, log)
+    _report(written, release, log)
+    score(written, release.dataset, args, log)
+
+
+def _channel_values(text, flag):
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise UserError(f"{flag} takes one number per channel separated by commas, e.g. "
+                        f"0.485,0.456,0.406; got {text!r}") from None
+    return values
+
+
+def _given_normalization(args):
+    """``--mean``/``--std`` as a Normalization, or None when neither is given."""
+    if args.mean is None and args.std is None:
+        return None
+    if args.mean is None or args.std is None:
+        raise UserError("give both --mean and --std (the normalisation the file was trained "
+                        "with), or neither")
+    mean, std = _channel_values(args.mean, "--mean"), _channel_values(args.std, "--std")
+    try:
+        return Normalization(mean, std)
+    except ValueError as e:
+        raise UserError(f"--mean/--std: {e}") from None
 
 
 def parser():
@@ -543,16 +558,26 @@ def parser():
                         choices=sorted(RELEASES) + ["torchvision"],
                         help="an archive of CIFAR teachers, or torchvision's ImageNet weights")
     common.add_argument("--sha256", default=None, help="the archive's expected SHA-256")
-    sub.add_parser("list", parents=[common], help="the known releases and their teachers")
-    f = sub.add_parser("fetch", parents=[common], help="download, verify and convert")
+    scoring = argparse.ArgumentParser(add_help=False)
+    scoring.add_argument("--data_folder", "--data-folder", default="./data",
+                         help="where the data set is: each teacher written is scored on its "
+                              "test split and compared with its published accuracy")
+    scoring.add_argument("--no_check", "--no-check", action="store_true",
+                         help="do not score the teachers written")
+    ls = sub.add_parser("list", parents=[common], help="the known releases and their teachers")
+    ls.add_argument("--plain", action="store_true",
+                    help="one line per published teacher: RELEASE MODEL DATASET TOP1 (scripts)")
+    f = sub.add_parser("fetch", parents=[common, scoring], help="download, verify and convert")
     f.add_argument("names", nargs="*", help="teachers (model names); all by default")
     f.add_argument("--weights", default="DEFAULT",
                    help="--release torchvision: the weights' name (e.g. IMAGENET1K_V1)")
-    f.add_argument("--url", default=None, help="another location of the release's archive")
+    f.add_argument("--url", default=None, help="another location of the release's archive "
+                   "(of the folder holding its files, for a release of single files)")
     f.add_argument("--force", action="store_true", help="replace teachers already there")
     f.add_argument("--retries", type=int, default=3, help="resumptions of a dropped download")
     f.add_argument("--timeout", type=float, default=60, help="seconds without data before a retry")
-    r = sub.add_parser("register", parents=[common], help="convert a local archive or folder")
+    r = sub.add_parser("register", parents=[common, scoring],
+                       help="convert a local archive or folder")
     r.add_argument("source", help="the archive (cifar_teachers.tar) or its extracted folder")
     r.add_argument("names", nargs="*", help="teachers (model names); all by default")
     r.add_argument("--force", action="store_true", help="replace teachers already there")
@@ -561,6 +586,12 @@ def parser():
                         "this architecture")
     r.add_argument("--dataset", default="cifar100", choices=sorted(NUM_CLASSES),
                    help="with --model: the data set the file was trained on")
+    r.add_argument("--mean", default=None, metavar="M1,M2,M3",
+                   help="with --model: the per-channel mean the file's inputs were normalised "
+                        "with (default: the file's own record, akamaster's for its files, else "
+                        "this toolbox's for --dataset)")
+    r.add_argument("--std", default=None, metavar="S1,S2,S3",
+                   help="with --model: the std, as --mean")
     return p
 
 

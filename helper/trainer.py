@@ -20,7 +20,7 @@ from helper.precision import Precision, compile_models
 from helper.errors import UserError
 from helper.loop import train_one_epoch, validate
 from helper.resume import plain, resume_checkpoint
-from helper.run_folder import RunFolder
+from helper.run_folder import RunFolder, deferred_interrupt
 from helper.schedule import current_lr, make_optimizer, make_scheduler
 
 
@@ -78,13 +78,14 @@ def build_data(config, ctx):
 
     The returned configuration has the per-process batch and learning rate and the data sizes.
     """
-    from dataset import build_loaders
+    from dataset import AugmentConfig, build_loaders
     config = config.for_process(ctx.local_size, ctx.world_size)
     args = config.args
     seed = seed_everything(args, ctx.rank)
     train_loader, val_loader, info = build_loaders(
         args.dataset, args.data_folder, config.batch_size, ctx.device, seed=seed, rank=ctx.rank,
-        world_size=ctx.world_size, jitter=args.jitter, num_workers=args.num_workers, dali=args.dali)
+        world_size=ctx.world_size, jitter=args.jitter, num_workers=args.num_workers, dali=args.dali,
+        augment=AugmentConfig.from_args(args))
     return config.with_data(info), train_loader, val_loader
 
 
@@ -141,6 +142,7 @@ class Progress:
     scheduler: Optional[object] = None
     stage_index: Optional[int] = None
     summary: dict = field(default_factory=dict)
+    extra_best: dict = field(default_factory=dict)  # {extra model: [best top-1, its epoch]}
 
 
 class Fit:
@@ -176,6 +178,7 @@ class Fit:
         p.start_epoch = checkpoint["epoch"] + 1
         p.best_acc, p.best_epoch = checkpoint["best_acc"], checkpoint["best_epoch"]
         p.wall = checkpoint["wall_time"]
+        p.extra_best = dict(checkpoint.get("extra_best", {}))
         p.stage_index, stage, stage_epoch = stage_at(self.stages, checkpoint["epoch"])
         d.stage = stage.name
         p.optimizer = stage_optimizer(self.config, self.distiller, stage)
@@ -224,11 +227,17 @@ class Fit:
         d.eval()
         val = validate(d.forward_test, self.val_loader, self.ctx.device, self.precision,
                        self.channels_last)
+        val["models"] = {name: validate(module, self.val_loader, self.ctx.device, self.precision,
+                                        self.channels_last)
+                         for name, (_, module) in d.extra_models().items()}
         p.scheduler.step()
         p.wall += time.time() - t0
         self.log(f"Epoch {epoch}: lr {lr:g} train loss {train['loss']:.4f} acc@1 {train['acc']:.2f} | "
                  f"test loss {val['loss']:.4f} acc@1 {val['acc']:.2f} acc@5 {val['acc_top5']:.2f} "
                  f"| {p.wall:.0f}s")
+        for name, scores in val["models"].items():
+            self.log(f"Epoch {epoch}: {name} test acc@1 {scores['acc']:.2f} "
+                     f"acc@5 {scores['acc_top5']:.2f}")
         return lr, train, val
 
     def save(self, run, epoch, stage, lr, train, val):
@@ -237,15 +246,18 @@ class Fit:
         run.scalars({"train/loss": train["loss"], "train/acc": train["acc"],
                      **{f"train/loss_{k}": v for k, v in train["terms"].items()},
                      "test/acc": val["acc"], "test/acc_top5": val["acc_top5"],
-                     "test/loss": val["loss"], "lr": lr}, epoch)
+                     "test/loss": val["loss"], "lr": lr,
+                     **{f"test/acc_{k}": v["acc"] for k, v in val["models"].items()}}, epoch)
         weights = {"format": FORMAT, **self.meta, "model": d.student.state_dict(),
                    "extras": d.extra_state_dict(), "epoch": epoch, "stage": stage.name,
                    "accuracy": val["acc"], "deploy": d.deploy_state()}
         if stage.selects_best and (p.best_epoch == 0 or val["acc"] > p.best_acc):
             p.best_acc, p.best_epoch = val["acc"], epoch
             run.save({**weights, "best_acc": p.best_acc}, "best.pth")
+        extra_models = self.save_extra_models(run, epoch, stage, val["models"])
         run.save({**weights, "best_acc": p.best_acc, "best_epoch": p.best_epoch,
-                  "wall_time": p.wall, "optimizer": p.optimizer.state_dict(),
+                  "extra_best": p.extra_best, "wall_time": p.wall,
+                  "optimizer": p.optimizer.state_dict(),
                   "scheduler": p.scheduler.state_dict(),
                   "scaler": self.precision.state_dict(), "rng": rng_state(),
                   "args": self.stored_args}, "last.pth")
@@ -253,7 +265,28 @@ class Fit:
                          best_acc=p.best_acc, best_epoch=p.best_epoch, last_acc=val["acc"],
                          last_train_loss=train["loss"], last_acc_top5=val["acc_top5"],
                          wall_time=p.wall)
+        if extra_models:
+            p.summary["extra_models"] = extra_models
         run.summary(p.summary)
+
+    def save_extra_models(self, run, epoch, stage, scores):
+        """Each whole network the method trains beside the student (``extra_models``, e.g.
+        DML's peers) as a checkpoint that loads alone: ``<name>_last.pth`` every epoch,
+        ``<name>_best.pth`` at its own best top-1. Returns their summary entries."""
+        p, entries = self.progress, {}
+        for name, (model_name, module) in self.distiller.extra_models().items():
+            acc = scores[name]["acc"]
+            state = {"format": FORMAT, **self.meta, "model_name": model_name, "extras": {},
+                     "model": module.state_dict(), "epoch": epoch, "stage": stage.name,
+                     "accuracy": acc, "deploy": None}
+            if stage.selects_best and (name not in p.extra_best or acc > p.extra_best[name][0]):
+                p.extra_best[name] = [acc, epoch]
+                run.save({**state, "best_acc": acc}, f"{name}_best.pth")
+            best, best_epoch = p.extra_best.get(name, [acc, 0])
+            run.save({**state, "best_acc": best}, f"{name}_last.pth")
+            entries[name] = {"model_name": model_name, "best_acc": best,
+                             "best_epoch": best_epoch, "last_acc": acc}
+        return entries
 
     def first_summary(self):
         d = self.distiller
@@ -292,7 +325,8 @@ class Fit:
                 index, stage, stage_epoch = stage_at(self.stages, epoch)
                 self.enter_stage(index, stage)
                 lr, train, val = self.one_epoch(model, epoch, stage, stage_epoch)
-                self.save(run, epoch, stage, lr, train, val)
+                with deferred_interrupt():  # Ctrl-C: after the epoch's files
+                    self.save(run, epoch, stage, lr, train, val)
         except KeyboardInterrupt:
             saved = run.saved or resume is not None
             then = "continue with --resume" if saved else "nothing was saved"

@@ -28,6 +28,14 @@ class FeatureModel(nn.Module):
         """The final linear layer mapping the pooled feature to logits (SimKD, SRRL)."""
         raise NotImplementedError
 
+    def get_global_pool(self) -> nn.Module:
+        """The module that averages the last map into the classifier's input; its input is
+        that map (CAT-KD's class activation maps). By convention the model's ``avgpool``."""
+        pool = getattr(self, "avgpool", None)
+        if not isinstance(pool, nn.Module):
+            raise NotImplementedError(f"{type(self).__name__} has no avgpool module")
+        return pool
+
     def get_feat_modules(self) -> nn.ModuleList:
         """The modules that compute the features, in order (RepDistiller's API)."""
         raise NotImplementedError

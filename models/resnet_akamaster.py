@@ -12,10 +12,13 @@ load with ``strict=True``. Its published ``.th`` files are ``{'state_dict': ...,
 Registered as ``resnet20_akamaster`` ... ``resnet1202_akamaster``: RepDistiller's ``resnet20``
 etc. are another design (1x1-convolution shortcuts, ``fc``), with other keys and counts.
 
-Preprocessing differs from ours: akamaster normalises CIFAR-10 with ImageNet's mean and std
-(0.485, 0.456, 0.406) / (0.229, 0.224, 0.225) (``AKAMASTER_MEAN``/``AKAMASTER_STD``), where
-``dataset/cifar.py`` uses (0.5071, 0.4867, 0.4408) / (0.2675, 0.2565, 0.2761). Its published
-weights therefore score slightly below their published accuracy on our loaders.
+Preprocessing differs from ours: akamaster's trainer.py normalises CIFAR-10 with ImageNet's
+mean and std (0.485, 0.456, 0.406) / (0.229, 0.224, 0.225) (``AKAMASTER_MEAN``/``AKAMASTER_STD``),
+where ``dataset/cifar.py`` uses (0.5071, 0.4867, 0.4408) / (0.2675, 0.2565, 0.2761). Its files,
+fetched (``python -m helper.teachers fetch --release akamaster``) or registered, record that
+normalisation, and as a teacher or under ``--evaluate`` they are fed inputs mapped to it
+(``helper/normalization.py``), so they score their published accuracy on our loaders. These
+models trained here use our normalisation, as every run does.
 
 Differences from the reference, none of which changes a key or a value at 32x32: pooling is
 ``AdaptiveAvgPool2d(1)`` (theirs pools over the last spatial size), and the last block of each

@@ -82,6 +82,7 @@ class ShuffleNet(FeatureModel):
         self.layer1 = self._make_layer(out_planes[0], num_blocks[0], groups)
         self.layer2 = self._make_layer(out_planes[1], num_blocks[1], groups)
         self.layer3 = self._make_layer(out_planes[2], num_blocks[2], groups)
+        self.avgpool = nn.AvgPool2d(4)
         self.linear = nn.Linear(out_planes[2], num_classes)
 
     def _make_layer(self, out_planes, num_blocks, groups):
@@ -111,7 +112,7 @@ class ShuffleNet(FeatureModel):
             x, pre = layer(x)
             feats.append(x)
             pre_feats.append(pre)
-        x = F.avg_pool2d(x, 4).flatten(1)
+        x = self.avgpool(x).flatten(1)
         feats.append(x)
         pre_feats.append(x)
         logits = self.linear(x)

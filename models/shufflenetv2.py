@@ -120,6 +120,7 @@ class ShuffleNetV2(FeatureModel):
         self.layer3 = self._make_layer(out_channels[2], num_blocks[2])
         self.conv2 = nn.Conv2d(out_channels[2], out_channels[3], kernel_size=1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_channels[3])
+        self.avgpool = nn.AvgPool2d(4)
         self.linear = nn.Linear(out_channels[3], num_classes)
 
     def _make_layer(self, out_channels, num_blocks):
@@ -148,7 +149,7 @@ class ShuffleNetV2(FeatureModel):
             feats.append(x)
             pre_feats.append(pre)
         x = F.relu(self.bn2(self.conv2(x)))
-        x = F.avg_pool2d(x, 4).flatten(1)
+        x = self.avgpool(x).flatten(1)
         feats.append(x)
         pre_feats.append(x)
         logits = self.linear(x)

@@ -96,6 +96,9 @@ class VGG(FeatureModel):
     def get_classifier(self):
         return self.classifier
 
+    def get_global_pool(self):
+        return self.pool4
+
     def forward(self, x, is_feat=False, preact=False):
         h = x.shape[2]
         x = F.relu(self.block0(x))

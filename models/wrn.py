@@ -91,6 +91,7 @@ class WideResNet(FeatureModel):
         self.block3 = NetworkBlock(n, channels[2], channels[3], BasicBlock, 2, dropRate)
         self.bn1 = nn.BatchNorm2d(channels[3])
         self.relu = nn.ReLU()  # not in place, see BasicBlock.relu1
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(channels[3], num_classes)
         self.nChannels = channels[3]
 
@@ -121,7 +122,7 @@ class WideResNet(FeatureModel):
         p2 = self.block3.layer[0].bn1(f2)
         f3 = self.block3(f2, bn1_out=p2)
         p3 = self.bn1(f3)
-        pooled = torch.flatten(F.adaptive_avg_pool2d(self.relu(p3), 1), 1)
+        pooled = torch.flatten(self.avgpool(self.relu(p3)), 1)
         logits = self.fc(pooled)
         if not is_feat:
             return logits

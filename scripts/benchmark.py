@@ -31,6 +31,23 @@ reported. Multi-stage methods are timed in their last (main) stage; the epoch co
 to the middle of that stage, past every warm-up. Methods that cannot work with the pair are
 reported as ``n/a (reason)``.
 
+The teacher runs as ``train_student.py --teacher_forward`` runs it (``--teacher_forward``,
+default ``auto``: BatchNorms folded into the convolutions, channels-last on the CPU, inference
+mode; ``helper/teacher_forward.py``); the floor's teacher is always the eager one, so the ratio
+to the floor compares with today's floor. Three more rows on request (``--methods``):
+
+  floor_fast   the floor with the optimised teacher (``--teacher_forward``, ``auto`` unless
+               given): what the optimised teacher saves of every method's iteration.
+  kd_cached    kd with ``--teacher_cache``: no teacher forward; the logits of each sample's
+               view are looked up in a memory-mapped cache of 162 views x ``--train_size``
+               images x 100 classes (float32, random values: a lookup costs the same), on
+               synthetic batches (random views) and end to end (the loader's own views).
+  cache_build  the cache's build: ``--cache_views`` views of ``--cache_images`` images through
+               ``helper.teacher_cache.build`` with the optimised teacher, timed and
+               extrapolated to 162 views of ``--train_size`` images. With kd and kd_cached in the
+               same run, the notes estimate simkd_cifar100.sh's kd rows with and without the
+               cache.
+
 Each method runs in a fresh subprocess (``--one METHOD``, which prints one JSON line), so
 methods do not share allocator state or warmed caches. Within it, after the warm-ups, the
 method on synthetic batches, the floor (its own models, the same synthetic batches) and the
@@ -60,6 +77,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import redirect_stdout
 from pathlib import Path
@@ -68,6 +86,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -75,14 +94,21 @@ import torch.nn.functional as F  # noqa: E402
 from dataset import RandomCropFlip, TensorLoader, cifar  # noqa: E402
 from dataset.batch_keys import add_batch_keys  # noqa: E402
 from distillers import distiller_classes, get_distiller  # noqa: E402
+from helper import teacher_cache  # noqa: E402
 from helper.errors import UserError  # noqa: E402
+from helper.teacher_forward import MODES as TEACHER_FORWARD_MODES, wrap_teacher  # noqa: E402
 from helper.loop import NonFiniteLoss, train_one_epoch  # noqa: E402
 from helper.options import parse_student_args  # noqa: E402
 from helper.precision import Precision, compile_models, make_sgd  # noqa: E402
 from helper.trainer import count_parameters, stage_optimizer  # noqa: E402
 from models import create_model, model_names  # noqa: E402
+from models.teachers import TeacherEnsemble  # noqa: E402
 
 FLOOR = "floor"
+FLOOR_FAST = "floor_fast"  # the floor with the optimised teacher
+KD_CACHED = "kd_cached"  # kd reading the teacher's logits from a teacher cache
+CACHE_BUILD = "cache_build"  # the time to build a teacher cache
+EXTRA_ROWS = (FLOOR_FAST, KD_CACHED, CACHE_BUILD)
 NUM_CLASSES = 100
 INPUT_SIZE = (3, 32, 32)
 DATA_CHOICES = ("synthetic", "real", "both")
@@ -208,7 +234,9 @@ def build(method, opts, device):
     torch.manual_seed(0)
     teacher = create_model(opts.teacher, num_classes=NUM_CLASSES)
     student = create_model(opts.student, num_classes=NUM_CLASSES)
-    if method == FLOOR:
+    if method != FLOOR:
+        teacher = fast_teacher(teacher, opts, device, floor=method == FLOOR_FAST)
+    if method in (FLOOR, FLOOR_FAST):
         config = method_config("vanilla", opts)
         model = Floor(student, teacher).to(device)
         if opts.compile:
@@ -216,9 +244,13 @@ def build(method, opts, device):
         optimizer = make_sgd(student.parameters(), lr=config.learning_rate,
                              momentum=config.args.momentum, weight_decay=config.args.weight_decay)
         return model, optimizer, config.args, {"stage": "main", "stages": ["main"]}
-    config = method_config(method, opts)
+    config = method_config("kd" if method == KD_CACHED else method, opts)
     if not config.method.requires_teacher():
         teacher = None
+    elif config.method.min_teachers() > 1:  # copies of the teacher stand for several
+        teacher = TeacherEnsemble([teacher] + [
+            fast_teacher(create_model(opts.teacher, num_classes=NUM_CLASSES), opts, device)
+            for _ in range(config.method.min_teachers() - 1)])
     model = config.method.build(student, teacher, config.run_info).to(device)
     stages = model.stages()
     stage = stages[-1]
@@ -231,6 +263,67 @@ def build(method, opts, device):
     return model, optimizer, config.args, {"stage": stage.name, "stages": [s.name for s in stages]}
 
 
+def fast_teacher(teacher, opts, device, floor=False):
+    """The teacher as ``--teacher_forward`` runs it (``floor_fast``: ``auto`` for ``eager``)."""
+    mode = opts.teacher_forward if not (floor and opts.teacher_forward == "eager") else "auto"
+    return wrap_teacher(teacher.to(device), mode, INPUT_SIZE, device)
+
+
+# ---- the teacher cache ----------------------------------------------------------------------
+def benchmark_cache(opts, folder):
+    """A teacher cache of 162 views x ``--train_size`` images x 100 classes in ``folder``,
+    filled with random float32 logits (a lookup costs what a real cache's does)."""
+    transform = RandomCropFlip(cifar.PADDING, flip=True)
+    cache = teacher_cache.TeacherCache(folder, {
+        "views": teacher_cache.view_count(transform), "train_size": opts.train_size,
+        "num_classes": NUM_CLASSES, "dtype": "float32"})
+    cache.create()
+    rng = np.random.default_rng(0)
+    view = rng.standard_normal((opts.train_size, NUM_CLASSES), dtype=np.float32).tobytes()
+    with open(cache.data_path, "r+b") as f:  # written as a file: not mapped, not in the RSS
+        for _ in range(cache.shape[0]):
+            f.write(view)
+    return cache.open("r")
+
+
+def with_cached_logits(batches, cache):
+    """Synthetic batches with ``teacher_logits`` looked up at random views of their samples."""
+    g = torch.Generator().manual_seed(6)
+    for batch in batches:
+        index = batch["index"].cpu()
+        views = torch.randint(0, cache.shape[0], (len(index),), generator=g)
+        batch[teacher_cache.KEY] = cache.lookup(index, views).to(batch["images"].device)
+        yield batch
+
+
+def measure_cache_build(opts):
+    """Build ``--cache_views`` views of ``--cache_images`` random images with the optimised
+    teacher; the time per image-view and its extrapolation to a whole cache."""
+    device = torch.device(opts.device)
+    torch.manual_seed(0)
+    teacher = fast_teacher(create_model(opts.teacher, num_classes=NUM_CLASSES), opts, device,
+                           floor=True)
+    n = min(opts.cache_images, opts.train_size)
+    images = torch.randint(0, 256, (n, *INPUT_SIZE), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(7))
+    loader = TensorLoader(images, _labels(n, 8), opts.batch_size, device, cifar.MEAN, cifar.STD,
+                          transform=RandomCropFlip(cifar.PADDING, flip=True))
+    views = list(range(opts.cache_views + 1))  # the first one warms up
+    with tempfile.TemporaryDirectory() as folder:
+        cache = teacher_cache.TeacherCache(folder, {"views": teacher_cache.view_count(
+            loader.transform), "train_size": n, "num_classes": NUM_CLASSES, "dtype": "float32"})
+        cache.create()
+        teacher_cache.build(cache, teacher, loader, views=views[:1], log=lambda *a: None)
+        seconds = teacher_cache.build(cache, teacher, loader, views=views[1:],
+                                      log=lambda *a: None)
+    per = seconds / (opts.cache_views * n)
+    total_views = cache.shape[0]
+    return {"method": CACHE_BUILD, "status": "ok", "device": opts.device,
+            "teacher_forward": opts.teacher_forward, "build_ms_per_image_view": 1000 * per,
+            "build_images": n, "build_views": opts.cache_views,
+            "build_estimate_s": per * total_views * opts.train_size, "cache_views": total_views}
+
+
 # ---- data ---------------------------------------------------------------------------------
 def _labels(n, seed):
     return torch.randint(0, NUM_CLASSES, (n,), generator=torch.Generator().manual_seed(seed))
@@ -239,16 +332,18 @@ def _labels(n, seed):
 def synthetic_batches(requests, opts, device):
     """Random normalised images on the device, random targets, ``index`` from a shuffled
     training set of ``--train_size`` and the method's batch keys from their real provider:
-    the provider wraps a ``TensorLoader`` of 1x1 placeholder images (whose batches are
-    replaced by full-size random images), so nothing image-sized is held but one batch."""
+    the provider wraps a ``TensorLoader`` of 1x1 placeholder images (whose batches' images, and
+    any view a provider made of them such as MLKD's strong one, are replaced by full-size random
+    images), so nothing image-sized is held but one batch."""
     placeholder = torch.zeros((opts.train_size, INPUT_SIZE[0], 1, 1), dtype=torch.uint8)
     loader = TensorLoader(placeholder, _labels(opts.train_size, 1), opts.batch_size, device,
                           cifar.MEAN, cifar.STD, shuffle=True, seed=1)
     loader = add_batch_keys(loader, requests, "benchmark")
     g = torch.Generator(device=device).manual_seed(2)
     for batch in epochs(loader):  # as many batches as asked for
-        b = batch["targets"].shape[0]
-        batch["images"] = torch.randn((b, *INPUT_SIZE), generator=g, device=device)
+        for key, value in batch.items():
+            if torch.is_tensor(value) and value.shape[1:] == (INPUT_SIZE[0], 1, 1):
+                batch[key] = torch.randn((value.shape[0], *INPUT_SIZE), generator=g, device=device)
         yield batch
 
 
@@ -344,31 +439,40 @@ def measure(method, opts):
     record["extra_params"] = count_parameters(model) - record["student_params"]
     record["extra_buffer_elements"] = (sum(b.numel() for b in model.buffers())
                                        - sum(b.numel() for b in model.student.buffers()))
-    requests = {} if method == FLOOR else model.batch_requests()
+    requests = {} if method in (FLOOR, FLOOR_FAST) else model.batch_requests()
     synthetic, real = opts.data in ("synthetic", "both"), opts.data in ("real", "both")
     sizes = chunks(opts.iters, opts.chunk)
+    folder = tempfile.TemporaryDirectory() if method == KD_CACHED else None
+    cache = benchmark_cache(opts, folder.name) if folder else None
+
+    def batches():
+        made = synthetic_batches(requests, opts, device)
+        return with_cached_logits(made, cache) if cache else made
+
+    def end_to_end():
+        loader = real_loader(requests, opts, device)
+        return teacher_cache.CachedTeacherLoader(loader, cache) if cache else loader
     try:
         _reset_peak(device)
         phases = {}
         if synthetic:
-            phases["synthetic"] = Phase(model, optimizer, args,
-                                        synthetic_batches(requests, opts, device),
-                                        device, include_data=False)
+            phases["synthetic"] = Phase(model, optimizer, args, batches(), device,
+                                        include_data=False)
         else:
-            source = real_loader(requests, opts, device)
+            source = end_to_end()
             phases["e2e"] = Phase(model, optimizer, args, epochs(source), device, True)
         first = next(iter(phases.values()))
         first.run(opts.warmup, record, timed=False)
         first.run(sizes[0], record)
         # the method alone so far: its peak memory (the floor and the data set come next)
         record["peak_mib"] = _peak_memory_mib(device)
-        if synthetic and method != FLOOR:
+        if synthetic and method != FLOOR:  # today's floor: the eager teacher
             f_model, f_optimizer, f_args, _ = build(FLOOR, opts, device)
             phases["floor"] = Phase(f_model, f_optimizer, f_args,
                                     synthetic_batches({}, opts, device), device, False)
             phases["floor"].run(opts.warmup, record, timed=False)
         if synthetic and real:
-            source = real_loader(requests, opts, device)
+            source = end_to_end()
             phases["e2e"] = Phase(model, optimizer, args, epochs(source), device, True)
             phases["e2e"].run(opts.warmup, record, timed=False)
         for i, size in enumerate(sizes):
@@ -384,6 +488,9 @@ def measure(method, opts):
             record.update(epoch_start_pass(model, source, opts, device))
     except UserError as e:  # e.g. a batch key its provider cannot make for this data
         return {**record, "status": "n/a", "reason": str(e)}
+    finally:
+        if folder is not None:
+            folder.cleanup()
     return record
 
 
@@ -422,14 +529,15 @@ def parse_methods(text):
         raise UserError("--methods is empty; pass all or a comma-separated list such as kd,at")
     if names == ["all"]:
         names = all_methods()
+    special = (FLOOR,) + EXTRA_ROWS
     for name in names:
-        if name != FLOOR:
+        if name not in special:
             try:
                 get_distiller(name)
             except KeyError:
-                raise UserError(f"unknown method {name!r}; choose all, {FLOOR}, or any of: "
-                                f"{', '.join(all_methods())}")
-    names = [get_distiller(m).name if m != FLOOR else m for m in names]
+                raise UserError(f"unknown method {name!r}; choose all, {', '.join(special)}, or "
+                                f"any of: {', '.join(all_methods())}")
+    names = [get_distiller(m).name if m not in special else m for m in names]
     ordered = [FLOOR] + [m for m in dict.fromkeys(names) if m != FLOOR]
     return ordered
 
@@ -440,7 +548,9 @@ def child_argv(opts, method):
             "--batch_size", str(opts.batch_size), "--iters", str(opts.iters),
             "--warmup", str(opts.warmup), "--chunk", str(opts.chunk),
             "--threads", str(opts.threads), "--data", opts.data,
-            "--device", opts.device, "--train_size", str(opts.train_size)]
+            "--device", opts.device, "--train_size", str(opts.train_size),
+            "--teacher_forward", opts.teacher_forward, "--cache_views", str(opts.cache_views),
+            "--cache_images", str(opts.cache_images)]
     return argv + (["--amp"] if opts.amp else []) + (["--compile"] if opts.compile else [])
 
 
@@ -521,10 +631,13 @@ def table(results, opts):
     lines = ["| method | extra params | synthetic ms/iter | ratio to floor | end-to-end ms/iter "
              "| ratio to synthetic | peak memory |",
              "|---|---:|---:|---:|---:|---:|---:|"]
+    labels = {FLOOR: "floor (a)", FLOOR_FAST: "floor, optimised teacher (d)",
+              KD_CACHED: "kd, teacher cache (e)"}
     for r in results:
+        if r["method"] == CACHE_BUILD:
+            continue  # a note, not an iteration
         name = r["method"] + (" (b)" if r.get("epoch_pass_s") is not None else "")
-        if r["method"] == FLOOR:
-            name = "floor (a)"
+        name = labels.get(r["method"], name)
         if r.get("nonfinite"):
             name += " (c)"
         if r["status"] != "ok":
@@ -574,6 +687,7 @@ def notes(results, opts):
         out.append(f"Peak memory: peak RSS (ru_maxrss) of the method's own process after {when}; "
                    "it includes the Python/torch/toolbox baseline of "
                    f"{_fmt(baseline, 0, ' MiB')} measured after the imports.")
+    out += teacher_notes(results, opts)
     out.append(f"Median of {opts.iters} iterations after {opts.warmup} warm-up, batch "
                f"{opts.batch_size}, each method in a fresh process; multi-stage methods are "
                "timed in their main (last) stage.")
@@ -588,6 +702,38 @@ def notes(results, opts):
     if estimates:
         out.append(f"Epoch estimate ({opts.train_size:,} images = {iters} iterations of "
                    f"{opts.batch_size}, end to end, training only): " + ", ".join(estimates))
+    return out
+
+
+def teacher_notes(results, opts):
+    """(d), (e), the cache's build time and the simkd_cifar100.sh estimate, where measured."""
+    ok = {r["method"]: r for r in results if r["status"] == "ok"}
+    out = [f"Teacher forward of the method rows: --teacher_forward {opts.teacher_forward}; the "
+           "floor's teacher is eager (today's floor)."]
+    if FLOOR_FAST in ok:
+        out.append("(d) the floor with the optimised teacher (BN folded into the convolutions, "
+                   "channels-last on the CPU, inference mode); its ratio is to the eager floor "
+                   "timed in turns with it.")
+    if KD_CACHED in ok:
+        out.append("(e) kd reading the teacher's logits from a memory-mapped teacher cache "
+                   f"(162 views x {opts.train_size:,} images x 100 float32): no teacher forward.")
+    hours = lambda s: f"{s / 3600:.1f} h"  # noqa: E731
+    build = ok.get(CACHE_BUILD)
+    if build:
+        out.append(f"Teacher cache build ({opts.teacher}, --teacher_forward "
+                   f"{build['teacher_forward']}): {build['build_ms_per_image_view']:.3f} ms per "
+                   f"image-view ({build['build_views']} views of {build['build_images']:,} "
+                   f"images timed), so {build['cache_views']} views x {opts.train_size:,} images "
+                   f"~ {hours(build['build_estimate_s'])}, paid once per teacher.")
+    kd, cached = ok.get("kd"), ok.get(KD_CACHED)
+    if kd and cached and kd.get("e2e_ms") and cached.get("e2e_ms"):
+        iters = math.ceil(opts.train_size / opts.batch_size) * 240
+        runs = 3 * 3  # simkd_cifar100.sh: 3 students x TRIALS=3 kd rows
+        plain, fast = (r["e2e_ms"] * iters / 1000 * runs for r in (kd, cached))
+        extra = f" + {hours(build['build_estimate_s'])} building it" if build else ""
+        out.append(f"simkd_cifar100.sh kd rows ({runs} runs of 240 epochs; {opts.student}'s "
+                   f"end-to-end times stand for all three students): {hours(plain)} "
+                   f"without the cache, {hours(fast)}{extra} with it.")
     return out
 
 
@@ -615,6 +761,12 @@ def parser():
                    help="default: cuda when present, else cpu")
     p.add_argument("--train_size", "--train-size", type=int, default=50000,
                    help="images in the training set (CIFAR-100: 50,000; smaller for quick tests)")
+    p.add_argument("--teacher_forward", choices=TEACHER_FORWARD_MODES, default="auto",
+                   help="the teacher of the method rows, as train_student.py's flag")
+    p.add_argument("--cache_views", type=int, default=2,
+                   help="cache_build: views timed (after one warm-up view)")
+    p.add_argument("--cache_images", type=int, default=5000,
+                   help="cache_build: images per view timed (at most --train_size)")
     p.add_argument("--json", type=Path, default=None, help="also write all results to this file")
     p.add_argument("--one", metavar="METHOD", default=None,
                    help="internal: measure one method in this process and print one JSON line")
@@ -630,7 +782,8 @@ def check(opts):
     for flag in ("teacher", "student"):
         if getattr(opts, flag) not in names:
             raise UserError(f"unknown --{flag} {getattr(opts, flag)!r}; choose one of: {', '.join(names)}")
-    for flag in ("batch_size", "iters", "chunk", "threads", "train_size"):
+    for flag in ("batch_size", "iters", "chunk", "threads", "train_size", "cache_views",
+                 "cache_images"):
         if getattr(opts, flag) < 1:
             raise UserError(f"--{flag} must be at least 1, got {getattr(opts, flag)}")
     if opts.warmup < 0:
@@ -648,7 +801,8 @@ def run(opts, out=sys.stdout):
         r = run_child(opts, method)
         results.append(r)
         summary = r.get("reason") if r["status"] != "ok" else (
-            f"synthetic {_fmt(r.get('synthetic_ms'))} ms, end to end {_fmt(r.get('e2e_ms'))} ms")
+            f"synthetic {_fmt(r.get('synthetic_ms'))} ms, end to end {_fmt(r.get('e2e_ms'))} ms"
+            if method != CACHE_BUILD else f"{r['build_ms_per_image_view']:.3f} ms per image-view")
         print(f"{method}: {r['status']}: {summary} ({time.perf_counter() - t0:.0f}s)",
               file=sys.stderr, flush=True)
     add_ratios(results)
@@ -678,7 +832,7 @@ def main(argv=None):
         method = parse_methods(opts.one)[-1]
         torch.set_num_threads(opts.threads)
         with redirect_stdout(sys.stderr):  # methods may print (MGD's matching): keep stdout JSON
-            record = measure(method, opts)
+            record = measure_cache_build(opts) if method == CACHE_BUILD else measure(method, opts)
         record["threads"] = torch.get_num_threads()
         print(json.dumps(record), flush=True)
         return 0

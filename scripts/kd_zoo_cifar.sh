@@ -17,8 +17,15 @@
 #               epoch (src/fsp.py factor 4)
 # Teacher checkpoint: best.pth (its teachers are the baselines' best weights,
 # log/best_weight/...). Metric: best epoch.
-# Known differences: its ResNet-20/110 (src/resnet_32.py: 7x7 stem conv, Kaiming/Xavier init)
-# are RepDistiller's resnet20/resnet110 here. Its stored train_logit.py regresses the pooled
+# Model family: its ResNet-20/110 (hankyul2/KnowledgeDistillation src/resnet_32.py, every
+# stored version: ResNet_32.make_layer's downsample is conv1x1(stride 2) + BatchNorm2d) use
+# option-B shortcuts (a 1x1-convolution projection), as RepDistiller's resnet20/resnet110
+# here, not akamaster's option-A zero padding (resnet20_akamaster): this script trains
+# resnet20/resnet110. Its teachers are its own baselines (this recipe, 71.6 on CIFAR-100 for
+# ResNet-110), so they are trained even where a release publishes the model (mdistiller's
+# resnet110 is RepDistiller's 240-epoch, 74.31 teacher): ZOO=0 on the teacher jobs.
+# Known differences: its stem is a 7x7 conv with padding 1 (28x28 maps after it; ours 3x3,
+# 32x32) and its init Kaiming (fan_out)/Xavier. Its stored train_logit.py regresses the pooled
 # features (MSE(feat_s, feat_t)) rather than the logits; the row uses --distill logits as the
 # table names it. Its FSP (4 x MSE of unnormalised Gram matrices, averaged over its pairs) is
 # not our FSP loss (RepDistiller's: Grams / HW between consecutive stages, summed): -b 4 keeps
@@ -29,7 +36,7 @@ SCHEDULE="--epochs 200 --batch_size 128 --learning_rate 0.1 --lr_decay_epochs 10
 note "kd_zoo_cifar10/100: teacher checkpoint best.pth (the baseline's best weights); metric: best epoch"
 for D in cifar10 cifar100; do
   for M in resnet20 resnet110; do
-    job python train_teacher.py --model $M --dataset $D $SCHEDULE
+    ZOO=0 job python train_teacher.py --model $M --dataset $D $SCHEDULE
   done
 done
 barrier

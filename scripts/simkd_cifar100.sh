@@ -12,7 +12,9 @@
 #                          SemCKD -s 1; schedule as the teacher's
 #   simkd f=8/4/2          scripts/run_distill.sh: -c 0 -d 0 -b 1, -f 8 / 4 / 2
 # Teacher checkpoint: best.pth (SimKD distils from resnet32x4_best.pth). Metric: best epoch.
-# Known differences: none in the recipe.
+# Known differences: none in the recipe. With the teacher zoo (ZOO=1, the default) the teacher
+# is the published resnet32x4 that `python -m helper.teachers list` names (mdistiller's
+# release, RepDistiller's 240-epoch weights), not SimKD's own best.pth; ZOO=0 trains it.
 # Then: python -m helper.report $SAVE/students $SAVE/teachers --table simkd_cifar100
 source "$(dirname "$0")/common.sh"
 SCHEDULE="--dataset cifar100 --batch_size 64 --epochs 240 --lr_decay_epochs 150,180,210 --lr_decay_rate 0.1 --weight_decay 5e-4 --momentum 0.9"

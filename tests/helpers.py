@@ -137,8 +137,11 @@ def assert_extras_round_trip(state, other, shift=()):
 # ---- real runs ----------------------------------------------------------------------------
 def run_student(method, student, data, save, *extra, teacher=None, batch_size=64):
     """``train_student.main`` for one epoch (``extra`` flags come last and may override) of
-    ``method`` on the CIFAR-100 files in ``data``, saving under ``save``; the run folder."""
-    path_t = [] if teacher is None else ["--path_t", str(teacher)]
+    ``method`` on the CIFAR-100 files in ``data``, saving under ``save``; the run folder. The
+    teacher runs as loaded (``--teacher_forward eager``): the folded teacher's start-up check
+    costs more than these tiny runs (3 s of a 5 s WRN run), and tests/test_teacher_forward.py
+    runs methods on the folded one; ``extra`` may give ``--teacher_forward auto``."""
+    path_t = [] if teacher is None else ["--path_t", str(teacher), "--teacher_forward", "eager"]
     train_student.main(["--distill", method, "--model_s", student, *path_t,
                         "--dataset", "cifar100", "--data_folder", str(data),
                         "--save_folder", str(save), "--epochs", "1",

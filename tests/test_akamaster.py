@@ -184,3 +184,74 @@ def test_register_converts_an_akamaster_file(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "does not fit" in err[0]
     assert not (tmp_path / "x").exists()
+
+
+AKAMASTER = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])  # its trainer.py's Normalize
+CIFAR = ([0.5071, 0.4867, 0.4408], [0.2675, 0.2565, 0.2761])  # dataset/cifar.py
+
+
+def _normalised(pixels, mean, std):
+    return (pixels - torch.tensor(mean, dtype=torch.float64).view(1, 3, 1, 1)) / torch.tensor(
+        std, dtype=torch.float64).view(1, 3, 1, 1)
+
+
+def _register(path, save, *extra):
+    from helper import teachers
+    teachers.main(["register", str(path), "--model", "resnet20_akamaster", "--dataset", "cifar10",
+                   "--save_folder", str(save), "--no_check", *extra])
+    return save / "teachers" / "resnet20_akamaster_vanilla_cifar10_trial_0" / "best.pth"
+
+
+def test_registered_file_sees_the_normalisation_it_was_trained_with(tmp_path):
+    """akamaster's file records ImageNet's mean and std; as a CIFAR-10 teacher it gives, on
+    images our pipeline normalises, its own logits and features on those same pixels normalised
+    its way (float64: exact up to rounding)."""
+    reference = _reference(3).double()
+    best = _register(_write_akamaster_file(_reference(3), tmp_path / "resnet20-12fca82f.th"),
+                     tmp_path / "save")
+    stored = torch.load(best, weights_only=True)
+    assert stored["normalization"] == {"mean": AKAMASTER[0], "std": AKAMASTER[1]}
+    teacher, _ = load_teacher(best, 10, dataset="cifar10")
+    teacher.double()
+    assert set(teacher.state_dict()) == set(create_model("resnet20_akamaster", 10).state_dict())
+    pixels = torch.rand(3, 3, 32, 32, dtype=torch.float64)
+    ours, theirs = _normalised(pixels, *CIFAR), _normalised(pixels, *AKAMASTER)
+    with torch.no_grad():
+        want = reference(theirs)
+        assert torch.allclose(teacher(ours), want, rtol=0, atol=1e-9)
+        for preact in (False, True):
+            feats, logits = teacher(ours, is_feat=True, preact=preact)
+            plain = create_model("resnet20_akamaster", 10).double().eval()
+            plain.load_state_dict(teacher.state_dict())
+            feats_want, _ = plain(theirs, is_feat=True, preact=preact)
+            assert torch.allclose(logits, want, rtol=0, atol=1e-9)
+            for got, exp in zip(feats, feats_want):
+                assert torch.allclose(got, exp, rtol=0, atol=1e-9)
+        # without it the teacher would see other inputs: its logits move far beyond rounding
+        assert (plain(ours) - want).abs().max() > 1e-2
+    # on the normalisation it was trained with (ImageNet's, as the folder data sets), no map
+    same, _ = load_teacher(best, 10, dataset="imagenet")
+    assert not hasattr(same, "input_renorm_scale") and not same._forward_pre_hooks
+
+
+def test_mean_and_std_flags_and_other_formats(tmp_path, capsys):
+    path = _write_akamaster_file(_reference(3), tmp_path / "r.th")
+    best = _register(path, tmp_path / "a", "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25")
+    assert torch.load(best, weights_only=True)["normalization"] == {
+        "mean": [0.5] * 3, "std": [0.25] * 3}
+    # a RepDistiller-style file of the same weights: the toolbox pipeline's normalisation
+    bare = tmp_path / "bare.pth"
+    torch.save({"model": _reference(3).state_dict()}, bare)
+    best = _register(bare, tmp_path / "b")
+    assert torch.load(best, weights_only=True)["normalization"] == {"mean": CIFAR[0],
+                                                                    "std": CIFAR[1]}
+    for extra, expected in ((["--mean", "0.5,0.5,0.5"], "both --mean and --std"),
+                            (["--mean", "a,b,c", "--std", "1,1,1"], "one number per channel"),
+                            (["--mean", "0,0,0", "--std", "1,0,1"], "positive std")):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as e:
+            _register(path, tmp_path / "x", *extra)
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0], err
+    assert not (tmp_path / "x").exists()

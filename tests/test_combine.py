@@ -92,6 +92,24 @@ def test_extras_are_saved_per_method_without_the_student():
     assert len({id(p) for p in params}) == len(params)
 
 
+def test_dml_peers_train_beside_kd_and_are_saved_alone():
+    student, teacher, combined = _combined("kd+dml", div=1.0, beta={"dml": 1.0})
+    combined.train()
+    images, targets = _batch()
+    _, losses = combined.forward_train(images, targets)
+    # the peers' CE keeps -c, as DML alone: its peers learn from the labels beside the teacher
+    assert set(losses) == {"cls", "kd", "dml", "peers_cls", "peers_dml"}
+    peer = combined.methods["dml"].peers[0]
+    sum(losses.values()).backward()
+    assert_gradients(student, teacher, peer)
+    assert set(combined.extra_models()) == {"peer1"}
+
+
+def test_the_teacher_cache_serves_a_combination_only_of_logit_methods():
+    assert _combined("dkd+kd", div=1.0)[2].cacheable == "logits"
+    assert _combined("dkd+reviewkd")[2].cacheable is None
+
+
 def test_teacher_mode_follows_the_method_that_asks_for_training_mode():
     student, teacher = _models()
     for spec in ("dkd+reviewkd", "reviewkd+dkd"):

@@ -153,3 +153,59 @@ def test_two_gloo_processes_score_the_whole_test_set(mnist_teacher, mnist_small,
     assert result["world_size"] == 2 and result["images"] == 500
     assert abs(result["acc"] - summary["best_acc"]) < 0.3  # float summation order may flip one
     assert not (tmp_path / "save").exists()
+
+
+def by_hand(model, data_folder, mean, std, dataset="cifar100"):
+    """Top-1 (%) and mean cross-entropy of ``model`` on the test split of a CIFAR folder,
+    normalised with ``mean``/``std`` in float64 (an independent path: the pickle read here, one
+    image at a time)."""
+    import pickle
+    split, key = {"cifar100": ("cifar-100-python/test", b"fine_labels"),
+                  "cifar10": ("cifar-10-batches-py/test_batch", b"labels")}[dataset]
+    with open(Path(data_folder) / split, "rb") as f:
+        entry = pickle.load(f)
+    images = torch.tensor(entry[b"data"], dtype=torch.float64).view(-1, 3, 32, 32) / 255
+    m = torch.tensor(mean, dtype=torch.float64).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float64).view(1, 3, 1, 1)
+    correct, loss = 0, 0.0
+    with torch.no_grad():
+        for x, y in zip((images - m) / s, entry[key]):
+            logits = model(x[None].float()).double()
+            correct += int(logits.argmax(1).item() == y)
+            loss += torch.nn.functional.cross_entropy(logits, torch.tensor([y])).item()
+    return 100.0 * correct / len(images), loss / len(images)
+
+
+def test_a_checkpoint_is_scored_on_its_own_normalisation(cifar100_tiny, tmp_path, capsys):
+    """A checkpoint recording ImageNet's mean and std, scored on CIFAR-100 (whose pipeline
+    normalises otherwise), sees its own normalisation: the by-hand accuracy on those inputs."""
+    from helpers import save_teacher
+    from models import create_model
+    imagenet = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    path = save_teacher("resnet8", tmp_path / "resnet8.pth")
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["normalization"] = {"mean": imagenet[0], "std": imagenet[1]}
+    torch.save(checkpoint, path)
+    model = create_model("resnet8", 100).eval()
+    model.load_state_dict(checkpoint["model"])
+    acc, loss = by_hand(model, cifar100_tiny, *imagenet)
+    line = _evaluate(train_teacher, capsys, path, "--dataset", "cifar100", "--data_folder",
+                     cifar100_tiny, "--save_folder", tmp_path / "save")
+    result = json.loads(Path(str(path) + ".eval.json").read_text())
+    assert result["acc"] == pytest.approx(acc, abs=1e-9)
+    assert result["loss"] == pytest.approx(loss, rel=1e-5)
+    assert result["normalization"]["checkpoint"] == {"mean": imagenet[0], "std": imagenet[1]}
+    assert result["normalization"]["data"]["mean"] == pytest.approx([0.5071, 0.4867, 0.4408])
+    assert "re-normalised" in line
+    # the same file without its record is scored on the data's normalisation
+    del checkpoint["normalization"]
+    torch.save(checkpoint, path)
+    _evaluate(train_teacher, capsys, path, "--dataset", "cifar100", "--data_folder",
+              cifar100_tiny, "--save_folder", tmp_path / "save")
+    plain = json.loads(Path(str(path) + ".eval.json").read_text())
+    cifar = ([0.5071, 0.4867, 0.4408], [0.2675, 0.2565, 0.2761])
+    acc, loss_cifar = by_hand(model, cifar100_tiny, *cifar)
+    assert plain["acc"] == pytest.approx(acc, abs=1e-9)
+    assert plain["loss"] == pytest.approx(loss_cifar, rel=1e-5)
+    assert abs(loss_cifar - loss) > 1e-3 * loss  # the two normalisations score differently
+    assert "checkpoint" not in plain["normalization"]

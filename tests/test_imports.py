@@ -25,6 +25,7 @@ LEAVES = {
     "helper": "empty __init__.py, run by every import of helper.<leaf>",
     "helper.errors": "UserError, raised wherever a user's input is wrong",
     "helper.files": "reading and writing weight files: models/ loads pretrained weights",
+    "helper.argtypes": "argparse number types: dataset/augment.py declares its flags",
 }
 
 

@@ -18,6 +18,7 @@ from distillers.options import declaring_classes, flag_names
 from helper.errors import UserError
 from helper.options import parse_student_args, parse_teacher_args, student_parser
 from models import create_model
+from models.teachers import TeacherEnsemble
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -100,8 +101,12 @@ def test_each_method_builds_from_its_options_object_alone(method):
     options = cls.Options()
     torch.manual_seed(0)
     student, teacher = create_model("resnet8", 10), create_model("resnet14", 10)
-    teacher = teacher if cls.requires_teacher(options) else None
-    distiller = cls(student, teacher, options, weights=Weights(1.0, 1.0, 1.0), kd=KDTerm(4.0),
+    if not cls.requires_teacher(options):
+        teacher = None
+    elif cls.min_teachers > 1:
+        teacher = TeacherEnsemble([teacher, create_model("resnet8", 10)])
+    div = 1.0 if teacher is not None else 0.0  # a method without teacher refuses a KD term
+    distiller = cls(student, teacher, options, weights=Weights(1.0, div, 1.0), kd=KDTerm(4.0),
                     run=RunInfo(epochs=2, batch_size=8, num_classes=10, train_size=64))
     assert distiller.options is options
     stage = distiller.stages()[-1]
@@ -111,6 +116,8 @@ def test_each_method_builds_from_its_options_object_alone(method):
     if "contrast_index" in distiller.batch_requests():
         batch = {"index": torch.arange(8), "contrast_index": torch.randint(0, 64, (8, 17))}
         batch["contrast_index"][:, 0] = batch["index"]
+    if "strong_images" in distiller.batch_requests():  # MLKD's second view
+        batch["strong_images"] = torch.randn(8, 3, 32, 32)
     _, losses = distiller.forward_train(torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,)), **batch)
     total = sum(losses.values())
     assert torch.isfinite(total)

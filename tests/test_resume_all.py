@@ -7,14 +7,15 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import helper.trainer
 import train_student
 from conftest import write_cifar100
-from distillers import distiller_classes
+from distillers import distiller_classes, get_distiller
 from models import create_model
 
 # Flags that make each method small enough for a 64-image data set and one-epoch stages.
 SMALL = {"crd": ["--nce_k", "32"], "ab": ["--init_epochs", "1"], "fsp": ["--init_epochs", "1"],
          "ft": ["--init_epochs", "1"], "sskd": ["--sskd_t_epochs", "1"],
          "pad_l2": ["--pad_l2_l2_epochs", "1"], "fitnet": ["--fitnet_stage1_epochs", "1"],
-         "kd": ["--ctkd"], "dkd": ["--ctkd"], "mgd": ["--mgd_update_freq", "1"]}
+         "kd": ["--ctkd"], "dkd": ["--ctkd"], "mgd": ["--mgd_update_freq", "1"],
+         "dml": ["-d", "0"], "uskd": ["-d", "0"]}
 METHODS = [cls.name for cls in distiller_classes()]
 
 
@@ -34,7 +35,8 @@ def setup(tmp_path_factory):
 
 
 def _argv(method, data, teacher, save):
-    return ["--distill", method, "--model_s", "resnet8", "--path_t", str(teacher),
+    teachers = [str(teacher)] * get_distiller(method).min_teachers  # the same file, twice
+    return ["--distill", method, "--model_s", "resnet8", "--path_t", *teachers,
             "--dataset", "cifar100", "--data_folder", str(data), "--save_folder", str(save),
             "--epochs", "2", "--batch_size", "32", "--print_freq", "1000", "--deterministic",
             "--lr_decay_epochs", "1", *SMALL.get(method, [])]

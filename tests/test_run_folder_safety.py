@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 import torch
@@ -288,3 +289,21 @@ def test_ctrl_c_is_one_line_and_keeps_the_last_epoch(mnist_small, tmp_path):
     run = tmp_path.joinpath(*RUN)
     assert torch.load(run / "last.pth", weights_only=True)["epoch"] in (epoch - 1, epoch)
     assert _leftovers(tmp_path) == []
+
+
+def test_ctrl_c_during_an_epochs_files_takes_effect_after_them():
+    """A KeyboardInterrupt raised inside TensorBoard's writer can leave its queue's lock held
+    (the run then hangs at exit): Ctrl-C while the epoch's files are written waits for them."""
+    from helper.run_folder import deferred_interrupt
+    done = []
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with deferred_interrupt():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)  # the handler has run: nothing was raised here
+                done.append("files written")
+        assert done == ["files written"]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -4,15 +4,19 @@ line with exit code 2 for a corrupt archive, a wrong layout, a refused connectio
 behind. ``register`` converts a local archive or folder offline."""
 import hashlib
 import io
+import json
+import os
+import re
 import tarfile
 import tempfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 import torch
 
-from helper import teachers
+from helper import download, teachers
 from helper.checkpoint import FORMAT, load_teacher
 from models import create_model
 
@@ -20,10 +24,10 @@ MODEL = "resnet56"  # the release's smallest teacher
 MEMBER = f"cifar_teachers/{MODEL}_vanilla/ckpt_epoch_240.pth"
 
 
-def _repdistiller_checkpoint():
+def _repdistiller_checkpoint(name=MODEL):
     """A RepDistiller teacher file as its train_teacher.py saves at epoch 240 (legacy format)."""
     torch.manual_seed(0)
-    model = create_model(MODEL, 100)
+    model = create_model(name, 100)
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -59,10 +63,12 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         server = self.server
         server.requests.append(self.headers.get("Range"))
-        if self.path != "/cifar_teachers.tar":
+        files = server.payload if isinstance(server.payload, dict) else {
+            "/cifar_teachers.tar": server.payload}
+        if self.path not in files:
             self.send_error(404)
             return
-        payload, start = server.payload, 0
+        payload, start = files[self.path], 0
         rng = self.headers.get("Range")
         if rng and server.ranges:
             start = int(rng.split("=")[1].split("-")[0])
@@ -234,7 +240,7 @@ def test_interrupted_download_leaves_nothing(release, serve, tmp_path, capsys, p
 
     def interrupt(self, done):
         raise KeyboardInterrupt
-    monkeypatch.setattr(teachers._Progress, "__call__", interrupt)
+    monkeypatch.setattr(download.Progress, "__call__", interrupt)
     with pytest.raises(SystemExit) as e:
         _fetch(url, tmp_path / "save")
     assert e.value.code == 130
@@ -320,3 +326,207 @@ def test_install_undoes_itself_and_leaves_training_runs_alone(tmp_path, monkeypa
     written = teachers.install(converted, release, tmp_path / "save", force=True, log=lines.append)
     assert [p.parent.name for p in written] == ["resnet110_vanilla_cifar100_trial_0"]
     assert not (run / "best.pth").exists() and "not touched" in lines[0]
+
+
+# ---- scoring against the published accuracy -------------------------------------------------
+def _with_published(monkeypatch, name, published):
+    import dataclasses
+    release = dataclasses.replace(teachers.RELEASES[name], published=published)
+    monkeypatch.setitem(teachers.RELEASES, name, release)
+    return release
+
+
+def test_fetched_teachers_are_scored_against_the_published_accuracy(serve, tmp_path, capsys,
+                                                                     monkeypatch, cifar100_tiny):
+    """Two teachers of one archive, scored once on the (tiny) CIFAR-100 test split: the one
+    whose published top-1 is within 0.5 points agrees, the other is reported; both are kept."""
+    from test_evaluate import by_hand
+    cifar = ([0.5071, 0.4867, 0.4408], [0.2675, 0.2565, 0.2761])
+    models, files = {}, {}
+    for name in ("resnet56", "resnet110"):
+        models[name], files[f"cifar_teachers/{name}_vanilla/ckpt_epoch_240.pth"] = \
+            _repdistiller_checkpoint(name)
+    acc = {name: by_hand(m, cifar100_tiny, *cifar)[0] for name, m in models.items()}
+    _with_published(monkeypatch, "mdistiller", {"resnet56": acc["resnet56"] + 0.3,
+                                                "resnet110": acc["resnet110"] + 1.5})
+    _, url = serve(_tar(files))
+    save = tmp_path / "save"
+    capsys.readouterr()
+    teachers.main(["fetch", "--url", url, "--save_folder", str(save),
+                   "--data_folder", str(cifar100_tiny)])
+    out = capsys.readouterr().out.splitlines()
+    scored = [line for line in out if line.startswith("evaluate ")]
+    assert len(scored) == 2
+    agrees = [line for line in out if "agrees with the published" in line]
+    assert len(agrees) == 1 and agrees[0].startswith("resnet56: ") and "(-0.30)" in agrees[0]
+    off = [line for line in out if line.startswith("warning: ")]
+    assert len(off) == 1 and "resnet110" in off[0] and "1.50 points below" in off[0]
+    for name in models:
+        best = teachers.run_folder(save, name, "cifar100") / "best.pth"
+        result = json.loads(best.with_name("best.pth.eval.json").read_text())
+        assert result["acc"] == pytest.approx(acc[name], abs=1e-9)
+    # no data set there: nothing scored, one line says why; --no_check: not even that
+    teachers.main(["fetch", "resnet56", "--url", url, "--save_folder", str(tmp_path / "b"),
+                   "--data_folder", str(tmp_path / "none")])
+    out = capsys.readouterr().out.splitlines()
+    assert sum("not scored against the published accuracy" in line for line in out) == 1
+    assert not any(line.startswith("evaluate ") for line in out)
+    teachers.main(["fetch", "resnet56", "--url", url, "--save_folder", str(tmp_path / "c"),
+                   "--data_folder", str(cifar100_tiny), "--no_check"])
+    out = capsys.readouterr().out.splitlines()
+    assert not any("scored" in line or line.startswith("evaluate ") for line in out)
+
+
+def write_cifar10(root, n_test=40, seed=0):
+    """A CIFAR-10 in torchvision's pickle layout (one image per training batch: only the test
+    split is read here)."""
+    import pickle
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    folder = Path(root) / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for name, n in [(f"data_batch_{i}", 1) for i in range(1, 6)] + [("test_batch", n_test)]:
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                         b"labels": rng.integers(0, 10, n).tolist()}, f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [f"c{i}".encode() for i in range(10)]}, f)
+    return Path(root)
+
+
+def test_akamaster_release_fetches_single_files_with_their_normalisation(serve, tmp_path,
+                                                                         capsys, monkeypatch):
+    """--release akamaster: one .th file per teacher; the teacher records ImageNet's mean and
+    std (akamaster's trainer.py), and is scored on CIFAR-10 through them: --evaluate's top-1 is
+    the by-hand one on inputs normalised akamaster's way."""
+    from test_akamaster import _reference, _write_akamaster_file
+    from test_evaluate import by_hand
+    reference = _reference(3)
+    path = _write_akamaster_file(reference, tmp_path / "r.th")
+    data = write_cifar10(tmp_path / "data")
+    imagenet = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    acc, loss = by_hand(reference, data, *imagenet, dataset="cifar10")
+    _with_published(monkeypatch, "akamaster", {"resnet20_akamaster": acc + 0.25})
+    _, url = serve({"/pretrained_models/resnet20-12fca82f.th": path.read_bytes()})
+    save = tmp_path / "save"
+    teachers.main(["fetch", "resnet20_akamaster", "--release", "akamaster", "--url",
+                   url.rsplit("/", 1)[0] + "/pretrained_models/", "--save_folder", str(save),
+                   "--data_folder", str(data)])
+    best = teachers.run_folder(save, "resnet20_akamaster", "cifar10") / "best.pth"
+    stored = torch.load(best, weights_only=True)
+    assert stored["normalization"] == {"mean": imagenet[0], "std": imagenet[1]}
+    assert stored["published_acc"] == pytest.approx(acc + 0.25)
+    assert stored["best_acc"] == pytest.approx(91.73)  # what the file records (best_prec1)
+    result = json.loads(best.with_name("best.pth.eval.json").read_text())
+    assert result["acc"] == pytest.approx(acc, abs=1e-9)
+    assert result["loss"] == pytest.approx(loss, rel=1e-5)
+    out = capsys.readouterr().out
+    assert "re-normalised" in out and "agrees with the published" in out
+    err = _one_line_error(capsys, ["fetch", "resnet20_akamaster", "--release", "akamaster",
+                                   "--url", url + "/nothing", "--save_folder", str(tmp_path / "x")])
+    assert "HTTP 404" in err and not (tmp_path / "x").exists()
+    err = _one_line_error(capsys, ["fetch", "resnet20_akamaster", "--release", "akamaster",
+                                   "--sha256", "0" * 64, "--save_folder", str(tmp_path / "x")])
+    assert "drop --sha256" in err and not (tmp_path / "x").exists()
+
+
+# ---- the table scripts' teacher step (scripts/common.sh) -----------------------------------
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+FAKE_PYTHON = r'''
+python() {  # records the command; the zoo lists two teachers, fetching resnet110 fails
+  echo "python $*" >> "$LOG"
+  case "$*" in
+    "-m helper.teachers list --plain")
+      printf 'mdistiller resnet56 cifar100 72.34\nmdistiller resnet110 cifar100 74.31\n' ;;
+    "-m helper.teachers fetch resnet56 "*)
+      mkdir -p "$SAVE/teachers/resnet56_vanilla_cifar100_trial_0"
+      : > "$SAVE/teachers/resnet56_vanilla_cifar100_trial_0/best.pth" ;;
+    "-m helper.teachers fetch resnet110 "*) return 2 ;;
+  esac
+}
+'''
+
+
+def _run_folder(save, name, trial, files):
+    folder = save / "teachers" / f"{name}_vanilla_cifar100_trial_{trial}"
+    folder.mkdir(parents=True)
+    for file, text in files.items():
+        (folder / file).write_text(text)
+
+
+def test_teacher_step_finds_fetches_or_trains(tmp_path):
+    """Each teacher of a table script is found, fetched or trained, one '# teacher' line each,
+    and one '# teachers:' line at the end; a student baseline (numbered trial) just trains."""
+    import subprocess
+    save, log = tmp_path / "save", tmp_path / "log"
+    _run_folder(save, "vgg8", 0, {"best.pth": "", "last.pth": "",
+                                  "summary.json": '{\n  "finished": true\n}'})
+    _run_folder(save, "wrn_16_2", "reviewkd", {"best.pth": "", "last.pth": "",
+                                               "summary.json": '{\n  "finished": false\n}'})
+    script = f'''source "{SCRIPTS / 'common.sh'}"
+{FAKE_PYTHON}
+job python train_teacher.py --model resnet56 --epochs 1
+job python train_teacher.py --model resnet110
+job python train_teacher.py --model vgg8 --dataset cifar100
+job python train_teacher.py --model=vgg13
+job python train_teacher.py --model wrn_16_2 --trial reviewkd
+job python train_teacher.py --model resnet8 --trial 1
+echo "PATH_T $(teacher_path resnet56 cifar100 last) $(teacher_path vgg8 cifar100 last)"
+'''
+    env = {**os.environ, "SAVE": str(save), "LOG": str(log), "GPUS": "0", "DRY_RUN": "0",
+           "DATA": "./data", "TRIALS": "1"}
+    done = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout.splitlines()
+    t = "# teacher "
+    assert [line for line in out if line.startswith(t)] == [
+        t + "resnet56 cifar100 trial 0: fetched from mdistiller",
+        t + "resnet110 cifar100 trial 0: the fetch from mdistiller failed; training it",
+        t + "resnet110 cifar100 trial 0: trained",
+        t + f"vgg8 cifar100 trial 0: found in {save}/teachers/vgg8_vanilla_cifar100_trial_0",
+        t + "vgg13 cifar100 trial 0: trained",
+        t + f"wrn_16_2 cifar100 trial reviewkd: trained (continuing the unfinished run in "
+            f"{save}/teachers/wrn_16_2_vanilla_cifar100_trial_reviewkd)"]
+    assert out[-1] == ("# teachers: 1 fetched (resnet56 cifar100 trial 0); 1 found (vgg8 "
+                       "cifar100 trial 0); 3 trained (resnet110 cifar100 trial 0, vgg13 cifar100 "
+                       "trial 0, wrn_16_2 cifar100 trial reviewkd)")
+    teacher_dir = save / "teachers"
+    assert (f"PATH_T {teacher_dir}/resnet56_vanilla_cifar100_trial_0/best.pth "
+            f"{teacher_dir}/vgg8_vanilla_cifar100_trial_0/last.pth") in out
+    ran = log.read_text().splitlines()
+    assert ran.count("python -m helper.teachers list --plain") == 1
+    fetches = [r for r in ran if r.startswith("python -m helper.teachers fetch")]
+    assert fetches == [f"python -m helper.teachers fetch {m} --release mdistiller --save_folder "
+                       f"{save} --data_folder ./data" for m in ("resnet56", "resnet110")]
+    trained = [re.search(r"--model[= ](\S+)", r).group(1) for r in ran
+               if r.startswith("python train_teacher.py")]
+    assert trained == ["resnet110", "vgg13", "wrn_16_2", "resnet8"]
+    resumed = [r for r in ran if "wrn_16_2" in r]
+    assert len(resumed) == 1 and "--trial reviewkd --resume --save_folder" in resumed[0]
+    assert sum("--resume" in r for r in ran) == 1
+
+
+def test_dry_run_prints_the_fetches_and_the_students_use_them(tmp_path):
+    """A table script in a dry run with the real zoo list: the teachers a release publishes
+    are fetched (their commands parse), the students read their best.pth (the release's final
+    weights, for RepDistiller's last.pth), and the summary names them."""
+    import shlex
+    import subprocess
+    env = {**os.environ, "DRY_RUN": "1", "TRIALS": "1", "GPUS": "0", "SAVE": str(tmp_path)}
+    out = subprocess.run(["bash", str(SCRIPTS / "repdistiller_cifar100.sh")], env=env,
+                         capture_output=True, text=True, check=True, timeout=300).stdout
+    lines = out.splitlines()
+    fetches = [shlex.split(line) for line in lines if line.startswith("python -m helper.teachers")]
+    names = [argv[4] for argv in fetches]
+    assert names == ["wrn_40_2", "resnet56", "resnet110", "resnet32x4", "vgg13"]
+    for argv in fetches:
+        args = teachers.parser().parse_args(argv[3:])
+        assert args.release == "mdistiller" and args.save_folder == str(tmp_path)
+    assert not any(line.startswith("python train_teacher.py") and "--trial" not in line
+                   for line in lines)
+    students = [shlex.split(line) for line in lines if line.startswith("python train_student.py")]
+    paths = {argv[argv.index("--path_t") + 1] for argv in students}
+    assert paths == {f"{tmp_path}/teachers/{m}_vanilla_cifar100_trial_0/best.pth" for m in names}
+    assert lines[-1] == "# teachers: 5 fetched (" + ", ".join(
+        f"{m} cifar100 trial 0" for m in names) + ")"

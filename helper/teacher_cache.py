@@ -1,0 +1,339 @@
+"""``--teacher_cache DIR``: the teacher's logits for every augmented view of the training set,
+computed once and read back by every later run that needs only them (issue 18, part 2).
+
+The in-memory data sets (CIFAR, MNIST) augment with ``RandomCropFlip``: a crop offset of
+``0..2p`` pixels in each direction of the ``p``-padded image and, for CIFAR, a horizontal flip.
+That is a finite set of ``V = (2p + 1)^2 x (2 if flip else 1)`` views of each image (CIFAR:
+81 offsets x 2 flips = 162; MNIST without ``--jitter``: 1), so a cache of the teacher's output
+for every (view, image) is exact: a cached run draws the same shuffle and the same
+augmentation parameters (``TensorLoader.epoch_plan``), trains on the same images and reads
+the logits the teacher would have computed on them. Its losses equal the on-the-fly run's up
+to float rounding (tests/test_teacher_cache.py), and exactly what the teacher forward of
+``--teacher_forward`` computes is stored.
+
+Storage (``DIR``, one cache per folder):
+  - ``manifest.json``: what the cache was computed from: the SHA-256 of the teacher checkpoint
+    file, the data set's name, size and the SHA-256 of its images and labels, the
+    augmentation (padding, flip) and normalisation, the number of views and classes, and the
+    storage dtype. A run whose manifest differs is refused with one line naming the field.
+  - ``logits.bin``: the logits, shape ``(V, N, K)`` in ``dtype``, memory-mapped (numpy).
+    CIFAR-100: 162 x 50,000 x 100 x 4 bytes = 3.2 GB in float32, 1.6 GB in float16.
+  - ``progress.bin``: one byte per view, set once the view is written and flushed.
+
+Building runs the teacher over the data set once per view (162 passes for CIFAR, the teacher
+cost of 162 epochs: less than one 240-epoch run pays), printing progress; an interrupted
+build (Ctrl-C, a crash) keeps every finished view and continues where it stopped when the same
+command runs again. Distributed ranks share the folder: rank 0 creates the files, each rank
+computes every ``world_size``-th view, and all wait for each other before training.
+
+``--teacher_cache_dtype float16`` halves the file; float16 keeps 11 significant bits, so each
+logit is stored to within 2^-11 (about 5e-4) of its value, relative; the KD loss moves by
+about as much (measured in tests/test_teacher_cache.py and the README).
+
+Methods use the cache by declaring ``cacheable = "logits"`` (KD and its logit-only relatives:
+the teacher's logits are all they read); others ignore ``--teacher_cache`` with one line and
+run the teacher on the fly. Only ``--aug standard`` (the crop and flip above) can be cached.
+"""
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dataset.tensor_loader import RandomCropFlip, TensorLoader, crop_flip, normalize
+from helper.errors import UserError
+
+FORMAT = 1
+DTYPES = ("float32", "float16")
+# images per teacher pass while building: on this AMD EPYC CPU resnet32x4 took 10.0 ms per
+# image at 64, 11.5 at 128 and 12.0 at 256; a GPU wants large batches (not measured here)
+BUILD_BATCH = {"cpu": 64, "cuda": 512}
+KEY = "teacher_logits"  # the batch entry Distiller.forward_train reads
+# the augmentation flags (dataset/augment.py) and their values under --aug standard
+AUG_FLAGS = (("aug", "standard"), ("random_erasing", 0.0), ("random_rotation", 0.0),
+             ("mixup", 0.0), ("cutmix", 0.0))
+INFORMATIONAL = ("teacher_file", "teacher_forward")  # recorded, not required to match
+
+
+# ---- views ---------------------------------------------------------------------------------
+def view_count(transform) -> int:
+    if transform is None:
+        return 1
+    return (2 * transform.padding + 1) ** 2 * (2 if transform.flip else 1)
+
+
+def view_ids(transform, params: torch.Tensor) -> torch.Tensor:
+    """The view of each row of ``params`` (row offset, column offset, flip), int64 (B,)."""
+    if transform is None or params is None:
+        return torch.zeros(0 if params is None else len(params), dtype=torch.int64)
+    side, flips = 2 * transform.padding + 1, 2 if transform.flip else 1
+    return (params[:, 0] * side + params[:, 1]) * flips + params[:, 2]
+
+
+def view_params(transform, view: int) -> torch.Tensor:
+    """The ``(1, 3)`` augmentation parameters of ``view`` (``view_ids``' inverse)."""
+    side, flips = 2 * transform.padding + 1, 2 if transform.flip else 1
+    cell, flip = divmod(int(view), flips)
+    row, col = divmod(cell, side)
+    return torch.tensor([[row, col, flip]], dtype=torch.int64)
+
+
+# ---- the manifest ----------------------------------------------------------------------------
+def file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def data_sha256(loader: TensorLoader) -> str:
+    h = hashlib.sha256()
+    h.update(loader.images.numpy().tobytes())
+    h.update(loader.targets_cpu.numpy().tobytes())
+    return h.hexdigest()
+
+
+def manifest_for(loader: TensorLoader, *, teacher_file, dataset: str, num_classes: int,
+                 dtype: str = "float32", teacher_forward: str = "") -> dict:
+    """``teacher_file``: the checkpoint, or a list of them (an ensemble's mean logit)."""
+    t = loader.transform
+    files = [teacher_file] if isinstance(teacher_file, (str, Path)) else list(teacher_file)
+    hashes = [file_sha256(f) for f in files]
+    return {"format": FORMAT, "kind": "logits",
+            "teacher_sha256": hashes[0] if len(hashes) == 1 else hashes,
+            "teacher_file": str(files[0]) if len(files) == 1 else [str(f) for f in files],
+            "dataset": dataset, "train_size": loader.dataset_size,
+            "data_sha256": data_sha256(loader),
+            "input_size": list(loader.images.shape[1:]),
+            "transform": None if t is None else {"padding": t.padding, "flip": t.flip},
+            "normalize": {"mean": loader.mean.flatten().tolist(),
+                          "std": loader.std.flatten().tolist()},
+            "views": view_count(t), "num_classes": int(num_classes), "dtype": dtype,
+            "teacher_forward": teacher_forward}
+
+
+def mismatch(found: dict, wanted: dict) -> str:
+    """The first field (other than the informational ones) in which two manifests differ."""
+    for key in sorted(set(found) | set(wanted)):
+        if key not in INFORMATIONAL and found.get(key) != wanted.get(key):
+            return key
+    return ""
+
+
+# ---- the cache -----------------------------------------------------------------------------
+class TeacherCache:
+    """The memory-mapped logits of one folder; ``lookup(index, views)`` -> float32 (B, K)."""
+
+    def __init__(self, folder, manifest: dict):
+        self.folder = Path(folder)
+        self.manifest = manifest
+        self.shape = (manifest["views"], manifest["train_size"], manifest["num_classes"])
+        self.dtype = np.dtype(manifest["dtype"])
+        self.data = None
+
+    @property
+    def data_path(self):
+        return self.folder / "logits.bin"
+
+    @property
+    def progress_path(self):
+        return self.folder / "progress.bin"
+
+    def done(self) -> np.ndarray:
+        return np.fromfile(self.progress_path, dtype=np.uint8)
+
+    def create(self):
+        """The empty files, then the manifest (a manifest means the files exist)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        np.memmap(self.data_path, dtype=self.dtype, mode="w+", shape=self.shape).flush()
+        np.zeros(self.shape[0], dtype=np.uint8).tofile(self.progress_path)
+        tmp = self.folder / "manifest.json.tmp"
+        tmp.write_text(json.dumps(self.manifest, indent=1))
+        os.replace(tmp, self.folder / "manifest.json")
+
+    def mark_done(self, view: int):
+        fd = os.open(self.progress_path, os.O_WRONLY)
+        try:
+            os.pwrite(fd, b"\x01", int(view))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def open(self, mode="r"):
+        self.data = np.memmap(self.data_path, dtype=self.dtype, mode=mode, shape=self.shape)
+        return self
+
+    def lookup(self, index: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+        rows = self.data[views.numpy(), index.numpy()]
+        return torch.from_numpy(np.asarray(rows, dtype=np.float32))
+
+
+def open_cache(folder, wanted: dict, rank: int = 0) -> TeacherCache:
+    """The cache in ``folder`` for ``wanted``: created by rank 0 when the folder holds none;
+    a folder whose manifest differs is refused."""
+    folder = Path(folder)
+    path = folder / "manifest.json"
+    if path.is_file():
+        try:
+            found = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise UserError(f"--teacher_cache {folder}: cannot read manifest.json ({e}); delete "
+                            "the folder to rebuild the cache") from None
+        key = mismatch(found, wanted)
+        if key:
+            raise UserError(f"--teacher_cache {folder} holds another cache ({key}: "
+                            f"{found.get(key)!r}, this run: {wanted.get(key)!r}); give another "
+                            "folder, or delete it to rebuild")
+        return TeacherCache(folder, found)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--teacher_cache {folder} is a file; give a folder")
+    if folder.is_dir() and any(folder.iterdir()) and rank == 0:
+        raise UserError(f"--teacher_cache {folder} holds files but no manifest.json; give an "
+                        "empty or new folder")
+    cache = TeacherCache(folder, wanted)
+    if rank == 0:
+        cache.create()
+    return cache
+
+
+def build(cache: TeacherCache, teacher, loader: TensorLoader, *, rank=0, world_size=1,
+          log=print, batch_size=None, views=None):
+    """Compute this rank's missing views (every ``world_size``-th; of ``views`` only, when
+    given: the benchmark's sample), each flushed and marked done before the next; ``log``
+    gets progress lines. Returns the seconds spent."""
+    done = cache.done()
+    todo = [v for v in (range(cache.shape[0]) if views is None else views)
+            if v % world_size == rank and not done[v]]
+    if not todo:
+        return 0.0
+    cache.open("r+")
+    transform, device, n = loader.transform, loader.device, loader.dataset_size
+    batch_size = batch_size or BUILD_BATCH.get(device.type, 64)
+    start = last = time.perf_counter()
+    finished = int(cache.done().sum())
+    log(f"teacher cache: computing {len(todo)} of {cache.shape[0]} views of {n:,} images "
+        f"into {cache.folder} ({finished} done before)")
+    was_training = teacher.training
+    teacher.eval()
+    try:
+        for k, view in enumerate(todo):
+            params = None if transform is None else view_params(transform, view).to(device)
+            for lo in range(0, n, batch_size):
+                idx = torch.arange(lo, min(lo + batch_size, n))
+                images = loader.images[idx].to(device)
+                if params is not None:
+                    images = crop_flip(images, transform.padding, params.expand(len(idx), 3))
+                with torch.no_grad():
+                    logits = teacher(normalize(images, loader.mean, loader.std))
+                cache.data[view, lo:lo + len(idx)] = logits.float().cpu().numpy()
+            cache.data.flush()
+            cache.mark_done(view)
+            now = time.perf_counter()
+            if now - last > 10 or k == len(todo) - 1:
+                last, spent = now, now - start
+                left = spent / (k + 1) * (len(todo) - k - 1)
+                log(f"teacher cache: {k + 1}/{len(todo)} views, {spent:.0f}s, "
+                    f"{1000 * spent / ((k + 1) * n):.3f} ms per image-view, about {left:.0f}s left")
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"teacher cache: interrupted with {int(cache.done().sum())} of "
+                                f"{cache.shape[0]} views done; run the same command again to "
+                                "continue") from None
+    finally:
+        teacher.train(was_training)
+    return time.perf_counter() - start
+
+
+class CachedTeacherLoader:
+    """``loader`` (a ``TensorLoader``) whose batches also hold ``teacher_logits``: the cached
+    logits of each sample's view, looked up from the same epoch plan the loader draws."""
+
+    def __init__(self, loader: TensorLoader, cache: TeacherCache):
+        self.loader, self.cache = loader, cache
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __getattr__(self, name):  # set_epoch, unaugmented, sizes: the loader's
+        return getattr(self.loader, name)
+
+    def __iter__(self):
+        indices, params = self.loader.epoch_plan()
+        views = (view_ids(self.loader.transform, params) if params is not None
+                 else torch.zeros(len(indices), dtype=torch.int64))
+        bs = self.loader.batch_size
+        for i, batch in enumerate(self.loader):
+            sl = slice(i * bs, (i + 1) * bs)
+            if i == 0 and not torch.equal(batch["index"].cpu(), indices[sl]):
+                raise RuntimeError("the loader's batches do not follow its epoch_plan; the "
+                                   "teacher cache cannot be used with it")
+            batch[KEY] = self.cache.lookup(indices[sl], views[sl]).to(
+                batch["images"].device, non_blocking=True)
+            yield batch
+
+
+def attach(loader, distiller, args, ctx, dataset: str, num_classes: int):
+    """``loader`` with the cached teacher logits (building the cache first where needed), or
+    ``loader`` itself when ``--teacher_cache`` is off or the method reads more than logits."""
+    folder = args.teacher_cache
+    if folder is None:
+        return loader
+    name = getattr(distiller, "name", "?")
+    if distiller.teacher is None or not (distiller.div_weight or distiller.uses_teacher_output()):
+        ctx.log(f"--teacher_cache: --distill {name} runs no teacher here; the cache is not used")
+        return loader
+    if getattr(distiller, "cacheable", None) != "logits":
+        ctx.log(f"--teacher_cache: --distill {name} reads more of the teacher than its "
+                "logits; the cache is not used and the teacher runs on the fly")
+        return loader
+    changed = [f"--{flag}" for flag, plain in AUG_FLAGS if getattr(args, flag, plain) != plain]
+    if changed:
+        raise UserError(f"--teacher_cache holds the views of the standard crop and flip only "
+                        f"(--aug standard); drop {' '.join(changed)} or --teacher_cache")
+    if type(loader) is not TensorLoader or getattr(loader, "augment", None) is not None or (
+            loader.transform is not None and type(loader.transform) is not RandomCropFlip):
+        raise UserError(f"--teacher_cache needs an in-memory data set (cifar10, cifar100, mnist, "
+                        f"fashion_mnist) with its finite crop/flip views; {dataset} is not one: "
+                        "drop --teacher_cache")
+    wanted = manifest_for(loader, teacher_file=args.path_t, dataset=dataset,
+                          num_classes=num_classes, dtype=args.teacher_cache_dtype,
+                          teacher_forward=args.teacher_forward)
+    cache = open_cache(folder, wanted, ctx.rank)
+    _barrier(ctx)
+    spent = build(cache, distiller.teacher, loader, rank=ctx.rank, world_size=ctx.world_size,
+                  log=ctx.log)
+    _barrier(ctx)
+    if not cache.done().all():
+        raise UserError(f"--teacher_cache {folder}: {int((cache.done() == 0).sum())} views are "
+                        "still missing after the build; run again to complete them")
+    if spent:
+        ctx.log(f"teacher cache: built in {spent:.0f}s on this process")
+    return CachedTeacherLoader(loader, cache.open("r"))
+
+
+def _barrier(ctx):
+    import torch.distributed as dist
+    if ctx.world_size > 1 and dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def add_arguments(parser):
+    g = parser.add_argument_group("teacher cache")
+    g.add_argument("--teacher_cache", "--teacher-cache", default=None, metavar="DIR",
+                   help="teacher logits of every augmented view, computed once into DIR and "
+                        "reused (logit methods; CIFAR/MNIST, --aug standard)")
+    g.add_argument("--teacher_cache_dtype", "--teacher-cache-dtype", choices=DTYPES,
+                   default="float32", help="storage of the cache (float16: half the size, "
+                                           "logits to about 5e-4 relative)")
+    return g
+
+
+def check_arguments(parser, args):
+    if args.teacher_cache == "":
+        parser.error("--teacher_cache is empty; give a folder")
+    if args.teacher_cache_dtype != "float32" and args.teacher_cache is None:
+        parser.error("--teacher_cache_dtype needs --teacher_cache DIR; add it, or drop "
+                     "--teacher_cache_dtype")
