@@ -55,7 +55,6 @@ Only FKD's marginal smoothing is offered (its renormalised top-k gives zero prob
 which a KL term cannot take).
 """
 import hashlib
-import json
 import os
 import sys
 import time
@@ -71,6 +70,7 @@ from dataset.folder import FOLDER_DATASET_NAMES, canonical_folder_name, scan_fol
 from dataset.imagenet_transforms import IMAGENET_MEAN, IMAGENET_STD
 from dataset.tensor_loader import normalize
 from helper.argtypes import OneLineParser, non_negative, positive
+from helper import store as folder_store
 from helper.errors import UserError
 from helper.teacher_cache import AUG_FLAGS, file_sha256
 
@@ -105,21 +105,12 @@ def manifest_for(*, teacher_file, teacher_model, num_classes, dataset, folder, i
 
 
 def read_manifest(folder) -> dict:
-    path = Path(folder) / "manifest.json"
-    if not path.is_file():
+    found = folder_store.read_manifest(folder, f"--fkd {folder}",
+                                       "build the store again into an empty folder")
+    if found is None:
         raise UserError(f"--fkd {folder} holds no manifest.json; build the soft labels first "
                         "(python -m helper.fkd_labels ... --out FOLDER)")
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"--fkd {folder}: cannot read manifest.json ({e}); build the store "
-                        "again into an empty folder") from None
-
-
-def mismatch(found: dict, wanted: dict, fields=None) -> str:
-    """The first of ``fields`` (default all but the teacher's path) in which two differ."""
-    keys = fields or sorted((set(found) | set(wanted)) - {"teacher_file"})
-    return next((k for k in keys if found.get(k) != wanted.get(k)), "")
+    return found
 
 
 # ---- the store ------------------------------------------------------------------------------
@@ -159,10 +150,6 @@ class SoftLabelStore:
             out["classes"] = (index, lead + (self.topk,))
         return out
 
-    @property
-    def progress_path(self):
-        return self.folder / "progress.bin"
-
     def __getstate__(self):
         return {**self.__dict__, "_maps": None}
 
@@ -178,29 +165,17 @@ class SoftLabelStore:
         return self
 
     def create(self):
-        """The empty files, then the manifest (a manifest means the files exist)."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        for name, (dtype, shape) in self.layout().items():
-            np.memmap(self.folder / f"{name}.bin", dtype=dtype, mode="w+", shape=shape).flush()
-        np.zeros(self.epochs * self.chunks, dtype=np.uint8).tofile(self.progress_path)
-        tmp = self.folder / "manifest.json.tmp"
-        tmp.write_text(json.dumps(self.manifest, indent=1))
-        os.replace(tmp, self.folder / "manifest.json")
+        folder_store.create(self.folder, self.layout(), self.epochs * self.chunks, self.manifest)
         return self
 
     def done(self) -> np.ndarray:
         """(E, chunks) uint8: 1 where that epoch's chunk of images is written."""
-        return np.fromfile(self.progress_path, dtype=np.uint8).reshape(self.epochs, self.chunks)
+        return folder_store.done(self.folder).reshape(self.epochs, self.chunks)
 
     def mark_done(self, epoch: int, chunk: int):
         for array in self._arrays().values():
             array.flush()
-        fd = os.open(self.progress_path, os.O_WRONLY)
-        try:
-            os.pwrite(fd, b"\x01", epoch * self.chunks + chunk)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        folder_store.mark_done(self.folder, epoch * self.chunks + chunk)
 
     def write(self, epoch, index, boxes, flips, logits):
         """Image ``index``'s (B,) crops of ``epoch`` (B,) and the teacher's logits (B, K, C)."""
@@ -239,7 +214,7 @@ def open_for_build(folder, wanted: dict) -> SoftLabelStore:
     folder = Path(folder)
     if (folder / "manifest.json").is_file():
         found = read_manifest(folder)
-        key = mismatch(found, wanted)
+        key = folder_store.mismatch(found, wanted, ignore=("teacher_file",))
         if key:
             raise UserError(f"--out {folder} holds another store ({key}: {found.get(key)!r}, "
                             f"this build: {wanted.get(key)!r}); give another folder, or delete "
@@ -328,7 +303,7 @@ def open_for_run(folder, path_t, dataset: str, train_folder, input_size, num_cla
     wanted = {"teacher_sha256": teacher, "dataset": dataset, "train_size": len(train_folder),
               "files_sha256": files_sha256(train_folder), "input_size": int(input_size[-1]),
               "num_classes": int(num_classes)}
-    key = mismatch(found, wanted, RUN_FIELDS)
+    key = folder_store.mismatch(found, wanted, keys=RUN_FIELDS)
     if key:
         what = (f"--path_t {path_t} is another file than its teacher {found.get('teacher_file')}"
                 if key == "teacher_sha256" else

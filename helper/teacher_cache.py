@@ -35,15 +35,15 @@ the teacher's logits are all they read); others ignore ``--teacher_cache`` with 
 run the teacher on the fly. Only ``--aug standard`` (the crop and flip above) can be cached.
 """
 import hashlib
-import json
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from dataset.loader_wrapper import LoaderWrapper
 from dataset.tensor_loader import RandomCropFlip, TensorLoader, crop_flip, normalize
+from helper import store
 from helper.errors import UserError
 
 FORMAT = 1
@@ -116,14 +116,6 @@ def manifest_for(loader: TensorLoader, *, teacher_file, dataset: str, num_classe
             "teacher_forward": teacher_forward}
 
 
-def mismatch(found: dict, wanted: dict) -> str:
-    """The first field (other than the informational ones) in which two manifests differ."""
-    for key in sorted(set(found) | set(wanted)):
-        if key not in INFORMATIONAL and found.get(key) != wanted.get(key):
-            return key
-    return ""
-
-
 # ---- the cache -----------------------------------------------------------------------------
 class TeacherCache:
     """The memory-mapped logits of one folder; ``lookup(index, views)`` -> float32 (B, K)."""
@@ -139,29 +131,16 @@ class TeacherCache:
     def data_path(self):
         return self.folder / "logits.bin"
 
-    @property
-    def progress_path(self):
-        return self.folder / "progress.bin"
-
     def done(self) -> np.ndarray:
-        return np.fromfile(self.progress_path, dtype=np.uint8)
+        """One uint8 per view: 1 where it is built."""
+        return store.done(self.folder)
 
     def create(self):
-        """The empty files, then the manifest (a manifest means the files exist)."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        np.memmap(self.data_path, dtype=self.dtype, mode="w+", shape=self.shape).flush()
-        np.zeros(self.shape[0], dtype=np.uint8).tofile(self.progress_path)
-        tmp = self.folder / "manifest.json.tmp"
-        tmp.write_text(json.dumps(self.manifest, indent=1))
-        os.replace(tmp, self.folder / "manifest.json")
+        store.create(self.folder, {"logits": (self.dtype, self.shape)}, self.shape[0],
+                     self.manifest)
 
     def mark_done(self, view: int):
-        fd = os.open(self.progress_path, os.O_WRONLY)
-        try:
-            os.pwrite(fd, b"\x01", int(view))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        store.mark_done(self.folder, view)
 
     def open(self, mode="r"):
         self.data = np.memmap(self.data_path, dtype=self.dtype, mode=mode, shape=self.shape)
@@ -176,14 +155,10 @@ def open_cache(folder, wanted: dict, rank: int = 0) -> TeacherCache:
     """The cache in ``folder`` for ``wanted``: created by rank 0 when the folder holds none;
     a folder whose manifest differs is refused."""
     folder = Path(folder)
-    path = folder / "manifest.json"
-    if path.is_file():
-        try:
-            found = json.loads(path.read_text())
-        except (OSError, ValueError) as e:
-            raise UserError(f"--teacher_cache {folder}: cannot read manifest.json ({e}); delete "
-                            "the folder to rebuild the cache") from None
-        key = mismatch(found, wanted)
+    found = store.read_manifest(folder, f"--teacher_cache {folder}",
+                                "delete the folder to rebuild the cache")
+    if found is not None:
+        key = store.mismatch(found, wanted, ignore=INFORMATIONAL)
         if key:
             raise UserError(f"--teacher_cache {folder} holds another cache ({key}: "
                             f"{found.get(key)!r}, this run: {wanted.get(key)!r}); give another "
@@ -247,18 +222,13 @@ def build(cache: TeacherCache, teacher, loader: TensorLoader, *, rank=0, world_s
     return time.perf_counter() - start
 
 
-class CachedTeacherLoader:
+class CachedTeacherLoader(LoaderWrapper):
     """``loader`` (a ``TensorLoader``) whose batches also hold ``teacher_logits``: the cached
     logits of each sample's view, looked up from the same epoch plan the loader draws."""
 
     def __init__(self, loader: TensorLoader, cache: TeacherCache):
-        self.loader, self.cache = loader, cache
-
-    def __len__(self):
-        return len(self.loader)
-
-    def __getattr__(self, name):  # set_epoch, unaugmented, sizes: the loader's
-        return getattr(self.loader, name)
+        super().__init__(loader)
+        self.cache = cache
 
     def __iter__(self):
         indices, params = self.loader.epoch_plan()

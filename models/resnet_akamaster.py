@@ -29,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.nn.init as init
 
+from . import resnetv2
 from .base import FeatureModel
 from .resnet import ResNet
 from .registry import register_model
@@ -52,28 +53,16 @@ class ZeroPadShortcut(nn.Module):
         return f"pad={self.pad}"
 
 
-class BasicBlock(nn.Module):
-    """conv-BN-ReLU-conv-BN, plus the shortcut, then ReLU; the last block of a stage
-    (``is_last``) returns ``(out, preact)``."""
-    expansion = 1
+class BasicBlock(resnetv2.BasicBlock):
+    """conv-BN-ReLU-conv-BN, plus the shortcut, then ReLU (the last block of a stage returns
+    ``(out, preact)``): ``models/resnetv2.py``'s block with option A's parameter-free
+    shortcut where the shape changes."""
 
-    def __init__(self, in_planes, planes, stride=1, is_last=False):
-        super().__init__()
-        self.is_last = is_last
-        self.conv1 = nn.Conv2d(in_planes, planes, kernel_size=3, stride=stride, padding=1,
-                               bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=1, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or in_planes != planes:
-            self.shortcut = ZeroPadShortcut(planes)
-
-    def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        preact = self.bn2(self.conv2(out)) + self.shortcut(x)
-        out = F.relu(preact)
-        return (out, preact) if self.is_last else out
+    @staticmethod
+    def make_shortcut(in_planes, out_planes, stride):
+        if stride != 1 or in_planes != out_planes:
+            return ZeroPadShortcut(out_planes)
+        return nn.Sequential()
 
 
 class AkamasterResNet(ResNet):

@@ -36,7 +36,11 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.shortcut = _shortcut(in_planes, self.expansion * planes, stride)
+        self.shortcut = self.make_shortcut(in_planes, self.expansion * planes, stride)
+
+    @staticmethod
+    def make_shortcut(in_planes, out_planes, stride):
+        return _shortcut(in_planes, out_planes, stride)
 
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))
