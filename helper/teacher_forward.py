@@ -276,10 +276,14 @@ def wrap_teacher(teacher: nn.Module, mode: str, input_size, device, compile: boo
         return teacher
     example = torch.randn(2, *input_size, generator=torch.Generator().manual_seed(0)).to(device)
     fast = FastTeacher(teacher, channels_last_for(mode, device), example)
+    if fast.folded_pairs == 0:  # nothing to fold (an MLP): the copy would only cost memory
+        what, fast = "no BatchNorm follows a convolution; the teacher runs as loaded", teacher
+    else:
+        what = fast.describe()
     if compile:
         fast.compile()
     if log is not None:
-        log(f"teacher forward: {fast.describe()}{', compiled' if compile else ''}")
+        log(f"teacher forward: {what}{', compiled' if compile else ''}")
     return fast
 
 
