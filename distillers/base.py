@@ -106,7 +106,9 @@ class Distiller(nn.Module):
     combinable = True  # False: replaces the training step or test model (distillers/combine.py)
     stage_maps = True  # reads the stage maps, which differ with preact (not only the pooled one)
     min_teachers = 1  # teachers (--path_t) a run needs at least, when it needs one (CA-MKD: 2)
-    cacheable = None  # "logits": reads only the teacher's logits (helper/teacher_cache.py)
+    # --teacher_cache (helper/teacher_cache.py): "logits" reads only the teacher's logits,
+    # "pooled" only its pooled feature feats_t[-1] and its logits; None reads more
+    cacheable = None
     label_smoothing = 0.0  # of the cls CE term: --label_smoothing, set by helper/trainer.py
 
     def __init__(self, student: nn.Module, teacher: Optional[nn.Module], options=None, *,
@@ -213,7 +215,11 @@ class Distiller(nn.Module):
     def forward_train(self, images, targets, **batch) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         # The teacher first: its forward pass then does not run beside the student's graph,
         # which made a resnet32x4 -> resnet8x4 KD iteration about 5% slower on the CPU.
-        feats_t, logits_t = None, batch.pop("teacher_logits", None)  # --teacher_cache's
+        # --teacher_cache's batches carry the teacher's outputs instead, and it does not run:
+        # its logits, and for methods with cacheable == "pooled" its pooled feature. A cached
+        # teacher gives only that feature, feats_t[-1] (feats_t = [pooled]), all those read.
+        logits_t, pooled_t = batch.pop("teacher_logits", None), batch.pop("teacher_pooled", None)
+        feats_t = None if pooled_t is None else [pooled_t]
         if logits_t is None and self.teacher is not None and (
                 self.div_weight or self.uses_teacher_output()):
             with torch.no_grad():

@@ -152,6 +152,19 @@ class CombinedConfig:
         return distiller
 
 
+CACHE_KINDS = ("logits", "pooled")  # each reads what the one before reads, and more
+
+
+def merged_cacheable(kinds) -> Optional[str]:
+    """``--teacher_cache`` for a combination: every method must be able to use the cache; all
+    "logits" -> "logits", "logits" and "pooled" (the pooled cache holds the logits too) ->
+    "pooled"; any other (a method that reads more, None) -> None."""
+    kinds = set(kinds)
+    if not kinds or not kinds <= set(CACHE_KINDS):
+        return None
+    return max(kinds, key=CACHE_KINDS.index)
+
+
 class Combined(Distiller):
     """The distiller of a combination (see the module's docstring): the shared CE and KD terms,
     then each method's ``method_losses`` on the same student and teacher outputs."""
@@ -163,8 +176,7 @@ class Combined(Distiller):
             self._check_combinable(part)
         self.methods = nn.ModuleDict({p.name: p for p in parts})
         self.teacher_feats = any(p.teacher_feats for p in parts)
-        kinds = {p.cacheable for p in parts}  # --teacher_cache when every method can use it
-        self.cacheable = kinds.pop() if len(kinds) == 1 else None
+        self.cacheable = merged_cacheable(p.cacheable for p in parts)
         self.student_feats = any(p.student_feats for p in parts)
         self._modes = {who: self._feature_mode(who) for who in ("teacher", "student")}
         self._requests = self._merged_requests()

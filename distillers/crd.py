@@ -132,6 +132,7 @@ class CRD(Distiller):
     """
 
     stage_maps = False  # reads only the pooled feature
+    cacheable = "pooled"  # --teacher_cache: feats_t[-1] and, for -d > 0, the logits
 
     default_weights = Weights(cls=1.0, div=1.0, beta=0.8)
 

@@ -8,7 +8,6 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
-from scipy.optimize import linear_sum_assignment
 
 from helper.errors import UserError
 
@@ -61,6 +60,8 @@ def solve_matching(cost, sparse: bool = False) -> torch.Tensor:
     if not sparse:
         groups = tc // sc
         cost = np.tile(cost, (groups, 1))[:, :groups * sc]
+    # imported here: scipy.optimize takes 0.6 s to import, which every run would pay
+    from scipy.optimize import linear_sum_assignment
     _, cols = linear_sum_assignment(cost)  # rows come back sorted, one per row
     return torch.from_numpy(cols).long()
 

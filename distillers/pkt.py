@@ -40,6 +40,7 @@ class PKT(Distiller):
     """
 
     stage_maps = False  # reads only the pooled feature
+    cacheable = "pooled"  # --teacher_cache: feats_t[-1] and, for -d > 0, the logits
 
     teacher_feats = True
     student_feats = True

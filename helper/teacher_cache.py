@@ -1,5 +1,6 @@
-"""``--teacher_cache DIR``: the teacher's logits for every augmented view of the training set,
-computed once and read back by every later run that needs only them (issue 18, part 2).
+"""``--teacher_cache DIR``: the teacher's logits, and its pooled feature where the method reads
+it, for every augmented view of the training set, computed once and read back by every later
+run that needs only them (issue 18, part 2).
 
 The in-memory data sets (CIFAR, MNIST) augment with ``RandomCropFlip``: a crop offset of
 ``0..2p`` pixels in each direction of the ``p``-padded image and, for CIFAR, a horizontal flip.
@@ -7,7 +8,7 @@ That is a finite set of ``V = (2p + 1)^2 x (2 if flip else 1)`` views of each im
 81 offsets x 2 flips = 162; MNIST without ``--jitter``: 1), so a cache of the teacher's output
 for every (view, image) is exact: a cached run draws the same shuffle and the same
 augmentation parameters (``TensorLoader.epoch_plan``), trains on the same images and reads
-the logits the teacher would have computed on them. Its losses equal the on-the-fly run's up
+the outputs the teacher would have computed on them. Its losses equal the on-the-fly run's up
 to float rounding (tests/test_teacher_cache.py), and exactly what the teacher forward of
 ``--teacher_forward`` computes is stored.
 
@@ -15,9 +16,17 @@ Storage (``DIR``, one cache per folder):
   - ``manifest.json``: what the cache was computed from: the SHA-256 of the teacher checkpoint
     file, the data set's name, size and the SHA-256 of its images and labels, the
     augmentation (padding, flip) and normalisation, the number of views and classes, and the
-    storage dtype. A run whose manifest differs is refused with one line naming the field.
+    storage dtype; and what it holds: ``outputs`` (``["logits"]``, or ``["logits",
+    "pooled"]``) and ``pooled_dim`` (D, or null). A run whose manifest differs is refused with
+    one line naming the field. A cache with the pooled feature serves a run that reads only
+    logits; a logits-only cache asked for the pooled feature is refused (another folder, or
+    delete it). Manifests of format 1 (logits only, before ``outputs``) are read as
+    ``outputs: ["logits"]``.
   - ``logits.bin``: the logits, shape ``(V, N, K)`` in ``dtype``, memory-mapped (numpy).
     CIFAR-100: 162 x 50,000 x 100 x 4 bytes = 3.2 GB in float32, 1.6 GB in float16.
+  - ``pooled.bin`` (a "pooled" cache): the teacher's pooled feature ``feats[-1]``, shape
+    ``(V, N, D)``, from the same teacher pass (``teacher(x, is_feat=True)``). CIFAR-100 with
+    resnet32x4 (D = 256): 162 x 50,000 x 256 x 4 bytes = 8.3 GB in float32, 4.1 GB in float16.
   - ``progress.bin``: one byte per view, set once the view is written and flushed.
 
 Building runs the teacher over the data set once per view (162 passes for CIFAR, the teacher
@@ -26,13 +35,19 @@ build (Ctrl-C, a crash) keeps every finished view and continues where it stopped
 command runs again. Distributed ranks share the folder: rank 0 creates the files, each rank
 computes every ``world_size``-th view, and all wait for each other before training.
 
-``--teacher_cache_dtype float16`` halves the file; float16 keeps 11 significant bits, so each
-logit is stored to within 2^-11 (about 5e-4) of its value, relative; the KD loss moves by
-about as much (measured in tests/test_teacher_cache.py and the README).
+``--teacher_cache_dtype float16`` halves the files; float16 keeps 11 significant bits, so each
+logit or feature is stored to within 2^-11 (about 5e-4) of its value, relative (values below
+float16's smallest normal number, 6.1e-5, to within 2^-25 absolute). Measured in
+tests/test_teacher_cache.py: the KD loss moves by less than 1e-3, relative, PKT's by 1e-5,
+RKD's by up to 1.4e-3 (distances between similar pooled features amplify the rounding).
 
-Methods use the cache by declaring ``cacheable = "logits"`` (KD and its logit-only relatives:
-the teacher's logits are all they read); others ignore ``--teacher_cache`` with one line and
-run the teacher on the fly. Only ``--aug standard`` (the crop and flip above) can be cached.
+Methods use the cache by declaring ``cacheable``: ``"logits"`` (KD and its logit-only
+relatives: the teacher's logits are all they read) or ``"pooled"`` (CRD, RKD, PKT, CC, L2,
+PAD-L2: the teacher's pooled feature ``feats_t[-1]``, and its logits for the KD term; stored
+with ``preact`` False, as these methods read it, and the same with True on the CIFAR models of
+the zoo: resnet, wrn, vgg, ShuffleNet, MobileNetV2). Others
+ignore ``--teacher_cache`` with one line and run the teacher on the fly. Only ``--aug
+standard`` (the crop and flip above) can be cached.
 """
 import hashlib
 import time
@@ -46,16 +61,23 @@ from dataset.tensor_loader import RandomCropFlip, TensorLoader, crop_flip, norma
 from helper import store
 from helper.errors import UserError
 
-FORMAT = 1
+FORMAT = 2  # 2: "outputs" and "pooled_dim"; 1 (logits only) is read as outputs ["logits"]
+KIND = "teacher_cache"
 DTYPES = ("float32", "float16")
+# what a cache holds for each ``cacheable`` kind; a cache holding more serves a kind needing less
+OUTPUTS = {"logits": ("logits",), "pooled": ("logits", "pooled")}
 # images per teacher pass while building: on this AMD EPYC CPU resnet32x4 took 10.0 ms per
 # image at 64, 11.5 at 128 and 12.0 at 256; a GPU wants large batches (not measured here)
 BUILD_BATCH = {"cpu": 64, "cuda": 512}
-KEY = "teacher_logits"  # the batch entry Distiller.forward_train reads
+# the batch entries Distiller.forward_train reads
+KEYS = {"logits": "teacher_logits", "pooled": "teacher_pooled"}
 # the augmentation flags (dataset/augment.py) and their values under --aug standard
 AUG_FLAGS = (("aug", "standard"), ("random_erasing", 0.0), ("random_rotation", 0.0),
              ("mixup", 0.0), ("cutmix", 0.0))
 INFORMATIONAL = ("teacher_file", "teacher_forward")  # recorded, not required to match
+# compared apart (a cache may hold more than a run reads); pooled_dim follows from the
+# teacher file and the input size, which are compared
+HELD = ("outputs", "pooled_dim")
 
 
 # ---- views ---------------------------------------------------------------------------------
@@ -98,12 +120,17 @@ def data_sha256(loader: TensorLoader) -> str:
 
 
 def manifest_for(loader: TensorLoader, *, teacher_file, dataset: str, num_classes: int,
-                 dtype: str = "float32", teacher_forward: str = "") -> dict:
-    """``teacher_file``: the checkpoint, or a list of them (an ensemble's mean logit)."""
+                 dtype: str = "float32", teacher_forward: str = "", outputs=OUTPUTS["logits"],
+                 pooled_dim=None) -> dict:
+    """``teacher_file``: the checkpoint, or a list of them (an ensemble's mean logit);
+    ``outputs``: ``OUTPUTS[kind]``, with ``pooled_dim`` (D) when it holds "pooled"."""
     t = loader.transform
     files = [teacher_file] if isinstance(teacher_file, (str, Path)) else list(teacher_file)
     hashes = [file_sha256(f) for f in files]
-    return {"format": FORMAT, "kind": "logits",
+    if ("pooled" in outputs) != (pooled_dim is not None):
+        raise ValueError(f"pooled_dim goes with the 'pooled' output: {outputs}, {pooled_dim}")
+    return {"format": FORMAT, "kind": KIND, "outputs": list(outputs),
+            "pooled_dim": None if pooled_dim is None else int(pooled_dim),
             "teacher_sha256": hashes[0] if len(hashes) == 1 else hashes,
             "teacher_file": str(files[0]) if len(files) == 1 else [str(f) for f in files],
             "dataset": dataset, "train_size": loader.dataset_size,
@@ -116,53 +143,114 @@ def manifest_for(loader: TensorLoader, *, teacher_file, dataset: str, num_classe
             "teacher_forward": teacher_forward}
 
 
+def upgraded(manifest: dict) -> dict:
+    """A manifest of format 1 (logits only) as format 2 has it; any other as it is."""
+    if manifest.get("format") == 1 and manifest.get("kind") == "logits":
+        return {**manifest, "format": FORMAT, "kind": KIND, "outputs": ["logits"],
+                "pooled_dim": None}
+    return manifest
+
+
+def pooled_dim(teacher) -> int:
+    """D of the teacher's pooled feature ``feats[-1]`` (a vector); one line when it is not."""
+    shape = tuple(teacher.feature_shapes()[-1])
+    if len(shape) != 1:
+        raise UserError(f"--teacher_cache stores the teacher's pooled feature as a vector; its "
+                        f"feats[-1] has shape {shape}: drop --teacher_cache")
+    return shape[0]
+
+
 # ---- the cache -----------------------------------------------------------------------------
 class TeacherCache:
-    """The memory-mapped logits of one folder; ``lookup(index, views)`` -> float32 (B, K)."""
+    """The memory-mapped outputs of one folder, ``logits`` (V, N, K) and in a pooled cache
+    ``pooled`` (V, N, D); ``lookup(index, views, name)`` -> float32 (B, K or D)."""
 
     def __init__(self, folder, manifest: dict):
         self.folder = Path(folder)
         self.manifest = manifest
-        self.shape = (manifest["views"], manifest["train_size"], manifest["num_classes"])
+        views, n = manifest["views"], manifest["train_size"]
+        widths = {"logits": manifest["num_classes"], "pooled": manifest["pooled_dim"]}
+        self.shapes = {name: (views, n, widths[name]) for name in manifest["outputs"]}
         self.dtype = np.dtype(manifest["dtype"])
-        self.data = None
+        self.arrays = {}
+
+    @property
+    def outputs(self):
+        return tuple(self.shapes)
+
+    @property
+    def shape(self):
+        return self.shapes["logits"]
+
+    @property
+    def data(self):
+        """The logits' array (once open)."""
+        return self.arrays.get("logits")
+
+    def path(self, name="logits"):
+        return self.folder / f"{name}.bin"
 
     @property
     def data_path(self):
-        return self.folder / "logits.bin"
+        return self.path("logits")
 
     def done(self) -> np.ndarray:
         """One uint8 per view: 1 where it is built."""
         return store.done(self.folder)
 
     def create(self):
-        store.create(self.folder, {"logits": (self.dtype, self.shape)}, self.shape[0],
-                     self.manifest)
+        layout = {name: (self.dtype, shape) for name, shape in self.shapes.items()}
+        store.create(self.folder, layout, self.shape[0], self.manifest)
 
     def mark_done(self, view: int):
         store.mark_done(self.folder, view)
 
     def open(self, mode="r"):
-        self.data = np.memmap(self.data_path, dtype=self.dtype, mode=mode, shape=self.shape)
+        self.arrays = {name: np.memmap(self.path(name), dtype=self.dtype, mode=mode, shape=shape)
+                       for name, shape in self.shapes.items()}
         return self
 
-    def lookup(self, index: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
-        rows = self.data[views.numpy(), index.numpy()]
+    def write(self, view: int, lo: int, values: dict):
+        """Rows ``lo...`` of ``view`` of each output in ``values`` (``{name: tensor}``); one
+        line when one does not fit the storage dtype (the view is then not marked done)."""
+        for name, value in values.items():
+            rows = value.float().cpu().numpy().astype(self.dtype)
+            if not np.isfinite(rows).all():
+                raise UserError(f"teacher cache: the teacher's {name} of view {view} are not "
+                                f"finite in {self.dtype} (beyond float16's 65504?); use "
+                                "--teacher_cache_dtype float32, or check the teacher")
+            self.arrays[name][view, lo:lo + len(rows)] = rows
+
+    def flush(self):
+        for array in self.arrays.values():
+            array.flush()
+
+    def lookup(self, index: torch.Tensor, views: torch.Tensor, name="logits") -> torch.Tensor:
+        rows = self.arrays[name][views.numpy(), index.numpy()]
         return torch.from_numpy(np.asarray(rows, dtype=np.float32))
 
 
 def open_cache(folder, wanted: dict, rank: int = 0) -> TeacherCache:
     """The cache in ``folder`` for ``wanted``: created by rank 0 when the folder holds none;
-    a folder whose manifest differs is refused."""
+    a folder whose manifest differs, or that lacks an output ``wanted`` reads, is refused (one
+    holding more serves it, and its build continues with all it holds)."""
     folder = Path(folder)
     found = store.read_manifest(folder, f"--teacher_cache {folder}",
                                 "delete the folder to rebuild the cache")
     if found is not None:
-        key = store.mismatch(found, wanted, ignore=INFORMATIONAL)
+        found = upgraded(found)
+        key = store.mismatch(found, wanted, ignore=INFORMATIONAL + HELD)
         if key:
             raise UserError(f"--teacher_cache {folder} holds another cache ({key}: "
                             f"{found.get(key)!r}, this run: {wanted.get(key)!r}); give another "
                             "folder, or delete it to rebuild")
+        held = found.get("outputs", [])
+        missing = [o for o in wanted["outputs"] if o not in held]
+        if missing:
+            raise UserError(f"--teacher_cache {folder} holds the teacher's "
+                            f"{' and '.join(held)} only and this run reads its "
+                            f"{' and '.join(missing)} feature too: give another folder, or "
+                            "delete it to rebuild")
         return TeacherCache(folder, found)
     if folder.exists() and not folder.is_dir():
         raise UserError(f"--teacher_cache {folder} is a file; give a folder")
@@ -203,9 +291,10 @@ def build(cache: TeacherCache, teacher, loader: TensorLoader, *, rank=0, world_s
                 if params is not None:
                     images = crop_flip(images, transform.padding, params.expand(len(idx), 3))
                 with torch.no_grad():
-                    logits = teacher(normalize(images, loader.mean, loader.std))
-                cache.data[view, lo:lo + len(idx)] = logits.float().cpu().numpy()
-            cache.data.flush()
+                    values = teacher_outputs(teacher, normalize(images, loader.mean, loader.std),
+                                             cache.outputs)
+                cache.write(view, lo, values)
+            cache.flush()
             cache.mark_done(view)
             now = time.perf_counter()
             if now - last > 10 or k == len(todo) - 1:
@@ -222,13 +311,24 @@ def build(cache: TeacherCache, teacher, loader: TensorLoader, *, rank=0, world_s
     return time.perf_counter() - start
 
 
-class CachedTeacherLoader(LoaderWrapper):
-    """``loader`` (a ``TensorLoader``) whose batches also hold ``teacher_logits``: the cached
-    logits of each sample's view, looked up from the same epoch plan the loader draws."""
+def teacher_outputs(teacher, x, outputs) -> dict:
+    """``{name: tensor}`` of ``outputs`` in one teacher pass: ``teacher(x)`` for the logits
+    alone, ``teacher(x, is_feat=True)`` (as the pooled methods run it, ``preact`` False) when
+    the pooled feature ``feats[-1]`` is wanted too."""
+    if "pooled" not in outputs:
+        return {"logits": teacher(x)}
+    feats, logits = teacher(x, is_feat=True)
+    return {"logits": logits, "pooled": feats[-1]}
 
-    def __init__(self, loader: TensorLoader, cache: TeacherCache):
+
+class CachedTeacherLoader(LoaderWrapper):
+    """``loader`` (a ``TensorLoader``) whose batches also hold the cached ``outputs`` of each
+    sample's view (``teacher_logits``, and ``teacher_pooled`` for "pooled"), looked up from
+    the same epoch plan the loader draws."""
+
+    def __init__(self, loader: TensorLoader, cache: TeacherCache, outputs=OUTPUTS["logits"]):
         super().__init__(loader)
-        self.cache = cache
+        self.cache, self.outputs = cache, tuple(outputs)
 
     def __iter__(self):
         indices, params = self.loader.epoch_plan()
@@ -240,14 +340,16 @@ class CachedTeacherLoader(LoaderWrapper):
             if i == 0 and not torch.equal(batch["index"].cpu(), indices[sl]):
                 raise RuntimeError("the loader's batches do not follow its epoch_plan; the "
                                    "teacher cache cannot be used with it")
-            batch[KEY] = self.cache.lookup(indices[sl], views[sl]).to(
-                batch["images"].device, non_blocking=True)
+            for name in self.outputs:
+                batch[KEYS[name]] = self.cache.lookup(indices[sl], views[sl], name).to(
+                    batch["images"].device, non_blocking=True)
             yield batch
 
 
 def attach(loader, distiller, args, ctx, dataset: str, num_classes: int):
-    """``loader`` with the cached teacher logits (building the cache first where needed), or
-    ``loader`` itself when ``--teacher_cache`` is off or the method reads more than logits."""
+    """``loader`` with the cached teacher outputs the method reads (``distiller.cacheable``:
+    its logits, or its logits and pooled feature), building the cache first where needed; or
+    ``loader`` itself when ``--teacher_cache`` is off or the method reads more."""
     folder = args.teacher_cache
     if folder is None:
         return loader
@@ -255,10 +357,13 @@ def attach(loader, distiller, args, ctx, dataset: str, num_classes: int):
     if distiller.teacher is None or not (distiller.div_weight or distiller.uses_teacher_output()):
         ctx.log(f"--teacher_cache: --distill {name} runs no teacher here; the cache is not used")
         return loader
-    if getattr(distiller, "cacheable", None) != "logits":
+    kind = getattr(distiller, "cacheable", None)
+    if kind not in OUTPUTS:
         ctx.log(f"--teacher_cache: --distill {name} reads more of the teacher than its "
-                "logits; the cache is not used and the teacher runs on the fly")
+                "logits and pooled feature; the cache is not used and the teacher runs on the "
+                "fly")
         return loader
+    outputs = OUTPUTS[kind]
     changed = [f"--{flag}" for flag, plain in AUG_FLAGS if getattr(args, flag, plain) != plain]
     if changed:
         raise UserError(f"--teacher_cache holds the views of the standard crop and flip only "
@@ -268,9 +373,10 @@ def attach(loader, distiller, args, ctx, dataset: str, num_classes: int):
         raise UserError(f"--teacher_cache needs an in-memory data set (cifar10, cifar100, mnist, "
                         f"fashion_mnist) with its finite crop/flip views; {dataset} is not one: "
                         "drop --teacher_cache")
+    dim = pooled_dim(distiller.teacher) if "pooled" in outputs else None
     wanted = manifest_for(loader, teacher_file=args.path_t, dataset=dataset,
                           num_classes=num_classes, dtype=args.teacher_cache_dtype,
-                          teacher_forward=args.teacher_forward)
+                          teacher_forward=args.teacher_forward, outputs=outputs, pooled_dim=dim)
     cache = open_cache(folder, wanted, ctx.rank)
     _barrier(ctx)
     spent = build(cache, distiller.teacher, loader, rank=ctx.rank, world_size=ctx.world_size,
@@ -281,7 +387,7 @@ def attach(loader, distiller, args, ctx, dataset: str, num_classes: int):
                         "still missing after the build; run again to complete them")
     if spent:
         ctx.log(f"teacher cache: built in {spent:.0f}s on this process")
-    return CachedTeacherLoader(loader, cache.open("r"))
+    return CachedTeacherLoader(loader, cache.open("r"), outputs)
 
 
 def _barrier(ctx):
@@ -293,11 +399,12 @@ def _barrier(ctx):
 def add_arguments(parser):
     g = parser.add_argument_group("teacher cache")
     g.add_argument("--teacher_cache", "--teacher-cache", default=None, metavar="DIR",
-                   help="teacher logits of every augmented view, computed once into DIR and "
-                        "reused (logit methods; CIFAR/MNIST, --aug standard)")
+                   help="teacher logits (and pooled feature) of every augmented view, "
+                        "computed once into DIR and reused (logit methods; crd, rkd, pkt, cc, "
+                        "l2, pad_l2; CIFAR/MNIST, --aug standard)")
     g.add_argument("--teacher_cache_dtype", "--teacher-cache-dtype", choices=DTYPES,
                    default="float32", help="storage of the cache (float16: half the size, "
-                                           "logits to about 5e-4 relative)")
+                                           "values to about 5e-4 relative)")
     return g
 
 

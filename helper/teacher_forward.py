@@ -15,17 +15,18 @@ alone). Everything else a method asks of the teacher (``feature_shapes``,
 is answered by the original, unchanged model, which also runs whenever the teacher is put in
 training mode (a method whose teacher uses batch statistics).
 
-Which pairs fold is found by running the model once with hooks: a BN folds into a conv when
-the BN's input *is* the conv's output tensor, each called once per forward pass. That is exact
-unless the conv's raw output is also used elsewhere: WRN's stem conv is both its first feature
-and the input of the first block's BN. So the folded copy is checked against the original on
-a random batch when it is built, for the logits (``model(x)``) and every feature list
-(``is_feat=True`` with ``preact`` False and True), each within ``TOLERANCE`` of the largest
-magnitude of the original's output; when a check fails, each pair is tried alone and only the
-exact ones are folded (WRN keeps its stem pair unfolded). Features therefore stay equal to
-the eager model's and methods that read them get the folded teacher too. As a last guard, a
-path whose check still fails (none of the zoo's models) runs the original: features alone
-(``logits only`` in ``describe()``) or both.
+Which pairs fold is found by running the model once per feature call with hooks and a
+``TorchFunctionMode``: a BN folds into a conv when the BN's input *is* the conv's output
+tensor, each module is called once per forward pass, and nothing else reads that output (no
+other torch call outside the BN, no second BN, not the model's own output: WRN's stem conv is
+both its first feature and the input of the first block's BN, so that pair stays unfolded).
+The folded copy is then checked against the original on a random batch when it is built, for
+the logits (``model(x)``) and every feature list (``is_feat=True`` with ``preact`` False and
+True), each within ``TOLERANCE`` of the largest magnitude of the original's output. Should a
+check fail (a use the pass cannot see; none of the zoo's models), each pair is tried alone
+and only the exact ones are folded, and a path whose check still fails runs the original:
+features alone (``logits only`` in ``describe()``) or both. Features therefore stay equal to
+the eager model's and methods that read them get the folded teacher too.
 
 Outputs are returned as ordinary tensors in the default (contiguous) memory format: inference
 tensors cannot be saved for backward, and feature losses ``view`` their inputs.
@@ -36,10 +37,12 @@ channels-last (fp32 channels-last was not measured on a GPU here). ``fold`` and 
 choose explicitly; ``eager`` runs the teacher as loaded, under ``torch.no_grad`` as before.
 """
 import copy
+from collections import Counter
 from typing import Dict, List, Optional
 
 import torch
 import torch.nn as nn
+from torch.overrides import TorchFunctionMode
 
 from helper.errors import UserError
 
@@ -54,36 +57,77 @@ def _calls(model, x, kwargs):
         return model(x, **kwargs)
 
 
+class _Uses(TorchFunctionMode):
+    """Counts, for each watched tensor, the torch calls that read it outside a BatchNorm's
+    own forward (where the BN reads its input)."""
+
+    def __init__(self, watched: dict):
+        super().__init__()
+        self.watched, self.uses, self.inside_bn = watched, {}, 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if not self.inside_bn:
+            for t in _tensors_in((args, kwargs or {})):
+                if self.watched.get(id(t)) is t:
+                    self.uses[id(t)] = self.uses.get(id(t), 0) + 1
+        return func(*args, **(kwargs or {}))
+
+
+def _tensors_in(obj):
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, (list, tuple)):
+        for item in obj:
+            yield from _tensors_in(item)
+    elif isinstance(obj, dict):
+        for item in obj.values():
+            yield from _tensors_in(item)
+
+
 def conv_bn_pairs(model: nn.Module, probes: List[dict], x: torch.Tensor) -> Dict[str, str]:
     """``{bn name: conv name}`` of the BNs whose input is a conv's output, in every forward
-    call of ``probes`` (keyword arguments of ``model(x, **kw)``), each called once per call."""
+    call of ``probes`` (keyword arguments of ``model(x, **kw)``), each called once per call,
+    where nothing else reads that output: no other torch call (a shortcut, a feature
+    computed from it) and not the model's own output (WRN's stem is its first feature)."""
     convs = {m: n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
     bns = {m: n for n, m in model.named_modules()
            if isinstance(m, nn.BatchNorm2d) and m.running_mean is not None}
     agreed: Optional[Dict[str, str]] = None
     for kwargs in probes:
-        produced, counts, pairs = {}, {}, {}
+        produced, counts, candidates = {}, {}, {}  # id(conv output) -> (conv name, output)
+        uses = _Uses({})
 
         def after_conv(module, inputs, output):
             counts[module] = counts.get(module, 0) + 1
             produced[id(output)] = (convs[module], output)
+            uses.watched[id(output)] = output
 
         def before_bn(module, inputs):
             counts[module] = counts.get(module, 0) + 1
+            uses.inside_bn += 1
             found = produced.get(id(inputs[0]))
             if found is not None and found[1] is inputs[0]:
-                pairs[bns[module]] = found[0]
+                candidates[bns[module]] = (found[0], id(inputs[0]))
+
+        def after_bn(module, inputs, output):
+            uses.inside_bn -= 1
 
         handles = [m.register_forward_hook(after_conv) for m in convs]
         handles += [m.register_forward_pre_hook(before_bn) for m in bns]
+        handles += [m.register_forward_hook(after_bn) for m in bns]
         try:
-            _calls(model, x, kwargs)
+            with uses:
+                out = _calls(model, x, kwargs)
         finally:
             for h in handles:
                 h.remove()
+        returned = {id(t) for t in _tensors(out)}
         names = {**convs, **bns}
         once = {names[m] for m, c in counts.items() if c == 1}
-        pairs = {b: c for b, c in pairs.items() if b in once and c in once}
+        bn_inputs = Counter(out_id for _, out_id in candidates.values())
+        pairs = {b: conv for b, (conv, out_id) in candidates.items()
+                 if b in once and conv in once and out_id not in returned
+                 and not uses.uses.get(out_id) and bn_inputs[out_id] == 1}
         agreed = pairs if agreed is None else {b: c for b, c in agreed.items()
                                                if pairs.get(b) == c}
     return agreed or {}

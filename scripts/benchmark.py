@@ -42,6 +42,9 @@ to the floor compares with today's floor. Three more rows on request (``--method
                view are looked up in a memory-mapped cache of 162 views x ``--train_size``
                images x 100 classes (float32, random values: a lookup costs the same), on
                synthetic batches (random views) and end to end (the loader's own views).
+               Any method with ``cacheable`` has such a row, ``<method>_cached`` (crd_cached:
+               the logits and the teacher's pooled feature, 162 x ``--train_size`` x D more;
+               for resnet32x4, D = 256: 8.3 GB written to a temporary folder first).
   cache_build  the cache's build: ``--cache_views`` views of ``--cache_images`` images through
                ``helper.teacher_cache.build`` with the optimised teacher, timed and
                extrapolated to 162 views of ``--train_size`` images. With kd and kd_cached in the
@@ -106,7 +109,8 @@ from models.teachers import TeacherEnsemble  # noqa: E402
 
 FLOOR = "floor"
 FLOOR_FAST = "floor_fast"  # the floor with the optimised teacher
-KD_CACHED = "kd_cached"  # kd reading the teacher's logits from a teacher cache
+CACHED = "_cached"  # <method>_cached: a cacheable method reading its teacher from a cache
+KD_CACHED = "kd" + CACHED  # kd reading the teacher's logits from a teacher cache
 CACHE_BUILD = "cache_build"  # the time to build a teacher cache
 EXTRA_ROWS = (FLOOR_FAST, KD_CACHED, CACHE_BUILD)
 NUM_CLASSES = 100
@@ -244,7 +248,7 @@ def build(method, opts, device):
         optimizer = make_sgd(student.parameters(), lr=config.learning_rate,
                              momentum=config.args.momentum, weight_decay=config.args.weight_decay)
         return model, optimizer, config.args, {"stage": "main", "stages": ["main"]}
-    config = method_config("kd" if method == KD_CACHED else method, opts)
+    config = method_config(cached_method(method) or method, opts)
     if not config.method.requires_teacher():
         teacher = None
     elif config.method.min_teachers() > 1:  # copies of the teacher stand for several
@@ -270,29 +274,53 @@ def fast_teacher(teacher, opts, device, floor=False):
 
 
 # ---- the teacher cache ----------------------------------------------------------------------
-def benchmark_cache(opts, folder):
-    """A teacher cache of 162 views x ``--train_size`` images x 100 classes in ``folder``,
-    filled with random float32 logits (a lookup costs what a real cache's does)."""
+def cached_method(name):
+    """The method of a ``<method>_cached`` row (None for any other name); one line when that
+    method cannot use the cache."""
+    if not name.endswith(CACHED):
+        return None
+    method = name[:-len(CACHED)]
+    try:
+        cls = get_distiller(method)
+    except KeyError:
+        raise UserError(f"unknown method {method!r} in {name!r}; choose any of: "
+                        f"{', '.join(all_methods())}") from None
+    if cls.cacheable not in teacher_cache.OUTPUTS:
+        cacheable = [c.name for c in distiller_classes() if c.cacheable in teacher_cache.OUTPUTS]
+        raise UserError(f"{method} reads more of the teacher than a teacher cache holds; "
+                        f"<method>_cached rows: {', '.join(cacheable)}")
+    return cls.name
+
+
+def benchmark_cache(opts, folder, outputs, pooled_dim=None):
+    """A teacher cache of ``outputs``, 162 views x ``--train_size`` images x 100 classes (and
+    x ``pooled_dim``), in ``folder``, filled with random float32 values (a lookup costs what a
+    real cache's does)."""
     transform = RandomCropFlip(cifar.PADDING, flip=True)
     cache = teacher_cache.TeacherCache(folder, {
         "views": teacher_cache.view_count(transform), "train_size": opts.train_size,
-        "num_classes": NUM_CLASSES, "dtype": "float32"})
+        "num_classes": NUM_CLASSES, "dtype": "float32", "outputs": list(outputs),
+        "pooled_dim": pooled_dim})
     cache.create()
     rng = np.random.default_rng(0)
-    view = rng.standard_normal((opts.train_size, NUM_CLASSES), dtype=np.float32).tobytes()
-    with open(cache.data_path, "r+b") as f:  # written as a file: not mapped, not in the RSS
-        for _ in range(cache.shape[0]):
-            f.write(view)
+    for name, (views, n, width) in cache.shapes.items():
+        view = rng.standard_normal((n, width), dtype=np.float32).tobytes()
+        with open(cache.path(name), "r+b") as f:  # written as a file: not mapped, not in the RSS
+            for _ in range(views):
+                f.write(view)
     return cache.open("r")
 
 
-def with_cached_logits(batches, cache):
-    """Synthetic batches with ``teacher_logits`` looked up at random views of their samples."""
+def with_cached_outputs(batches, cache, outputs):
+    """Synthetic batches with the cached ``outputs`` (``teacher_logits``, ...) looked up at
+    random views of their samples."""
     g = torch.Generator().manual_seed(6)
     for batch in batches:
         index = batch["index"].cpu()
         views = torch.randint(0, cache.shape[0], (len(index),), generator=g)
-        batch[teacher_cache.KEY] = cache.lookup(index, views).to(batch["images"].device)
+        for name in outputs:
+            batch[teacher_cache.KEYS[name]] = cache.lookup(index, views, name).to(
+                batch["images"].device)
         yield batch
 
 
@@ -311,7 +339,8 @@ def measure_cache_build(opts):
     views = list(range(opts.cache_views + 1))  # the first one warms up
     with tempfile.TemporaryDirectory() as folder:
         cache = teacher_cache.TeacherCache(folder, {"views": teacher_cache.view_count(
-            loader.transform), "train_size": n, "num_classes": NUM_CLASSES, "dtype": "float32"})
+            loader.transform), "train_size": n, "num_classes": NUM_CLASSES, "dtype": "float32",
+            "outputs": ["logits"], "pooled_dim": None})
         cache.create()
         teacher_cache.build(cache, teacher, loader, views=views[:1], log=lambda *a: None)
         seconds = teacher_cache.build(cache, teacher, loader, views=views[1:],
@@ -442,16 +471,19 @@ def measure(method, opts):
     requests = {} if method in (FLOOR, FLOOR_FAST) else model.batch_requests()
     synthetic, real = opts.data in ("synthetic", "both"), opts.data in ("real", "both")
     sizes = chunks(opts.iters, opts.chunk)
-    folder = tempfile.TemporaryDirectory() if method == KD_CACHED else None
-    cache = benchmark_cache(opts, folder.name) if folder else None
+    folder, outputs, cache = None, (), None
+    if cached_method(method):
+        folder, outputs = tempfile.TemporaryDirectory(), teacher_cache.OUTPUTS[model.cacheable]
+        dim = teacher_cache.pooled_dim(model.teacher) if "pooled" in outputs else None
+        cache = benchmark_cache(opts, folder.name, outputs, dim)
 
     def batches():
         made = synthetic_batches(requests, opts, device)
-        return with_cached_logits(made, cache) if cache else made
+        return with_cached_outputs(made, cache, outputs) if cache else made
 
     def end_to_end():
         loader = real_loader(requests, opts, device)
-        return teacher_cache.CachedTeacherLoader(loader, cache) if cache else loader
+        return teacher_cache.CachedTeacherLoader(loader, cache, outputs) if cache else loader
     try:
         _reset_peak(device)
         phases = {}
@@ -529,17 +561,23 @@ def parse_methods(text):
         raise UserError("--methods is empty; pass all or a comma-separated list such as kd,at")
     if names == ["all"]:
         names = all_methods()
-    special = (FLOOR,) + EXTRA_ROWS
-    for name in names:
-        if name not in special:
-            try:
-                get_distiller(name)
-            except KeyError:
-                raise UserError(f"unknown method {name!r}; choose all, {', '.join(special)}, or "
-                                f"any of: {', '.join(all_methods())}")
-    names = [get_distiller(m).name if m not in special else m for m in names]
+    names = [_canonical(name) for name in names]
     ordered = [FLOOR] + [m for m in dict.fromkeys(names) if m != FLOOR]
     return ordered
+
+
+def _canonical(name):
+    """A row's name as the table shows it (a method's registered name)."""
+    special = (FLOOR,) + EXTRA_ROWS
+    if name in special:
+        return name
+    if cached_method(name):
+        return cached_method(name) + CACHED
+    try:
+        return get_distiller(name).name
+    except KeyError:
+        raise UserError(f"unknown method {name!r}; choose all, {', '.join(special)}, "
+                        f"<method>_cached, or any of: {', '.join(all_methods())}") from None
 
 
 def child_argv(opts, method):
@@ -631,8 +669,9 @@ def table(results, opts):
     lines = ["| method | extra params | synthetic ms/iter | ratio to floor | end-to-end ms/iter "
              "| ratio to synthetic | peak memory |",
              "|---|---:|---:|---:|---:|---:|---:|"]
-    labels = {FLOOR: "floor (a)", FLOOR_FAST: "floor, optimised teacher (d)",
-              KD_CACHED: "kd, teacher cache (e)"}
+    labels = {FLOOR: "floor (a)", FLOOR_FAST: "floor, optimised teacher (d)"}
+    labels.update({r["method"]: f"{cached_method(r['method'])}, teacher cache (e)"
+                   for r in results if cached_method(r["method"])})
     for r in results:
         if r["method"] == CACHE_BUILD:
             continue  # a note, not an iteration
@@ -714,9 +753,13 @@ def teacher_notes(results, opts):
         out.append("(d) the floor with the optimised teacher (BN folded into the convolutions, "
                    "channels-last on the CPU, inference mode); its ratio is to the eager floor "
                    "timed in turns with it.")
-    if KD_CACHED in ok:
-        out.append("(e) kd reading the teacher's logits from a memory-mapped teacher cache "
-                   f"(162 views x {opts.train_size:,} images x 100 float32): no teacher forward.")
+    cached = [cached_method(m) for m in ok if cached_method(m)]
+    if cached:
+        outputs = {m: teacher_cache.OUTPUTS[get_distiller(m).cacheable] for m in cached}
+        held = ", ".join(f"{m} its {' and '.join(o)}" for m, o in outputs.items())
+        out.append(f"(e) the teacher's outputs read from a memory-mapped teacher cache ({held}; "
+                   f"162 views x {opts.train_size:,} images x 100 logits, or x the pooled "
+                   "feature's width, float32): no teacher forward.")
     hours = lambda s: f"{s / 3600:.1f} h"  # noqa: E731
     build = ok.get(CACHE_BUILD)
     if build:

@@ -86,6 +86,24 @@ def cifar100_tiny(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def cifar100_micro(tmp_path_factory):
+    """10 training images (one batch) and 10 test images."""
+    return write_cifar100(tmp_path_factory.mktemp("cifar100_micro"), n_train=10, n_test=10)
+
+
+@pytest.fixture
+def pair_data(request, cifar100_tiny, cifar100_micro):
+    """The data of a test's one-epoch run on its ``teacher, student`` pair: ``cifar100_tiny``
+    for the first pair of ``helpers.PAIRS`` (a full and a partial batch), ``cifar100_micro``
+    for the others, whose run checks that the method fits those networks, which one batch of
+    10 shows as well as 72 images (and costs a seventh of their compute)."""
+    from helpers import PAIRS
+    params = getattr(getattr(request.node, "callspec", None), "params", {})
+    pair = (params.get("teacher"), params.get("student"))
+    return cifar100_tiny if pair == PAIRS[0] else cifar100_micro
+
+
+@pytest.fixture(scope="session")
 def teacher_ckpt(tmp_path_factory):
     """``teacher_ckpt(name)``: the path of an untrained 100-class teacher checkpoint with
     calibrated BatchNorm statistics (``helpers.save_teacher``), built once per name per session.

@@ -118,8 +118,8 @@ def test_bad_resolution_through_the_script_is_one_line(cifar100_small, tmp_path,
 
 
 @pytest.mark.parametrize("teacher,student", [PAIRS[0], PAIRS[3]])
-def test_one_epoch(cifar100_tiny, tmp_path, teacher, student, teacher_ckpt):
-    run, _ = one_epoch("catkd", teacher_ckpt(teacher), student, cifar100_tiny, tmp_path,
+def test_one_epoch(pair_data, tmp_path, teacher, student, teacher_ckpt):
+    run, _ = one_epoch("catkd", teacher_ckpt(teacher), student, pair_data, tmp_path,
                        "--catkd_normalize", "--catkd_resolution", "4")
     weights = torch.load(run / "last.pth", weights_only=True)["model"]
     bias = "linear.bias" if student == "ShuffleV2" else "fc.bias"

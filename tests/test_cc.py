@@ -83,6 +83,6 @@ def test_extras_are_trained_and_saved():
 
 
 @pytest.mark.parametrize("teacher,student", PAIRS)
-def test_one_epoch(teacher, student, cifar100_tiny, tmp_path, teacher_ckpt):
-    _, summary = one_epoch("cc", teacher_ckpt(teacher), student, cifar100_tiny, tmp_path)
+def test_one_epoch(teacher, student, pair_data, tmp_path, teacher_ckpt):
+    _, summary = one_epoch("cc", teacher_ckpt(teacher), student, pair_data, tmp_path)
     assert summary["parameters"]["extras"] > 0

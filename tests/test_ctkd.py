@@ -100,8 +100,8 @@ def test_resume_restores_the_temperature_exactly(cifar100_small, tmp_path, teach
 
 
 @pytest.mark.parametrize("teacher,student", PAIRS)
-def test_one_epoch(teacher, student, cifar100_tiny, tmp_path, teacher_ckpt):
-    run, summary = one_epoch("kd", teacher_ckpt(teacher), student, cifar100_tiny, tmp_path,
+def test_one_epoch(teacher, student, pair_data, tmp_path, teacher_ckpt):
+    run, summary = one_epoch("kd", teacher_ckpt(teacher), student, pair_data, tmp_path,
                              "--ctkd")
     assert summary["parameters"]["extras"] == 1
     last = torch.load(run / "last.pth", weights_only=True)

@@ -57,8 +57,8 @@ def test_terms_gradients_and_no_extras():
 
 
 @pytest.mark.parametrize("teacher,student", PAIRS)
-def test_one_epoch(teacher, student, cifar100_tiny, tmp_path, teacher_ckpt):
-    _, summary = one_epoch("dist", teacher_ckpt(teacher), student, cifar100_tiny, tmp_path)
+def test_one_epoch(teacher, student, pair_data, tmp_path, teacher_ckpt):
+    _, summary = one_epoch("dist", teacher_ckpt(teacher), student, pair_data, tmp_path)
     assert summary["parameters"]["extras"] == 0
     assert (summary["args"]["cls"], summary["args"]["div"], summary["args"]["beta"]) == (1, 0, 2)
 

@@ -116,8 +116,8 @@ def test_ctkd_temperature_is_an_extra_with_gradient_and_round_trip():
 
 
 @pytest.mark.parametrize("teacher,student", PAIRS)
-def test_one_epoch(teacher, student, cifar100_tiny, tmp_path, teacher_ckpt):
-    _, summary = one_epoch("dkd", teacher_ckpt(teacher), student, cifar100_tiny, tmp_path)
+def test_one_epoch(teacher, student, pair_data, tmp_path, teacher_ckpt):
+    _, summary = one_epoch("dkd", teacher_ckpt(teacher), student, pair_data, tmp_path)
     assert summary["parameters"]["extras"] == 0
     assert summary["args"]["cls"] == 1 and summary["args"]["div"] == 0 and summary["args"]["beta"] == 1
 

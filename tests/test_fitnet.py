@@ -107,8 +107,8 @@ def test_hint_layer_must_be_a_feature_map():
 
 
 @pytest.mark.parametrize("teacher,student", PAIRS)
-def test_one_epoch(teacher, student, cifar100_tiny, tmp_path, teacher_ckpt):
-    one_epoch("fitnet", teacher_ckpt(teacher), student, cifar100_tiny, tmp_path)
+def test_one_epoch(teacher, student, pair_data, tmp_path, teacher_ckpt):
+    one_epoch("fitnet", teacher_ckpt(teacher), student, pair_data, tmp_path)
 
 
 def test_two_stage_variant_through_the_script(cifar100_small, tmp_path, teacher_ckpt):

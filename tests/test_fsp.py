@@ -103,8 +103,8 @@ def test_channel_mismatch_names_the_channels():
 
 
 @pytest.mark.parametrize("teacher,student", FSP_PAIRS)
-def test_one_epoch_per_stage(teacher, student, cifar100_tiny, tmp_path, teacher_ckpt):
-    _, summary = one_epoch("fsp", teacher_ckpt(teacher), student, cifar100_tiny, tmp_path,
+def test_one_epoch_per_stage(teacher, student, pair_data, tmp_path, teacher_ckpt):
+    _, summary = one_epoch("fsp", teacher_ckpt(teacher), student, pair_data, tmp_path,
                            "--init_epochs", "1", stages=["init", "main"])
     assert summary["finished"]
 

@@ -115,8 +115,8 @@ def test_extras_are_trained_and_saved():
 
 
 @pytest.mark.parametrize("teacher,student", PAIRS)
-def test_one_epoch_per_stage(teacher, student, cifar100_tiny, tmp_path, teacher_ckpt):
-    _, summary = one_epoch("ft", teacher_ckpt(teacher), student, cifar100_tiny, tmp_path,
+def test_one_epoch_per_stage(teacher, student, pair_data, tmp_path, teacher_ckpt):
+    _, summary = one_epoch("ft", teacher_ckpt(teacher), student, pair_data, tmp_path,
                            "--init_epochs", "1", stages=["init", "main"])
     assert summary["finished"]
 

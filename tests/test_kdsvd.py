@@ -117,8 +117,8 @@ def test_other_widths_through_the_script_is_one_line(cifar100_small, tmp_path, c
 
 
 @pytest.mark.parametrize("teacher,student", PAIRS[:2])  # vgg13 -> vgg8 as wide too; ShuffleV2 not
-def test_one_epoch(cifar100_tiny, tmp_path, teacher, student, teacher_ckpt):
-    one_epoch("kdsvd", teacher_ckpt(teacher), student, cifar100_tiny, tmp_path)
+def test_one_epoch(pair_data, tmp_path, teacher, student, teacher_ckpt):
+    one_epoch("kdsvd", teacher_ckpt(teacher), student, pair_data, tmp_path)
 
 
 def test_one_epoch_of_mdistillers_factorisation(cifar100_tiny, tmp_path, teacher_ckpt):

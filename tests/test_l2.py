@@ -110,13 +110,13 @@ def test_extras_are_trained_and_saved():
 
 
 @pytest.mark.parametrize("teacher,student", PAIRS)
-def test_l2_one_epoch(teacher, student, cifar100_tiny, tmp_path, teacher_ckpt):
-    one_epoch("l2", teacher_ckpt(teacher), student, cifar100_tiny, tmp_path)
+def test_l2_one_epoch(teacher, student, pair_data, tmp_path, teacher_ckpt):
+    one_epoch("l2", teacher_ckpt(teacher), student, pair_data, tmp_path)
 
 
 @pytest.mark.parametrize("teacher,student", PAIRS)
-def test_pad_l2_runs_both_stages(teacher, student, cifar100_tiny, tmp_path, teacher_ckpt):
-    run, summary = one_epoch("pad_l2", teacher_ckpt(teacher), student, cifar100_tiny, tmp_path,
+def test_pad_l2_runs_both_stages(teacher, student, pair_data, tmp_path, teacher_ckpt):
+    run, summary = one_epoch("pad_l2", teacher_ckpt(teacher), student, pair_data, tmp_path,
                              "--pad_l2_l2_epochs", "1", stages=["l2", "pad"])
     assert summary["finished"] and summary["stage"] == "pad"
     assert summary["best_epoch"] in (0, 2)  # the L2 stage does not compete for best.pth

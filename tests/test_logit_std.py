@@ -93,7 +93,7 @@ def test_dkd_with_logit_stand_is_dkd_on_standardized_logits():
 
 
 @pytest.mark.parametrize("teacher,student", PAIRS)
-def test_one_epoch(teacher, student, cifar100_tiny, tmp_path, teacher_ckpt):
-    _, summary = one_epoch("kd", teacher_ckpt(teacher), student, cifar100_tiny, tmp_path,
+def test_one_epoch(teacher, student, pair_data, tmp_path, teacher_ckpt):
+    _, summary = one_epoch("kd", teacher_ckpt(teacher), student, pair_data, tmp_path,
                            "--logit_stand", "-c", "0.1", "-d", "9", "--kd_T", "2")
     assert summary["parameters"]["extras"] == 0 and summary["args"]["logit_stand"] is True

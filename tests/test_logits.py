@@ -38,5 +38,5 @@ def test_gradients_reach_student_not_teacher_and_no_extras():
 
 
 @pytest.mark.parametrize("teacher,student", PAIRS)
-def test_one_epoch(teacher, student, cifar100_tiny, tmp_path, teacher_ckpt):
-    one_epoch("logits", teacher_ckpt(teacher), student, cifar100_tiny, tmp_path)
+def test_one_epoch(teacher, student, pair_data, tmp_path, teacher_ckpt):
+    one_epoch("logits", teacher_ckpt(teacher), student, pair_data, tmp_path)

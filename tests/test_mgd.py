@@ -263,8 +263,8 @@ def _run(data, folder, ckpt, student, *extra):
 
 
 @pytest.mark.parametrize("teacher,student", PAIRS[:3])  # ShuffleV2: a user error (below)
-def test_one_epoch(cifar100_tiny, tmp_path, teacher, student, teacher_ckpt):
-    run, summary = one_epoch("mgd", teacher_ckpt(teacher), student, cifar100_tiny, tmp_path)
+def test_one_epoch(pair_data, tmp_path, teacher, student, teacher_ckpt):
+    run, summary = one_epoch("mgd", teacher_ckpt(teacher), student, pair_data, tmp_path)
     assert summary["parameters"]["extras"] > 0
     extras = torch.load(run / "last.pth", weights_only=True)["extras"]
     for key in (k for k in extras if k.startswith("match")):

@@ -96,5 +96,5 @@ def test_models_without_maps_are_refused():
 
 
 @pytest.mark.parametrize("teacher,student", PAIRS)
-def test_one_epoch(teacher, student, cifar100_tiny, tmp_path, teacher_ckpt):
-    one_epoch("nst", teacher_ckpt(teacher), student, cifar100_tiny, tmp_path)
+def test_one_epoch(teacher, student, pair_data, tmp_path, teacher_ckpt):
+    one_epoch("nst", teacher_ckpt(teacher), student, pair_data, tmp_path)

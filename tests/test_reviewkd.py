@@ -150,9 +150,9 @@ def test_models_without_stage_maps_are_refused():
 
 
 @pytest.mark.parametrize("teacher,student", PAIRS)
-def test_one_epoch_through_train_student(cifar100_tiny, tmp_path, teacher, student, teacher_ckpt):
+def test_one_epoch_through_train_student(pair_data, tmp_path, teacher, student, teacher_ckpt):
     # Without warm-up, so that the review loss is on in this single epoch.
-    _, summary = one_epoch("reviewkd", teacher_ckpt(teacher), student, cifar100_tiny, tmp_path,
+    _, summary = one_epoch("reviewkd", teacher_ckpt(teacher), student, pair_data, tmp_path,
                            "--reviewkd_warmup", "0")
     assert summary["finished"] and math.isfinite(summary["last_acc"])
     assert (summary["args"]["cls"], summary["args"]["div"], summary["args"]["beta"]) == (1, 0, 5)

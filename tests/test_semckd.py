@@ -121,9 +121,9 @@ def test_models_without_stage_maps_are_refused():
 
 
 @pytest.mark.parametrize("teacher,student", PAIRS)
-def test_one_epoch_through_train_student(cifar100_tiny, tmp_path, teacher, student, teacher_ckpt):
-    # cifar100_tiny: a batch of 64, then a smaller one of 8, which must train too
-    _, summary = one_epoch("semckd", teacher_ckpt(teacher), student, cifar100_tiny, tmp_path)
+def test_one_epoch_through_train_student(pair_data, tmp_path, teacher, student, teacher_ckpt):
+    # the first pair (cifar100_tiny): a batch of 64, then a smaller one of 8, which must train too
+    _, summary = one_epoch("semckd", teacher_ckpt(teacher), student, pair_data, tmp_path)
     assert summary["finished"] and math.isfinite(summary["last_acc"])
     assert summary["args"]["beta"] == 400 and summary["args"]["div"] == 1
     assert summary["parameters"]["extras"] > 0

@@ -141,8 +141,8 @@ def test_teacher_whose_classifier_cannot_be_reused_is_a_user_error():
 
 
 @pytest.mark.parametrize("teacher,student", PAIRS)
-def test_one_epoch_on_cifar100_files(cifar100_tiny, tmp_path, teacher, student, teacher_ckpt):
-    run, _ = one_epoch("simkd", teacher_ckpt(teacher), student, cifar100_tiny, tmp_path / "save")
+def test_one_epoch_on_cifar100_files(pair_data, tmp_path, teacher, student, teacher_ckpt):
+    run, _ = one_epoch("simkd", teacher_ckpt(teacher), student, pair_data, tmp_path / "save")
     assert "_simkd_r~0_a~0_b~1_" in run.name.replace(":", "~")
 
 

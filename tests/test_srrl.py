@@ -89,8 +89,8 @@ def test_teacher_without_reusable_classifier_is_a_user_error():
 
 
 @pytest.mark.parametrize("teacher,student", PAIRS)
-def test_one_epoch_on_cifar100_files(cifar100_tiny, tmp_path, teacher, student, teacher_ckpt):
-    run, _ = one_epoch("srrl", teacher_ckpt(teacher), student, cifar100_tiny, tmp_path)
+def test_one_epoch_on_cifar100_files(pair_data, tmp_path, teacher, student, teacher_ckpt):
+    run, _ = one_epoch("srrl", teacher_ckpt(teacher), student, pair_data, tmp_path)
     assert "_srrl_" in run.name
     last = torch.load(run / "last.pth", weights_only=True)
     assert all(k.startswith("connector.") for k in last["extras"])

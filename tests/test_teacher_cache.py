@@ -1,6 +1,8 @@
-"""helper/teacher_cache.py: the views, the cached logits against the teacher on crops made by
-hand, cached batches and losses against on-the-fly ones, an interrupted build resumed, ranks
-sharing the build, float16's error, real runs, and each refusal."""
+"""helper/teacher_cache.py: the views, the cached logits (and pooled features) against the
+teacher on crops made by hand, cached batches and losses against on-the-fly ones, an
+interrupted build resumed, ranks sharing the build, float16's error, real runs (kd; crd, rkd
+and pkt on a pooled cache, whose teacher never runs), the kinds of cache and which serves
+which, and each refusal."""
 import json
 from types import SimpleNamespace
 
@@ -9,6 +11,7 @@ import pytest
 import torch
 
 from dataset import RandomCropFlip, TensorLoader, cifar
+from distillers import RunInfo
 from helper import teacher_cache as tc
 from helper.errors import UserError
 from helper.teacher_forward import wrap_teacher
@@ -42,13 +45,19 @@ def teacher_of(path, mode="auto"):
     return wrap_teacher(model.eval(), mode, (3, 32, 32), "cpu")
 
 
-def built(folder, data, teacher_file, dtype="float32", **kw):
+def built(folder, data, teacher_file, dtype="float32", kind="logits", **kw):
     loader = loader_of(data)
-    manifest = tc.manifest_for(loader, teacher_file=teacher_file, dataset="cifar100",
-                               num_classes=100, dtype=dtype)
+    manifest = manifest_of(loader, teacher_file, dtype, kind)
     cache = tc.open_cache(folder, manifest)
     tc.build(cache, teacher_of(teacher_file), loader, log=lambda *a: None, **kw)
     return cache.open("r"), loader
+
+
+def manifest_of(loader, teacher_file, dtype="float32", kind="logits"):
+    """The manifest of a cache of ``kind`` ("logits" or "pooled"; resnet8's pooled width 64)."""
+    return tc.manifest_for(loader, teacher_file=teacher_file, dataset="cifar100",
+                           num_classes=100, dtype=dtype, outputs=tc.OUTPUTS[kind],
+                           pooled_dim=64 if kind == "pooled" else None)
 
 
 def test_views_round_trip():
@@ -219,7 +228,8 @@ def test_one_epoch_cached_equals_on_the_fly(cifar100_tiny, tmp_path, teacher_ckp
     run_student("fitnet", "resnet8", cifar100_tiny, tmp_path / "d", *flags,
                 "--teacher_cache", str(tmp_path / "cache"), teacher=path)
     out = capsys.readouterr().out
-    assert "reads more of the teacher than its logits; the cache is not used" in out
+    assert "reads more of the teacher than its logits and pooled feature; the cache is not " \
+        "used" in out
 
 
 def test_user_errors(cifar100_tiny, tmp_path, teacher_ckpt, capsys):
@@ -255,6 +265,25 @@ def test_benchmark_rows(bench):
     assert any(line.startswith("Teacher cache build (resnet8") for line in lines)
 
 
+def test_benchmark_rows_of_pooled_methods(bench):
+    """``<method>_cached`` of any cacheable method: pkt's reads the logits and the pooled
+    feature from a real memory-mapped cache (tiny sizes); a method that reads more has none."""
+    assert bench.parse_methods("crd_cached,kd_cached,pkt") == [
+        "floor", "crd_cached", "kd_cached", "pkt"]
+    with pytest.raises(UserError, match="at reads more of the teacher than a teacher cache "):
+        bench.parse_methods("at_cached")
+    opts = bench.parser().parse_args(["--teacher", "resnet8", "--student", "resnet8", "--iters",
+                                      "1", "--warmup", "0", "--chunk", "1", "--batch_size", "4",
+                                      "--train_size", "8", "--data", "both", "--device", "cpu"])
+    cached = bench.measure("pkt_cached", opts)
+    assert cached["status"] == "ok" and cached["loss_terms"] == ["cls", "pkt"]
+    assert cached["synthetic_ms"] > 0 and cached["e2e_ms"] > 0
+    assert bench.table([cached], opts)[-1].startswith("| pkt, teacher cache (e) |")
+    assert any(line.startswith("(e) the teacher's outputs read from a memory-mapped teacher "
+                               "cache (pkt its logits and pooled;")
+               for line in bench.teacher_notes([cached], opts))
+
+
 def test_resume_with_the_cache_is_exact(cifar100_tiny, tmp_path, teacher_ckpt):
     path = teacher_ckpt("resnet8")
 
@@ -288,3 +317,220 @@ def test_two_ranks_share_one_cache(cifar100_tiny, tmp_path, teacher_ckpt):
     assert np.fromfile(tmp_path / "c" / "progress.bin", dtype=np.uint8).all()
     a, b = (read_summary(next((tmp_path / n / "students").iterdir())) for n in ("plain", "cached"))
     assert a["last_train_loss"] == pytest.approx(b["last_train_loss"], rel=1e-5)
+
+
+# ---- the pooled cache: crd, rkd, pkt, cc, l2 (cacheable = "pooled") ---------------------------
+def _view_of(data, i, view):
+    """View ``view`` of image ``i``, normalised, made by hand: (1, 3, 32, 32)."""
+    row, col, flip = tc.view_params(RandomCropFlip(4, True), view)[0].tolist()
+    mean, std = torch.tensor(cifar.MEAN).view(3, 1, 1), torch.tensor(cifar.STD).view(3, 1, 1)
+    return ((_crop_by_hand(data[0][i], row, col, flip).float() / 255 - mean) / std)[None]
+
+
+def _forbidden(*args, **kwargs):
+    raise AssertionError("the teacher ran in a cached run")
+
+
+def test_pooled_cache_holds_the_teachers_pooled_feature(tmp_path, data, teacher_file):
+    cache, _ = built(tmp_path / "c", data, teacher_file, kind="pooled")
+    assert cache.outputs == ("logits", "pooled") and cache.arrays["pooled"].shape == (162, N, 64)
+    eager = teacher_of(teacher_file, "eager")
+    for view, i in [(0, 0), (161, 3), (40, 7), (81, 11)]:
+        with torch.no_grad():
+            feats, logits = eager(_view_of(data, i, view), is_feat=True)
+        for name, want in (("logits", logits[0]), ("pooled", feats[-1][0])):
+            got = torch.from_numpy(np.array(cache.arrays[name][view, i]))
+            assert (got - want).abs().max() <= 1e-4 * want.abs().max(), (name, view, i)
+    manifest = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    assert manifest["format"] == 2 and manifest["outputs"] == ["logits", "pooled"]
+    assert manifest["pooled_dim"] == 64
+    assert (tmp_path / "c" / "pooled.bin").stat().st_size == 162 * N * 64 * 4
+
+
+def test_the_pooled_feature_does_not_depend_on_preact():
+    """The cache stores feats[-1] of ``is_feat=True`` (preact False, as the pooled methods read
+    it); with preact True it is the same on every family of the zoo."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32)
+    for name in ("resnet8", "resnet8x4", "wrn_16_2", "vgg8", "ShuffleV2", "MobileNetV2"):
+        model = create_model(name, 100).eval()
+        with torch.no_grad():
+            after, _ = model(x, is_feat=True, preact=False)
+            before, _ = model(x, is_feat=True, preact=True)
+        assert torch.equal(after[-1], before[-1]), name
+
+
+def test_cached_pooled_losses_equal_on_the_fly_without_the_teacher(tmp_path, data, teacher_file):
+    cache, loader = built(tmp_path / "c", data, teacher_file, kind="pooled")
+    teacher = teacher_of(teacher_file)
+    torch.manual_seed(0)
+    pkt = build("pkt", create_model("resnet8", 100), teacher,
+                SimpleNamespace(cls=1.0, div=1.0, beta=30000.0, kd_T=4.0), num_classes=100)
+    pkt.train()
+    cached = tc.CachedTeacherLoader(loader, cache, tc.OUTPUTS["pooled"])
+    cached.set_epoch(1)
+    batches = list(cached)
+    with torch.no_grad():
+        on_the_fly = [pkt.forward_train(b["images"], b["targets"])[1] for b in batches]
+        teacher.forward = _forbidden  # from here on, calling the teacher fails the test
+        with_cache = [pkt.forward_train(b["images"], b["targets"],
+                                        **{key: b[key] for key in tc.KEYS.values()})[1]
+                      for b in batches]
+    for want, got in zip(on_the_fly, with_cache):
+        assert set(want) == set(got) == {"cls", "kd", "pkt"}
+        for term in want:
+            assert torch.allclose(got[term], want[term], rtol=1e-4, atol=1e-7), term
+
+
+def test_which_cache_serves_which_run(tmp_path, data, teacher_file):
+    loader = loader_of(data)
+    logits, pooled = (manifest_of(loader, teacher_file, kind=k) for k in ("logits", "pooled"))
+    tc.open_cache(tmp_path / "p", pooled)
+    # a pooled cache serves a logits-only run; it holds (and builds) both
+    assert tc.open_cache(tmp_path / "p", logits).outputs == ("logits", "pooled")
+    # a logits-only cache, here in format 1 (before "outputs"), serves logits and refuses pooled
+    tc.open_cache(tmp_path / "l", logits)
+    path = tmp_path / "l" / "manifest.json"
+    old = {k: v for k, v in json.loads(path.read_text()).items() if k not in tc.HELD}
+    path.write_text(json.dumps({**old, "format": 1, "kind": "logits"}))
+    assert tc.open_cache(tmp_path / "l", logits).outputs == ("logits",)
+    with pytest.raises(UserError, match=r"holds the teacher's logits only and this run reads its "
+                                        r"pooled feature too: give another folder, or delete it"):
+        tc.open_cache(tmp_path / "l", pooled)
+
+
+def test_a_combination_uses_the_cache_when_every_method_can(tmp_path, data, teacher_file, capsys):
+    from distillers.combine import configure, merged_cacheable
+    assert merged_cacheable(["logits", "logits"]) == "logits"
+    assert merged_cacheable(["logits", "pooled"]) == merged_cacheable(["pooled"]) == "pooled"
+    assert merged_cacheable(["pooled", None]) is merged_cacheable(["logits", None]) is None
+    loader, teacher = loader_of(data), teacher_of(teacher_file)
+    args = SimpleNamespace(teacher_cache=str(tmp_path / "c"), path_t=str(teacher_file),
+                           teacher_cache_dtype="float32", teacher_forward="auto")
+    ctx = SimpleNamespace(rank=0, world_size=1, log=print)
+
+    def combined(spec, beta):
+        flags = SimpleNamespace(cls=1.0, div=1.0, beta=beta, kd_T=4.0, nce_k=8)
+        return configure(spec, flags).build(create_model("resnet8", 100), teacher,
+                                            RunInfo(train_size=N))
+    kd_crd = combined("kd+crd", {"crd": 0.8})
+    assert kd_crd.cacheable == "pooled"
+    batch = next(iter(tc.attach(loader, kd_crd, args, ctx, "cifar100", 100)))
+    assert batch["teacher_logits"].shape == (5, 100) and batch["teacher_pooled"].shape == (5, 64)
+    crd_at = combined("crd+at", {"crd": 0.8, "at": 1000.0})
+    assert crd_at.cacheable is None
+    assert tc.attach(loader, crd_at, args, ctx, "cifar100", 100) is loader
+    assert ("--teacher_cache: --distill crd+at reads more of the teacher than its logits and "
+            "pooled feature; the cache is not used") in capsys.readouterr().out
+
+
+def test_float16_pooled_storage_error(tmp_path, data, teacher_file):
+    full, _ = built(tmp_path / "a", data, teacher_file, kind="pooled")
+    half, _ = built(tmp_path / "b", data, teacher_file, dtype="float16", kind="pooled")
+    a, b = (np.array(c.arrays["pooled"], dtype=np.float64) for c in (full, half))
+    assert half.arrays["pooled"].dtype == np.float16
+    assert (tmp_path / "b" / "pooled.bin").stat().st_size == a.size * 2
+    # 11 significant bits: within 2^-11 of each value, relative; below float16's smallest
+    # normal number (6.1e-5) within half its subnormal step, 2^-25
+    assert (np.abs(a - b) <= 2 ** -11 * np.abs(a) + 2 ** -25).all()
+    # the losses against a random student feature, over every view: PKT's moves by about
+    # 1e-5 (measured 9.7e-6), RKD's by up to 1.4e-3 (the distances between similar pooled
+    # features amplify the rounding)
+    from distillers.pkt import pkt_loss
+    from distillers.rkd import rkd_angle_loss, rkd_distance_loss
+    s = torch.randn(a.shape[1], a.shape[2], dtype=torch.float64,
+                    generator=torch.Generator().manual_seed(0))
+    for loss, bound in ((pkt_loss, 1e-4), (rkd_distance_loss, 3e-3), (rkd_angle_loss, 3e-3)):
+        for view in range(len(a)):
+            exact = loss(s, torch.from_numpy(a[view]))
+            assert abs(loss(s, torch.from_numpy(b[view])) - exact) <= bound * exact, (loss, view)
+
+
+def _forbid_the_teacher_when_cached(monkeypatch):
+    """train_student's cache attach, after which the teacher of a cached run fails when called
+    (its start-up score and the cache's build come before); the loaders attached, listed."""
+    import train_student
+    attached = []
+
+    def attach(loader, distiller, *args):
+        loader = tc.attach(loader, distiller, *args)
+        if isinstance(loader, tc.CachedTeacherLoader):
+            distiller.teacher.forward = _forbidden
+            attached.append(loader.outputs)
+        return loader
+    monkeypatch.setattr(train_student, "attach_teacher_cache", attach)
+    return attached
+
+
+ONE_EPOCH = ("--deterministic", "--epochs", "1")
+CRD_FLAGS = ("--nce_k", "16")  # negatives that 72 images have
+
+
+@pytest.fixture(scope="module")
+def crd_runs(cifar100_tiny, teacher_ckpt, tmp_path_factory):
+    """A one-epoch crd run on the fly and one with a pooled cache that it builds (162 teacher
+    passes over the 72 images), whose teacher never runs once the cache is attached."""
+    root, path = tmp_path_factory.mktemp("pooled"), teacher_ckpt("resnet8")
+    with pytest.MonkeyPatch.context() as mp:
+        attached = _forbid_the_teacher_when_cached(mp)
+        plain = run_student("crd", "resnet8", cifar100_tiny, root / "plain", *ONE_EPOCH,
+                            *CRD_FLAGS, teacher=path)
+        cached = run_student("crd", "resnet8", cifar100_tiny, root / "cached", *ONE_EPOCH,
+                             *CRD_FLAGS, "--teacher_cache", str(root / "cache"), teacher=path)
+    assert attached == [("logits", "pooled")]
+    return {"plain": plain, "cached": cached, "cache": root / "cache", "teacher": path}
+
+
+def _assert_same_run(plain, cached):
+    a, b = read_summary(plain), read_summary(cached)
+    assert b["last_train_loss"] == pytest.approx(a["last_train_loss"], rel=1e-5)
+    wa, wb = (torch.load(r / "last.pth", weights_only=True) for r in (plain, cached))
+    for part in ("model", "extras"):
+        for key in wa[part]:
+            assert torch.allclose(wa[part][key].float(), wb[part][key].float(), rtol=1e-4,
+                                  atol=1e-5), (part, key)
+
+
+def test_one_epoch_crd_with_a_pooled_cache_equals_on_the_fly(crd_runs):
+    # crd's -d 1 reads the cached logits too; its memory banks and embeddings are as trained
+    _assert_same_run(crd_runs["plain"], crd_runs["cached"])
+    manifest = json.loads((crd_runs["cache"] / "manifest.json").read_text())
+    assert manifest["outputs"] == ["logits", "pooled"] and manifest["pooled_dim"] == 64
+
+
+def test_rkd_reads_the_pooled_cache(crd_runs, cifar100_tiny, tmp_path, monkeypatch, capsys):
+    attached = _forbid_the_teacher_when_cached(monkeypatch)
+    plain = run_student("rkd", "resnet8", cifar100_tiny, tmp_path / "a", *ONE_EPOCH,
+                        teacher=crd_runs["teacher"])
+    cached = run_student("rkd", "resnet8", cifar100_tiny, tmp_path / "b", *ONE_EPOCH,
+                         "--teacher_cache", str(crd_runs["cache"]), teacher=crd_runs["teacher"])
+    assert "computing" not in capsys.readouterr().out and attached == [("logits", "pooled")]
+    _assert_same_run(plain, cached)
+
+
+def test_a_logits_only_cache_serves_kd_and_refuses_crd(crd_runs, cifar100_tiny, tmp_path,
+                                                        capsys):
+    folder = tmp_path / "logits_only"  # crd's cache without its pooled feature, in format 1
+    folder.mkdir()
+    for name in ("logits.bin", "progress.bin"):
+        (folder / name).write_bytes((crd_runs["cache"] / name).read_bytes())
+    manifest = json.loads((crd_runs["cache"] / "manifest.json").read_text())
+    manifest = {k: v for k, v in manifest.items() if k not in tc.HELD}
+    (folder / "manifest.json").write_text(json.dumps({**manifest, "format": 1, "kind": "logits"}))
+    run_student("kd", "resnet8", cifar100_tiny, tmp_path / "kd", *ONE_EPOCH,
+                "--teacher_cache", str(folder), teacher=crd_runs["teacher"])
+    assert "computing" not in capsys.readouterr().out
+    line = one_line_user_error(capsys, "crd", "resnet8", cifar100_tiny, tmp_path / "crd",
+                               *ONE_EPOCH, *CRD_FLAGS, "--teacher_cache", str(folder),
+                               teacher=crd_runs["teacher"])
+    assert "holds the teacher's logits only and this run reads its pooled feature too" in line
+    assert "give another folder, or delete it to rebuild" in line
+    assert not (tmp_path / "crd").exists()
+
+
+def test_resume_with_a_pooled_cache_is_exact(crd_runs, cifar100_tiny, tmp_path):
+    def run(folder, *flags):
+        return run_student("crd", "resnet8", cifar100_tiny, tmp_path / folder, "--deterministic",
+                           *CRD_FLAGS, "--teacher_cache", str(crd_runs["cache"]), *flags,
+                           teacher=crd_runs["teacher"])
+    assert_resume_is_exact(run)

@@ -88,41 +88,72 @@ def test_imagenet_resnet50_folds_exactly():
 
 def test_wrn_stem_is_not_folded_into_a_feature():
     """WRN's stem conv feeds the first block's BN and is also the first feature: folding it
-    would change that feature, so the pair is found and then left alone."""
+    would change that feature. The one hooked pass sees the stem returned as a feature and
+    leaves that pair out, so the all-pairs check passes with no per-pair fallback."""
     model = calibrated("wrn_16_2")
     x = torch.randn(2, 3, 32, 32)
-    probes = [{}, {"is_feat": True, "preact": False}, {"is_feat": True, "preact": True}]
-    pairs = conv_bn_pairs(model, probes, x)
-    assert pairs["block1.layer.0.bn1"] == "conv1"
+    feats = [{"is_feat": True, "preact": False}, {"is_feat": True, "preact": True}]
+    assert conv_bn_pairs(model, [{}], x)["block1.layer.0.bn1"] == "conv1"  # logits only: exact
+    pairs = conv_bn_pairs(model, [{}, *feats], x)
+    assert "block1.layer.0.bn1" not in pairs and pairs["block1.layer.0.bn2"] == "block1.layer.0.conv1"
     fast = FastTeacher(model, channels_last=False, example=x)
-    assert fast.folded_pairs == len(pairs) - 1 and fast.feats_fast
+    assert fast.folded_pairs == len(pairs) and fast.feats_fast
+    assert max(fast.errors.values()) <= TOLERANCE
     assert isinstance(fast.fast.block1.layer[0].bn1, nn.BatchNorm2d)
 
 
-def test_a_pair_whose_conv_output_is_also_a_feature_stays_unfolded():
-    class RawFeature(nn.Module):
-        """The conv's raw output is its feature; its BN output gives the logits."""
+class RawUse(nn.Module):
+    """A conv whose BN folds unless its raw output is also ``use``d: returned as a feature
+    (``feature``), added as a shortcut (``shortcut``) or normalised by a second BN (``bn2``)."""
 
-        def __init__(self):
-            super().__init__()
-            self.conv, self.bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
-            self.fc = nn.Linear(4, 3)
+    def __init__(self, use):
+        super().__init__()
+        self.use = use
+        self.conv, self.bn, self.bn2 = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4, 3)
+        with torch.no_grad():
+            for bn in (self.bn, self.bn2):
+                bn.running_mean.fill_(0.5)
+                bn.running_var.fill_(4.0)
+        self.eval()
 
-        def forward(self, x, is_feat=False, preact=False):
-            raw = self.conv(x)
-            logits = self.fc(self.bn(raw).mean((2, 3)))
-            return ([raw], logits) if is_feat else logits
+    def forward(self, x, is_feat=False, preact=False):
+        raw = self.conv(x)
+        out = self.bn(raw)
+        if self.use == "shortcut":
+            out = out + raw
+        if self.use == "bn2":
+            out = out + self.bn2(raw)
+        logits = self.fc(out.mean((2, 3)))
+        feature = raw if self.use == "feature" else out
+        return ([feature], logits) if is_feat else logits
 
-    model = RawFeature().eval()
-    with torch.no_grad():
-        model.bn.running_mean.fill_(0.5)
-        model.bn.running_var.fill_(4.0)
-    x = torch.randn(2, 3, 8, 8)
-    assert conv_bn_pairs(model, [{}], x) == {"bn": "conv"}
+
+@pytest.mark.parametrize("use", ["feature", "shortcut", "bn2"])
+def test_a_conv_output_used_beside_its_bn_stays_unfolded(use):
+    model, x = RawUse(use), torch.randn(2, 3, 8, 8)
+    assert conv_bn_pairs(model, [{}, {"is_feat": True, "preact": False}], x) == {}
     fast = FastTeacher(model, channels_last=False, example=x)
     assert fast.folded_pairs == 0 and fast.feats_fast
     with torch.no_grad():
         assert torch.equal(fast(x, is_feat=True)[0][0], model(x, is_feat=True)[0][0])
+
+
+def test_a_conv_output_read_only_by_its_bn_folds():
+    model, x = RawUse("none"), torch.randn(2, 3, 8, 8)
+    assert conv_bn_pairs(model, [{}, {"is_feat": True, "preact": False}], x) == {"bn": "conv"}
+    fast = FastTeacher(model, channels_last=False, example=x)
+    assert fast.folded_pairs == 1 and max(fast.errors.values()) <= TOLERANCE
+
+
+def test_a_pair_the_pass_missed_is_caught_by_the_check(monkeypatch):
+    """The start-up check is the last guard: a pair wrongly reported foldable (here forced)
+    fails it, and only the pairs exact on their own are folded."""
+    import helper.teacher_forward as tf
+    monkeypatch.setattr(tf, "conv_bn_pairs", lambda *a: {"bn": "conv"})
+    model, x = RawUse("shortcut"), torch.randn(2, 3, 8, 8)
+    fast = FastTeacher(model, channels_last=False, example=x)
+    assert fast.folded_pairs == 0 and fast.logits_fast and fast.feats_fast
 
 
 def test_training_mode_runs_the_original_with_batch_statistics():

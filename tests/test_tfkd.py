@@ -100,8 +100,8 @@ def test_virtual_mode_gradients():
 
 
 @pytest.mark.parametrize("teacher,student", PAIRS)
-def test_self_mode_one_epoch(teacher, student, cifar100_tiny, tmp_path, teacher_ckpt):
-    _, summary = one_epoch("tfkd", teacher_ckpt(teacher), student, cifar100_tiny, tmp_path)
+def test_self_mode_one_epoch(teacher, student, pair_data, tmp_path, teacher_ckpt):
+    _, summary = one_epoch("tfkd", teacher_ckpt(teacher), student, pair_data, tmp_path)
     assert summary["teacher"] == teacher
 
 
