@@ -31,7 +31,7 @@ from helper.files import atomic_write, load_file
 from helper.loop import validate
 from helper.normalization import data_normalization
 from helper.options import parse_teacher_args
-from helper.precision import Precision
+from helper.precision import Precision, use_channels_last
 from helper.trainer import build_data
 from models.base import fit_to_data
 
@@ -103,7 +103,7 @@ def evaluate(config, ctx, path, model_name=None, fallback=None, flag="--model"):
                                             checkpoint, dataset=args.dataset)
     model = fit_to_data(model.to(ctx.device), info["input_size"], "model")
     model.eval()
-    channels_last = args.channels_last
+    channels_last = use_channels_last(args, model, ctx.device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     precision = Precision.from_args(args, ctx.device)

@@ -16,7 +16,7 @@ import torch
 from helper.checkpoint import FORMAT, rng_state, set_rng_state
 from helper.distributed import Context, sync_buffers, wrap
 from helper import config_file
-from helper.precision import Precision, compile_models
+from helper.precision import Precision, compile_models, use_channels_last
 from helper.errors import UserError
 from helper.loop import train_one_epoch, validate
 from helper.resume import plain, resume_checkpoint
@@ -153,7 +153,7 @@ class Fit:
         self.distiller, self.train_loader, self.val_loader = distiller, train_loader, val_loader
         self.run_path, self.meta, self.ctx, self.log = run_path, meta, ctx, log
         self.precision = Precision.from_args(self.args, ctx.device)
-        self.channels_last = self.args.channels_last
+        self.channels_last = use_channels_last(self.args, distiller.student, ctx.device)
         if self.channels_last:
             distiller.to(memory_format=torch.channels_last)
         if self.args.compile:

@@ -102,7 +102,8 @@ from helper.errors import UserError  # noqa: E402
 from helper.teacher_forward import MODES as TEACHER_FORWARD_MODES, wrap_teacher  # noqa: E402
 from helper.loop import NonFiniteLoss, train_one_epoch  # noqa: E402
 from helper.options import parse_student_args  # noqa: E402
-from helper.precision import Precision, compile_models, make_sgd  # noqa: E402
+from helper.precision import (MEMORY_FORMATS, Precision, compile_models, make_sgd,  # noqa: E402
+                              use_channels_last)
 from helper.trainer import count_parameters, stage_optimizer  # noqa: E402
 from models import create_model, model_names  # noqa: E402
 from models.teachers import TeacherEnsemble  # noqa: E402
@@ -223,6 +224,7 @@ def method_config(method, opts):
             "--batch_size", str(opts.batch_size), "--dataset", "cifar100"]
     if opts.amp:
         argv.append("--amp")
+    argv += ["--memory_format", opts.memory_format] + (["--channels_last"] if opts.channels_last else [])
     config = parse_student_args(argv + (["--compile"] if opts.compile else []))
     return config.with_data(data_info(opts))
 
@@ -261,6 +263,8 @@ def build(method, opts, device):
     # the middle of the main stage: past every warm-up (ReviewKD, DKD), no re-matching (MGD)
     model.on_epoch_start(max(1, stage.epochs // 2 + 1), None, stage)
     model.stage = stage.name
+    if use_channels_last(config.args, student, device):  # as helper/trainer.py: all modules
+        model.to(memory_format=torch.channels_last)
     if opts.compile:
         compile_models(model)
     optimizer = stage_optimizer(config, model, stage)
@@ -268,9 +272,11 @@ def build(method, opts, device):
 
 
 def fast_teacher(teacher, opts, device, floor=False):
-    """The teacher as ``--teacher_forward`` runs it (``floor_fast``: ``auto`` for ``eager``)."""
+    """The teacher as ``--teacher_forward`` (and ``--teacher_compile``) run it
+    (``floor_fast``: ``auto`` for ``eager``)."""
     mode = opts.teacher_forward if not (floor and opts.teacher_forward == "eager") else "auto"
-    return wrap_teacher(teacher.to(device), mode, INPUT_SIZE, device)
+    return wrap_teacher(teacher.to(device), mode, INPUT_SIZE, device,
+                        compile=opts.teacher_compile)
 
 
 # ---- the teacher cache ----------------------------------------------------------------------
@@ -407,7 +413,7 @@ def _reset_peak(device):
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def _timed_run(model, optimizer, loader, precision, record, warmup):
+def _timed_run(model, optimizer, loader, precision, record, warmup, channels_last=False):
     """Run the toolbox's loop over ``loader``; ``(seconds per timed iteration, loss terms)``.
 
     A non-finite loss (the loop checks at its last iteration, after all the others were
@@ -415,7 +421,8 @@ def _timed_run(model, optimizer, loader, precision, record, warmup):
     terms = None
     try:
         stats = train_one_epoch(model, loader, optimizer, 1, print_freq=10**9,
-                                log=lambda *a: None, precision=precision)
+                                log=lambda *a: None, precision=precision,
+                                channels_last=channels_last)
         terms = sorted(stats["terms"])
     except NonFiniteLoss as e:
         record.setdefault("nonfinite", str(e))
@@ -426,8 +433,10 @@ class Phase:
     """One kind of iteration (a model on synthetic or real batches), timed in chunks: each
     chunk is one call of the toolbox's ``train_one_epoch`` over ``n`` batches."""
 
-    def __init__(self, model, optimizer, args, batches, device, include_data):
+    def __init__(self, model, optimizer, args, batches, device, include_data,
+                 channels_last=False):
         self.model, self.optimizer, self.batches = model, optimizer, batches
+        self.channels_last = channels_last
         self.precision = Precision.from_args(args, device)
         self.device, self.include_data = device, include_data
         self.times, self.terms = [], None
@@ -436,7 +445,8 @@ class Phase:
         if n <= 0:
             return
         loader = TimedLoader(self.batches, n, self.device, self.include_data)
-        times, terms = _timed_run(self.model, self.optimizer, loader, self.precision, record, 0)
+        times, terms = _timed_run(self.model, self.optimizer, loader, self.precision, record, 0,
+                                  self.channels_last)
         self.terms = terms or self.terms
         if timed:
             self.times += times
@@ -469,6 +479,9 @@ def measure(method, opts):
     record["extra_buffer_elements"] = (sum(b.numel() for b in model.buffers())
                                        - sum(b.numel() for b in model.student.buffers()))
     requests = {} if method in (FLOOR, FLOOR_FAST) else model.batch_requests()
+    # today's floor stays contiguous; the method rows train as train_student.py would
+    cl = method not in (FLOOR, FLOOR_FAST) and use_channels_last(args, model.student, device)
+    record["channels_last"] = cl
     synthetic, real = opts.data in ("synthetic", "both"), opts.data in ("real", "both")
     sizes = chunks(opts.iters, opts.chunk)
     folder, outputs, cache = None, (), None
@@ -489,10 +502,10 @@ def measure(method, opts):
         phases = {}
         if synthetic:
             phases["synthetic"] = Phase(model, optimizer, args, batches(), device,
-                                        include_data=False)
+                                        include_data=False, channels_last=cl)
         else:
             source = end_to_end()
-            phases["e2e"] = Phase(model, optimizer, args, epochs(source), device, True)
+            phases["e2e"] = Phase(model, optimizer, args, epochs(source), device, True, cl)
         first = next(iter(phases.values()))
         first.run(opts.warmup, record, timed=False)
         first.run(sizes[0], record)
@@ -505,7 +518,7 @@ def measure(method, opts):
             phases["floor"].run(opts.warmup, record, timed=False)
         if synthetic and real:
             source = end_to_end()
-            phases["e2e"] = Phase(model, optimizer, args, epochs(source), device, True)
+            phases["e2e"] = Phase(model, optimizer, args, epochs(source), device, True, cl)
             phases["e2e"].run(opts.warmup, record, timed=False)
         for i, size in enumerate(sizes):
             for phase in phases.values():
@@ -589,7 +602,9 @@ def child_argv(opts, method):
             "--device", opts.device, "--train_size", str(opts.train_size),
             "--teacher_forward", opts.teacher_forward, "--cache_views", str(opts.cache_views),
             "--cache_images", str(opts.cache_images)]
-    return argv + (["--amp"] if opts.amp else []) + (["--compile"] if opts.compile else [])
+    flags = ("amp", "compile", "teacher_compile", "channels_last")
+    argv += ["--memory_format", opts.memory_format]
+    return argv + [f"--{flag}" for flag in flags if getattr(opts, flag)]
 
 
 def run_child(opts, method, timeout=None):
@@ -747,8 +762,15 @@ def notes(results, opts):
 def teacher_notes(results, opts):
     """(d), (e), the cache's build time and the simkd_cifar100.sh estimate, where measured."""
     ok = {r["method"]: r for r in results if r["status"] == "ok"}
-    out = [f"Teacher forward of the method rows: --teacher_forward {opts.teacher_forward}; the "
-           "floor's teacher is eager (today's floor)."]
+    extra = " --teacher_compile" if opts.teacher_compile else ""
+    formats = {r.get("channels_last") for r in results if r["method"] not in (FLOOR, FLOOR_FAST)
+               and r["status"] == "ok"}
+    memory = {frozenset({True}): "channels-last", frozenset({False}): "contiguous"}.get(
+        frozenset(formats), "channels-last or contiguous")
+    out = [f"Teacher forward of the method rows: --teacher_forward {opts.teacher_forward}{extra}; "
+           f"their memory format: {memory} (--memory_format {opts.memory_format}"
+           f"{' --channels_last' if opts.channels_last else ''}). The floor's teacher is eager "
+           "and its student contiguous (today's floor)."]
     if FLOOR_FAST in ok:
         out.append("(d) the floor with the optimised teacher (BN folded into the convolutions, "
                    "channels-last on the CPU, inference mode); its ratio is to the eager floor "
@@ -796,6 +818,14 @@ def parser():
                         "take turns in a method's process")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads in each method's process")
     p.add_argument("--amp", action="store_true", help="mixed precision as train_student.py --amp")
+    p.add_argument("--teacher_compile", "--teacher-compile", action="store_true",
+                   help="torch.compile the optimised teacher of the method rows and floor_fast, as "
+                        "train_student.py --teacher_compile")
+    p.add_argument("--memory_format", "--memory-format", choices=MEMORY_FORMATS, default="auto",
+                   help="memory format of the method rows as train_student.py's (auto: "
+                        "channels-last on the CPU); the floor stays today's (contiguous)")
+    p.add_argument("--channels_last", "--channels-last", action="store_true",
+                   help="--memory_format channels_last, as train_student.py")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile student and teacher as train_student.py --compile")
     p.add_argument("--data", default="both", choices=DATA_CHOICES,

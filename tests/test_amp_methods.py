@@ -20,7 +20,8 @@ pytestmark = pytest.mark.skipif(not native_cpu_bf16(),
 @pytest.mark.parametrize("method", sorted(cls.name for cls in distiller_classes()))
 def test_one_amp_step(bench, method):
     opts = SimpleNamespace(teacher="resnet14", student="resnet8", batch_size=16, amp=True,
-                           compile=False, train_size=20000, teacher_forward="auto")  # > CRD's 16,384 negatives
+                           compile=False, train_size=20000, teacher_forward="auto",
+                           teacher_compile=False, memory_format="auto", channels_last=False)  # > CRD's 16,384 negatives
     device = torch.device("cpu")
     model, _, args, _ = bench.build(method, opts, device)  # set up for the main stage
     config = bench.method_config(method, opts)

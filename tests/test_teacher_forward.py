@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from helper.teacher_forward import (TOLERANCE, FastTeacher, conv_bn_pairs, fold_conv_bn,
                                     max_relative_error, wrap_teacher)
+from helper.precision import has_cpu_compiler
 from helpers import assert_gradients, build, run_student
 from models import create_model
 
@@ -208,3 +209,19 @@ def test_compile_twice_is_refused(cifar100_tiny, tmp_path, teacher_ckpt, capsys)
                     teacher=teacher_ckpt("resnet14x4"))
     assert e.value.code == 2
     assert "--compile already compiles the teacher" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() and not has_cpu_compiler(),
+                    reason="torch.compile on the CPU needs a C++ compiler")
+def test_compiled_frozen_teacher_equals_eager_and_trains_eager():
+    """--teacher_compile freezes the folded copy (weights as constants): its logits and
+    features stay within TOLERANCE of the loaded model, and training mode runs the original."""
+    model, x = calibrated("resnet8"), torch.randn(4, 3, 32, 32)
+    fast = wrap_teacher(model, "auto", (3, 32, 32), "cpu", compile=True)
+    feats = {"is_feat": True, "preact": False}
+    for kwargs in ({}, feats):
+        assert max_relative_error(fast(x, **kwargs), model(x, **kwargs)) <= TOLERANCE, kwargs
+    fast.train()  # batch statistics: the original runs, not the frozen copy
+    assert model.training
+    with torch.no_grad():
+        assert torch.equal(fast(x), model(x))
