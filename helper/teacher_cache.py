@@ -190,10 +190,6 @@ class TeacherCache:
     def path(self, name="logits"):
         return self.folder / f"{name}.bin"
 
-    @property
-    def data_path(self):
-        return self.path("logits")
-
     def done(self) -> np.ndarray:
         """One uint8 per view: 1 where it is built."""
         return store.done(self.folder)

@@ -58,30 +58,20 @@ def _calls(model, x, kwargs):
 
 
 class _Uses(TorchFunctionMode):
-    """Counts, for each watched tensor, the torch calls that read it outside a BatchNorm's
-    own forward (where the BN reads its input)."""
+    """Counts, for each conv output in ``produced`` (``{id: (conv name, tensor)}``), the torch
+    calls that read it outside a BatchNorm's own forward (where the BN reads its input)."""
 
-    def __init__(self, watched: dict):
+    def __init__(self, produced: dict):
         super().__init__()
-        self.watched, self.uses, self.inside_bn = watched, {}, 0
+        self.produced, self.uses, self.inside_bn = produced, Counter(), 0
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if not self.inside_bn:
-            for t in _tensors_in((args, kwargs or {})):
-                if self.watched.get(id(t)) is t:
-                    self.uses[id(t)] = self.uses.get(id(t), 0) + 1
+            for t in _tensors((args, kwargs or {})):
+                found = self.produced.get(id(t))
+                if found is not None and found[1] is t:
+                    self.uses[id(t)] += 1
         return func(*args, **(kwargs or {}))
-
-
-def _tensors_in(obj):
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, (list, tuple)):
-        for item in obj:
-            yield from _tensors_in(item)
-    elif isinstance(obj, dict):
-        for item in obj.values():
-            yield from _tensors_in(item)
 
 
 def conv_bn_pairs(model: nn.Module, probes: List[dict], x: torch.Tensor) -> Dict[str, str]:
@@ -95,12 +85,11 @@ def conv_bn_pairs(model: nn.Module, probes: List[dict], x: torch.Tensor) -> Dict
     agreed: Optional[Dict[str, str]] = None
     for kwargs in probes:
         produced, counts, candidates = {}, {}, {}  # id(conv output) -> (conv name, output)
-        uses = _Uses({})
+        uses = _Uses(produced)
 
         def after_conv(module, inputs, output):
             counts[module] = counts.get(module, 0) + 1
             produced[id(output)] = (convs[module], output)
-            uses.watched[id(output)] = output
 
         def before_bn(module, inputs):
             counts[module] = counts.get(module, 0) + 1
@@ -171,10 +160,15 @@ def folded_copy(model: nn.Module, pairs: Dict[str, str], channels_last: bool = F
 
 
 # ---- checking ------------------------------------------------------------------------------
-def _tensors(out):
-    if isinstance(out, torch.Tensor):
-        return [out]
-    return [t for item in out for t in _tensors(item)]
+def _tensors(obj) -> list:
+    """The tensors in ``obj``, a tensor or nested lists, tuples and dicts (others skipped)."""
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, dict):
+        obj = list(obj.values())
+    if isinstance(obj, (list, tuple)):
+        return [t for item in obj for t in _tensors(item)]
+    return []
 
 
 def max_relative_error(fast_out, eager_out) -> float:
@@ -265,8 +259,8 @@ class FastTeacher(nn.Module):
     def compile(self, *args, **kwargs):
         """``torch.compile`` the folded copy (``--compile``, ``--teacher_compile``), frozen:
         Inductor treats its weights as constants (it only ever runs without a graph), folds
-        and, on the CPU, pre-packs them for oneDNN (teacher forward 3% faster than unfrozen
-        on an AMD EPYC; scripts/benchmark.py). The original stays eager for training mode."""
+        and, on the CPU, pre-packs them for oneDNN (the teacher forward about 3% faster than
+        unfrozen, measured once on an AMD EPYC). The original stays eager for training mode."""
         options = {"freezing": True, **kwargs.pop("options", {})}
         self.fast.compile(*args, options=options, **kwargs)
 

@@ -249,7 +249,8 @@ def build(method, opts, device):
             compile_models(model)
         optimizer = make_sgd(student.parameters(), lr=config.learning_rate,
                              momentum=config.args.momentum, weight_decay=config.args.weight_decay)
-        return model, optimizer, config.args, {"stage": "main", "stages": ["main"]}
+        return model, optimizer, config.args, {"stage": "main", "stages": ["main"],
+                                                "channels_last": False}  # today's floor
     config = method_config(cached_method(method) or method, opts)
     if not config.method.requires_teacher():
         teacher = None
@@ -263,12 +264,14 @@ def build(method, opts, device):
     # the middle of the main stage: past every warm-up (ReviewKD, DKD), no re-matching (MGD)
     model.on_epoch_start(max(1, stage.epochs // 2 + 1), None, stage)
     model.stage = stage.name
-    if use_channels_last(config.args, student, device):  # as helper/trainer.py: all modules
+    channels_last = use_channels_last(config.args, student, device)
+    if channels_last:  # as helper/trainer.py: every module of the distiller
         model.to(memory_format=torch.channels_last)
     if opts.compile:
         compile_models(model)
     optimizer = stage_optimizer(config, model, stage)
-    return model, optimizer, config.args, {"stage": stage.name, "stages": [s.name for s in stages]}
+    return model, optimizer, config.args, {"stage": stage.name, "stages": [s.name for s in stages],
+                                           "channels_last": channels_last}
 
 
 def fast_teacher(teacher, opts, device, floor=False):
@@ -479,9 +482,7 @@ def measure(method, opts):
     record["extra_buffer_elements"] = (sum(b.numel() for b in model.buffers())
                                        - sum(b.numel() for b in model.student.buffers()))
     requests = {} if method in (FLOOR, FLOOR_FAST) else model.batch_requests()
-    # today's floor stays contiguous; the method rows train as train_student.py would
-    cl = method not in (FLOOR, FLOOR_FAST) and use_channels_last(args, model.student, device)
-    record["channels_last"] = cl
+    cl = info["channels_last"]
     synthetic, real = opts.data in ("synthetic", "both"), opts.data in ("real", "both")
     sizes = chunks(opts.iters, opts.chunk)
     folder, outputs, cache = None, (), None
