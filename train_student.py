@@ -13,7 +13,7 @@ from helper.errors import UserError
 from helper.loop import validate
 from helper.options import parse_student_args
 from helper.run_folder import student_run_name
-from helper.teacher_cache import attach as attach_teacher_cache
+from helper.teacher_cache import attach as attach_teacher_cache, file_sha256
 from helper.teacher_forward import wrap_teacher
 from helper.trainer import build_data, train, user_errors
 from models.base import fit_to_data
@@ -73,9 +73,11 @@ def run(config, ctx):
         train_loader = add_batch_keys(train_loader, distiller.batch_requests(), method.name)
         run_path = Path(args.save_folder) / "students" / student_run_name(
             config, [t.model_name for t in teachers] or teacher_name)
+        # --resume compares the teacher files' SHA-256, not their paths: a file replaced at
+        # its path is another teacher, one moved elsewhere the same
         meta = {"model_name": config.model, "num_classes": info["num_classes"],
                 "dataset": args.dataset, "distill": method.name, "teacher": teacher_name,
-                "path_t": args.path_t}
+                "path_t": args.path_t, "teacher_sha256": [file_sha256(p) for p, _ in specs]}
         train(config, distiller, train_loader, val_loader, run_path, meta, ctx)
 
 

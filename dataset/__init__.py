@@ -62,7 +62,8 @@ def _load_rank0_first(name, data_folder, world_size, rank):
 
 
 def build_loaders(name, data_folder, batch_size, device, *, seed=0, rank=0, world_size=1,
-                  jitter=0, drop_last=False, num_workers=4, dali=None, augment=None):
+                  jitter=0, drop_last=False, num_workers=4, dali=None, augment=None,
+                  eval_drop_last=False):
     """Build the training and validation loaders of a data set.
 
     Args:
@@ -78,7 +79,12 @@ def build_loaders(name, data_folder, batch_size, device, *, seed=0, rank=0, worl
         jitter: MNIST / Fashion-MNIST only: random translation of up to ``jitter`` pixels.
         drop_last: drop the last, smaller training batch.
         augment: an ``AugmentConfig`` (``dataset/augment.py``: presets, erasing, rotation,
-            MixUp/CutMix, folder input size), or None for the standard augmentation.
+            MixUp/CutMix, folder input size, CIFAR padding mode and normalisation), or None
+            for the standard augmentation.
+        eval_drop_last: in-memory data sets: validate on the first ``floor(N / (batch_size *
+            world_size)) * batch_size * world_size`` test images, the full batches of one
+            process with the whole run's batch (``--eval_drop_last``); ``val_size`` is then
+            that count.
 
     Returns:
         ``(train_loader, val_loader, info)`` with ``info = {'num_classes', 'input_size'
@@ -99,6 +105,9 @@ def build_loaders(name, data_folder, batch_size, device, *, seed=0, rank=0, worl
         if jitter:
             raise UserError(f"--jitter applies to mnist and fashion_mnist only; {name} uses "
                             "RandomResizedCrop and flip: drop --jitter")
+        if eval_drop_last:
+            raise UserError(f"--eval_drop_last applies to the in-memory data sets; {name} "
+                            "evaluates every image: drop --eval_drop_last")
         train_loader, val_loader, info = build_folder_loaders(
             name, data_folder, batch_size, device, seed=seed, rank=rank, world_size=world_size,
             num_workers=num_workers, dali=dali, drop_last=drop_last, augment=augment)
@@ -111,8 +120,8 @@ def build_loaders(name, data_folder, batch_size, device, *, seed=0, rank=0, worl
         if jitter:
             raise UserError(f"--jitter applies to mnist and fashion_mnist only; {name} always "
                             f"uses RepDistiller's random crop and flip: drop --jitter")
-        mean, std = cifar.MEAN, cifar.STD
-        transform = RandomCropFlip(cifar.PADDING, flip=True)
+        mean, std = cifar.normalization(name, augment.cifar_normalization)
+        transform = RandomCropFlip(cifar.PADDING, flip=True, padding_mode=augment.padding_mode)
     else:
         mean, std = mnist.NORMALIZATION[name]
         transform = RandomCropFlip(int(jitter), flip=False) if jitter else None
@@ -120,6 +129,13 @@ def build_loaders(name, data_folder, batch_size, device, *, seed=0, rank=0, worl
     data_folder = Path(data_folder).expanduser()
     train_x, train_y, test_x, test_y, num_classes = _load_rank0_first(
         name, data_folder, world_size, rank)
+    if eval_drop_last:
+        whole = batch_size * world_size
+        keep = len(test_x) // whole * whole
+        if keep == 0:
+            raise UserError(f"--eval_drop_last leaves no test image: {len(test_x)} images are "
+                            f"fewer than one batch of {whole}; drop --eval_drop_last")
+        test_x, test_y = test_x[:keep], test_y[:keep]
 
     common = dict(device=device, mean=mean, std=std, seed=seed, rank=rank,
                   world_size=world_size)

@@ -29,6 +29,19 @@ order, on the uint8 image:
 - ``--input_size N``: folder data sets only: train crop N, evaluation resize
   ``int(N * 256 / 224)`` and centre crop N (224 gives the standard 256/224; 64 for
   Tiny-ImageNet gives 73/64).
+- ``--padding_mode reflect`` (CIFAR): the random crop's 4-pixel padding is the image's
+  reflection instead of zeros: ``Pad(4, padding_mode='reflect')`` + ``RandomCrop(32)``, as
+  hankyul2/KnowledgeDistillation ``src/dataset.py`` (line 35 at 22f39c5).
+- ``--cifar_normalization``: which mean and std normalise CIFAR (``dataset/cifar.py``
+  ``NORMALIZATIONS``): ``repdistiller`` (default: CIFAR-100's for both), ``per_dataset``
+  (each its own, hankyul2's ``src/dataset.py`` lines 27-32), ``reviewkd`` (CIFAR-10's /255
+  constants for both, ReviewKD's ``CIFAR-100/train.py`` lines 96-97). Training and
+  evaluation use the same. A teacher is given the run's inputs: distil with the setting its
+  checkpoint was trained with (the table scripts do).
+- ``--eval_drop_last`` (data loading, in-memory data sets): evaluate on the first
+  ``floor(N / B) * B`` test images only, ``B`` the batch of the whole run, as a
+  ``DataLoader(test, batch_size=B, shuffle=False, drop_last=True)`` does (hankyul2's
+  ``src/dataset.py`` line 8: 9,984 of CIFAR's 10,000 at batch 128).
 
 Reproducibility: every draw is a function of ``(seed, epoch)`` (and the rank), so
 ``--resume`` continues exactly. In memory, each sample gets a seed from the epoch's generator
@@ -46,9 +59,12 @@ import torch
 from helper.argtypes import number
 from helper.errors import UserError
 
+from .cifar import NORMALIZATIONS
 from .loader_wrapper import LoaderWrapper
+from .tensor_loader import PADDING_MODES
 
 AUG_NAMES = ("standard", "autoaugment", "randaugment", "trivialaugment")
+NORMALIZATION_NAMES = tuple(NORMALIZATIONS)
 _MIX_SALT = 0x3A1  # keeps the mixing stream apart from the loader's own (same seed and epoch)
 
 
@@ -61,6 +77,8 @@ class AugmentConfig:
     mixup: float = 0.0
     cutmix: float = 0.0
     input_size: Optional[int] = None
+    padding_mode: str = "constant"
+    cifar_normalization: str = "repdistiller"
 
     @classmethod
     def from_args(cls, args) -> "AugmentConfig":
@@ -96,6 +114,19 @@ class AugmentConfig:
         if dali is not None and self.random_erasing > 0:
             raise UserError("--random_erasing is not offered with --dali (DALI has no "
                             "RandomErasing); drop one of them")
+        if self.padding_mode not in PADDING_MODES:
+            raise UserError(f"unknown --padding_mode {self.padding_mode!r}; choose one of: "
+                            f"{', '.join(PADDING_MODES)}")
+        if self.cifar_normalization not in NORMALIZATION_NAMES:
+            raise UserError(f"unknown --cifar_normalization {self.cifar_normalization!r}; choose "
+                            f"one of: {', '.join(NORMALIZATION_NAMES)}")
+        cifar = str(dataset).startswith("cifar")
+        if self.padding_mode != "constant" and not cifar:
+            raise UserError(f"--padding_mode applies to the CIFAR crop (cifar10, cifar100); "
+                            f"{dataset} has no padded crop of that kind: drop --padding_mode")
+        if self.cifar_normalization != "repdistiller" and not cifar:
+            raise UserError(f"--cifar_normalization applies to cifar10 and cifar100; {dataset} "
+                            "keeps its own constants: drop --cifar_normalization")
 
 
 def _number(kind, low, high=None):
@@ -125,6 +156,20 @@ def add_arguments(parser):
     g.add_argument("--input_size", "--input-size", type=_number(int, 1), default=None,
                    metavar="N", help="folder data sets: train crop and evaluation crop "
                                      "(default 224; e.g. 64 for Tiny-ImageNet)")
+    g.add_argument("--padding_mode", "--padding-mode", choices=PADDING_MODES, default="constant",
+                   help="CIFAR: pad the random crop with zeros (constant, RepDistiller) or with "
+                        "the image's reflection (reflect, hankyul2/KnowledgeDistillation)")
+    g.add_argument("--cifar_normalization", "--cifar-normalization", choices=NORMALIZATION_NAMES,
+                   default="repdistiller",
+                   help="CIFAR mean/std: repdistiller (CIFAR-100's for both), per_dataset (each "
+                        "its own, hankyul2/KnowledgeDistillation), reviewkd (CIFAR-10's for "
+                        "both, ReviewKD's CIFAR-100/train.py); a teacher must have been trained "
+                        "with the same")
+    d = parser.add_argument_group("data loading (dataset/augment.py)")
+    d.add_argument("--eval_drop_last", "--eval-drop-last", action="store_true",
+                   help="in-memory data sets: evaluate on the first floor(N/B)*B test images (B "
+                        "the run's batch), as a test DataLoader with drop_last=True "
+                        "(hankyul2/KnowledgeDistillation: 9984 of 10000 at batch 128)")
 
 
 def check_arguments(parser, args, folder: bool):
@@ -133,6 +178,12 @@ def check_arguments(parser, args, folder: bool):
         AugmentConfig.from_args(args).check(args.dataset, folder, getattr(args, "dali", None))
     except UserError as e:
         parser.error(str(e))
+    if getattr(args, "eval_drop_last", False) and folder:
+        parser.error(f"--eval_drop_last applies to the in-memory data sets (cifar10, cifar100, "
+                     f"mnist, fashion_mnist); {args.dataset} evaluates every image: drop it")
+    if getattr(args, "padding_mode", "constant") != "constant" and getattr(args, "teacher_cache", None):
+        parser.error("--teacher_cache holds the views of the zero-padded crop only; drop "
+                     "--padding_mode reflect or --teacher_cache")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -7,11 +7,15 @@ Layout (what ``torchvision.datasets.CIFAR10/100(root=data_folder, download=True)
 
 Each file is a pickled dict with ``data`` ((N, 3072) uint8, channel-major 3x32x32) and
 ``labels`` (CIFAR-10) or ``fine_labels`` (CIFAR-100); keys may be ``str`` or ``bytes``
-depending on how the file was written and read, both are accepted.
+depending on how the file was written and read, both are accepted. The pickles are read by an
+unpickler that builds only builtin containers and numpy arrays (``_DataUnpickler``), so a file
+that names other code to run is refused instead of run (torchvision's full ``pickle.load``
+would run it).
 
 Augmentation and normalisation are RepDistiller's (``RandomCrop(32, padding=4)``,
 ``RandomHorizontalFlip()``, ``Normalize`` with the CIFAR-100 mean and std, which RepDistiller
-and SimKD use for CIFAR-100 and which are used here for CIFAR-10 as well).
+and SimKD use for CIFAR-100 and which are used here for CIFAR-10 as well). Other sources'
+constants are offered by ``--cifar_normalization`` (``NORMALIZATIONS``, ``normalization``).
 """
 import os
 import pickle
@@ -25,6 +29,24 @@ from helper.errors import UserError
 
 MEAN = (0.5071, 0.4867, 0.4408)
 STD = (0.2675, 0.2565, 0.2761)
+# --cifar_normalization (dataset/augment.py): the (mean, std) of each preset, per data set.
+#   repdistiller  the default: RepDistiller's CIFAR-100 constants for both data sets
+#   per_dataset   each data set its own, as hankyul2/KnowledgeDistillation src/dataset.py
+#                 lines 27-32 (22f39c5, unchanged to f019dfc) writes them
+#   reviewkd      CIFAR-10's, in /255 form, for both: dvlab-research/ReviewKD
+#                 CIFAR-100/train.py lines 96-97 (49015fb)
+_REVIEWKD = (tuple(v / 255 for v in (125.3, 123.0, 113.9)), tuple(v / 255 for v in (63.0, 62.1, 66.7)))
+NORMALIZATIONS = {
+    'repdistiller': {'cifar10': (MEAN, STD), 'cifar100': (MEAN, STD)},
+    'per_dataset': {'cifar10': ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+                    'cifar100': ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))},
+    'reviewkd': {'cifar10': _REVIEWKD, 'cifar100': _REVIEWKD},
+}
+
+
+def normalization(name: str, preset: str = 'repdistiller'):
+    """``(mean, std)`` that ``--cifar_normalization preset`` gives data set ``name``."""
+    return NORMALIZATIONS[preset][name]
 PADDING = 4
 
 _SPECS = {
@@ -46,10 +68,38 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+# What a CIFAR pickle may name: numpy's array and dtype reconstruction, as numpy 1 and 2 and
+# Python 2's cPickle (the published files, protocol 2) write them, and the builtins with which
+# Python 3's protocols 0-2 spell bytes. Nothing else is looked up, so nothing else can run.
+_ALLOWED_GLOBALS = {
+    ('numpy', 'ndarray'), ('numpy', 'dtype'),
+    ('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct'),
+    ('numpy.core.numeric', '_frombuffer'), ('numpy._core.numeric', '_frombuffer'),
+    ('_codecs', 'encode'), ('builtins', 'bytes'), ('__builtin__', 'bytes'),
+    ('builtins', 'bytearray'), ('__builtin__', 'bytearray'),
+}
+
+
+class _CodeInPickle(pickle.UnpicklingError):
+    """The pickle names something other than the data types of ``_ALLOWED_GLOBALS``."""
+
+
+class _DataUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise _CodeInPickle(f"{module}.{name}")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict:
     try:
         with open(path, 'rb') as f:
-            obj = pickle.load(f, encoding='latin1')
+            # latin1: Python 2's byte strings (the published files) become str, as torchvision
+            obj = _DataUnpickler(f, encoding='latin1').load()
+    except _CodeInPickle as e:
+        raise UserError(f"CIFAR file {path} names code to run ({e}), which is not loaded "
+                        f"(unsafe): a CIFAR file holds only arrays, lists and strings; delete it "
+                        f"and download the data set again") from None
     except Exception as e:  # truncated or not a pickle
         raise UserError(f"cannot read CIFAR file {path} ({_one_line(e)}); it is corrupt or "
                         f"incomplete: delete it and download the data set again") from None

@@ -27,6 +27,7 @@ import torch
 from .loader import batches_per_epoch, shard
 
 SEED_STRIDE = 100003
+PADDING_MODES = ("constant", "reflect")  # --padding_mode (dataset/augment.py)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -34,8 +35,19 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return int(seed) * SEED_STRIDE + int(epoch)
 
 
-def crop_flip(images: torch.Tensor, padding: int, params: torch.Tensor) -> torch.Tensor:
+def _reflect_index(n: int, p: int, device) -> torch.Tensor:
+    """Source positions of a ``reflect`` padding of ``p`` around ``n`` positions (the edge is
+    not repeated, as ``torchvision.transforms.Pad(padding_mode='reflect')`` and numpy's
+    ``reflect``): ``-j -> j`` and ``n - 1 + j -> n - 1 - j``."""
+    i = torch.arange(-p, n + p, device=device).abs()
+    return torch.where(i > n - 1, 2 * (n - 1) - i, i)
+
+
+def crop_flip(images: torch.Tensor, padding: int, params: torch.Tensor,
+              padding_mode: str = "constant") -> torch.Tensor:
     """Pad ``images`` (B, C, H, W) with ``padding`` zeros on each side, crop back to H x W.
+    ``padding_mode="reflect"`` pads with the reflection of the image instead (torchvision's
+    ``Pad(padding, padding_mode='reflect')``; ``padding`` < H and W).
 
     ``params`` is an int64 tensor (B, 3) on the images' device: row offset, column offset
     (each in ``0..2*padding`` of the padded image; ``padding`` means the original image) and a
@@ -47,7 +59,12 @@ def crop_flip(images: torch.Tensor, padding: int, params: torch.Tensor) -> torch
     if b == 0:
         return images.clone()
     p = int(padding)
-    if p > 0:
+    if p > 0 and padding_mode == "reflect":
+        if not p < min(h, w):
+            raise ValueError(f"reflect padding {p} needs images larger than it, got {h}x{w}")
+        padded = images.index_select(2, _reflect_index(h, p, images.device)).index_select(
+            3, _reflect_index(w, p, images.device))
+    elif p > 0:
         padded = images.new_zeros((b, c, h + 2 * p, w + 2 * p))
         padded[:, :, p:p + h, p:p + w] = images
     else:
@@ -67,13 +84,19 @@ class RandomCropFlip:
     (``RandomCrop(32, padding=4)`` + ``RandomHorizontalFlip()``): offsets uniform in 0..8 in
     each direction, flip with probability 0.5. ``RandomCropFlip(j, flip=False)`` is a random
     translation of up to ``j`` pixels each way (the "jitter" of Hinton et al. 2015).
+    ``padding_mode="reflect"`` (``--padding_mode reflect``) pads with the image's reflection:
+    ``Pad(4, padding_mode='reflect')`` + ``RandomCrop(32)`` + flip, hankyul2/
+    KnowledgeDistillation's ``src/dataset.py`` (line 35 at 22f39c5). The draws are the same.
     """
 
-    def __init__(self, padding: int, flip: bool):
+    def __init__(self, padding: int, flip: bool, padding_mode: str = "constant"):
         if padding < 0:
             raise ValueError(f"padding must be >= 0, got {padding}")
+        if padding_mode not in PADDING_MODES:
+            raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
         self.padding = int(padding)
         self.flip = bool(flip)
+        self.padding_mode = padding_mode
 
     def draw(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """Parameters for ``n`` samples: int64 (n, 3) = row offset, column offset, flip."""
@@ -85,10 +108,11 @@ class RandomCropFlip:
         return torch.cat([offsets, flips], dim=1)
 
     def apply(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-        return crop_flip(images, self.padding, params)
+        return crop_flip(images, self.padding, params, self.padding_mode)
 
     def __repr__(self):
-        return f"RandomCropFlip(padding={self.padding}, flip={self.flip})"
+        mode = "" if self.padding_mode == "constant" else f", padding_mode={self.padding_mode!r}"
+        return f"RandomCropFlip(padding={self.padding}, flip={self.flip}{mode})"
 
 
 def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

@@ -46,6 +46,9 @@ def parse_beta(text: str):
             name, sep, value = item.partition("=")
             if not sep or not name.strip():
                 raise ValueError(item)
+            if name.strip() in weights:
+                raise argparse.ArgumentTypeError(f"{name.strip()} is named twice in {text!r}; "
+                                                 "give each method's weight once")
             weights[name.strip()] = float(value)
         return weights
     except ValueError:
@@ -110,6 +113,9 @@ class Distiller(nn.Module):
     # "pooled" only its pooled feature feats_t[-1] and its logits; None reads more
     cacheable = None
     label_smoothing = 0.0  # of the cls CE term: --label_smoothing, set by helper/trainer.py
+    # the teacher in training mode during training epochs: --teacher_train, set by
+    # helper/trainer.py (teacher_trains() lets a method ask for it too)
+    teacher_train_mode = False
 
     def __init__(self, student: nn.Module, teacher: Optional[nn.Module], options=None, *,
                  weights: Optional[Weights] = None, kd=None, run: Optional[RunInfo] = None):
@@ -180,12 +186,15 @@ class Distiller(nn.Module):
     def train(self, mode: bool = True):
         super().train(mode)
         if self.teacher is not None:
-            self.teacher.train(mode and self.teacher_trains())
+            self.teacher.train(mode and (self.teacher_train_mode or self.teacher_trains()))
         return self
 
     def teacher_trains(self) -> bool:
         """Whether the teacher runs in training mode (BatchNorm on batch statistics) during
-        training epochs; it never learns either way."""
+        training epochs; it never learns either way (its parameters have
+        ``requires_grad=False`` and its forward runs without a graph). Every method takes
+        ``--teacher_train`` (``teacher_train_mode``); this hook is for a method that always
+        needs it."""
         return False
 
     def stages(self) -> List[Stage]:

@@ -81,7 +81,7 @@ class MethodConfig:
 
 
 def _named_beta(name, betas):
-    """A one-method run's ``-b name=weight``: the weight, when it names this method."""
+    """A one-method run's ``-b name=weight``: the weight, when it names this method once."""
     for key, value in betas.items():
         try:
             known = get_distiller(key).name
@@ -90,6 +90,9 @@ def _named_beta(name, betas):
         if known != name:
             raise UserError(f"-b names {key}, which is not in --distill {name}; "
                             f"use -b {name}=WEIGHT or a plain number")
+    if len(betas) > 1:  # aliases of the one method
+        raise UserError(f"-b names {name} {len(betas)} times ({', '.join(betas)}); give its "
+                        "weight once")
     return next(iter(betas.values()))
 
 

@@ -64,6 +64,9 @@ def _beta_for(spec: str, names, given) -> Dict[str, Optional[float]]:
         if name not in betas:
             raise UserError(f"-b names {key}, which is not in --distill {spec}; name only "
                             f"{', '.join(names)}")
+        if betas[name] is not None:  # an alias of a method named before
+            raise UserError(f"-b names {name} twice (as {key} too); give each method's "
+                            "weight once")
         betas[name] = value
     return betas
 

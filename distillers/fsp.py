@@ -50,6 +50,14 @@ class FSP(InitStageDistiller):
          ``-b 50``) has no effect in this mode and appears in the run name only.
     ``--fsp_one_stage``, as some reproductions: one stage of ``--epochs`` with
     ``cls * CE + div * KD + beta * FSP``.
+    hankyul2/KnowledgeDistillation's published FSP row (README "[FSP]": one stage, "with
+    setting as same as others", ``src/train_fsp.py`` at 6475dcd) uses ``FSP()`` of
+    ``src/fsp.py`` as of d0ed979, the version ``src/train_fsp.py`` was created with (unchanged
+    since): ``soft_factor=3, kd_lambda=1``, the mean over its 3 pairs (stem, stage 1, 2, 3,
+    the larger map average-pooled, Grams divided by H*W as here) of ``MSE(G_s, G_t) / 3``,
+    i.e. ``sum_k MSE_k / 9``: ``--fsp_one_stage -b 0.1111111111111111``
+    (``scripts/kd_zoo_cifar.sh``). Its first version (79def73: factor 4, Grams not divided
+    by H*W) trained no published run.
     Defaults: RepDistiller's ``-r 1 -a 0 -b 50`` (``-c 1 -d 0 -b 50``).
 
     Paper vs code: the paper pairs the first and last layer of each section (maps of the

@@ -73,7 +73,8 @@ class OFD(Distiller):
       - Both references put the teacher in training mode during training (clovaai calls
         ``t_net.train()``; mdistiller's ``OFD.train`` sets every child's mode), so its BNs
         use batch statistics. The teacher is in eval mode here, as everywhere in the toolbox;
-        ``--ofd_teacher_train`` gives the references' setting.
+        ``--teacher_train`` (old name ``--ofd_teacher_train``, an alias) gives the
+        references' setting.
       - The paper's loss is the same partial L2 (its Eq. 5); the references' two ways of
         writing it (clovaai's masked ``mse_loss``, mdistiller's three-case ``feat_loss``) are
         equal, and so is ours.
@@ -86,9 +87,6 @@ class OFD(Distiller):
     class Options(MethodOptions):
         ofd_connector_kernel: int = option(
             1, "kernel size of the connector conv (reference: 1; odd)", "--ofd-connector-kernel")
-        ofd_teacher_train: bool = option(
-            False, "teacher in training mode (batch statistics) during training epochs, as "
-            "both references", "--ofd-teacher-train")
 
         def check(self):
             k = self.ofd_connector_kernel
@@ -119,9 +117,6 @@ class OFD(Distiller):
         for i, bn in enumerate(bns):
             self.register_buffer(f"margin{i}", bn_margin(bn))
         self.pairs = n
-
-    def teacher_trains(self):
-        return self.options.ofd_teacher_train
 
     def margins(self):
         return [getattr(self, f"margin{i}") for i in range(self.pairs)]

@@ -88,21 +88,28 @@ class ReviewKD(Distiller):
     ``teacher.eval()``, so its teacher runs in training mode: its BatchNorms normalise with
     each batch's statistics (and update running statistics nobody reads). mdistiller and
     torchdistill put the teacher in eval mode, as the toolbox does by default;
-    ``--reviewkd_teacher_train`` keeps the teacher in training mode during training epochs
-    as the official code (validation and the teacher's test accuracy stay in eval mode).
+    ``--teacher_train`` (old name ``--reviewkd_teacher_train``, an alias) keeps the teacher in
+    training mode during training epochs as the official code (validation and the teacher's
+    test accuracy stay in eval mode).
 
     Student features: after each stage's ReLU, as the official CIFAR code (its students'
     ``is_feat=True`` outputs); ``--reviewkd_student_preact`` takes them before the last ReLU,
     as torchdistill's ImageNet config (``nlp-oss2023/kr-resnet18_from_resnet34.yaml`` hooks
     the input of each stage's last ``relu``).
 
-    Differences from the reference: its CIFAR recipe trains with lr 0.1 (0.02 for
-    ShuffleNet/MobileNet), batch 128, Nesterov momentum, and its teacher is its own baseline's
-    best checkpoint trained with the same recipe; here the toolbox's SimKD recipe (lr 0.05,
-    batch 64, plain momentum, as mdistiller) applies unless given on the command line, and
-    Nesterov momentum has no flag yet (``scripts/dkd_cifar100.sh`` uses the rest of the
-    recipe). Residuals are resized to the student feature's actual (H, W) rather than a square
-    size from a table, which is the same for CIFAR's square maps.
+    The official CIFAR recipe (``CIFAR-100/train.py`` and ``util/misc.py`` at 49015fb, the
+    last commit to change them): batch 128, lr 0.1 (0.02 for ShuffleNet/MobileNet, line 169),
+    240 epochs, weight decay 5e-4, Nesterov momentum 0.9 (lines 178-179), ``RandomCrop(32,
+    4)`` + flip normalised with CIFAR-10's mean and std ``(125.3, 123.0, 113.9) / 255`` and
+    ``(63.0, 62.1, 66.7) / 255`` for CIFAR-100 too (lines 96-97), and ``lr_schedule``
+    (``util/misc.py`` lines 55-60) multiplies the lr by 0.1 *after* the 0-based epochs 150,
+    180 and 210, i.e. one epoch later than ``--lr_decay_epochs 150,180,210`` here; its teacher
+    is its own baseline's best checkpoint trained with the same script. Here the toolbox's
+    SimKD recipe (lr 0.05, batch 64, plain momentum, as mdistiller) applies unless given on
+    the command line; the official one is ``--batch_size 128 --learning_rate 0.1 --nesterov
+    --lr_decay_epochs 151,181,211 --cifar_normalization reviewkd --teacher_train``
+    (``scripts/dkd_cifar100.sh``). Residuals are resized to the student feature's actual
+    (H, W) rather than a square size from a table, which is the same for CIFAR's square maps.
     """
 
     preact = True  # the teacher's features; the student's follow --reviewkd_student_preact
@@ -112,10 +119,6 @@ class ReviewKD(Distiller):
     class Options(MethodOptions):
         reviewkd_warmup: float = option(
             20.0, "epochs of linear warm-up of ReviewKD's loss weight (0: none)")
-        reviewkd_teacher_train: bool = option(
-            False, "keep the teacher in training mode while training (batch statistics in its "
-            "BatchNorms), as the official CIFAR code, which never calls teacher.eval()",
-            "--reviewkd-teacher-train")
         reviewkd_student_preact: bool = option(
             False, "student features before each stage's last ReLU, as torchdistill's ImageNet "
             "config (default: after it, as the official CIFAR code)", "--reviewkd-student-preact")
@@ -123,7 +126,6 @@ class ReviewKD(Distiller):
     def __init__(self, student, teacher, options=None, **kw):
         super().__init__(student, teacher, options, **kw)
         self.student_preact = bool(self.options.reviewkd_student_preact)
-        self.teacher_train = bool(self.options.reviewkd_teacher_train)
         s_all = student.feature_shapes(preact=self.student_preact)
         t_all = teacher.feature_shapes(preact=True)
         conv_maps_or_error(student, s_all, self.name)
@@ -141,11 +143,6 @@ class ReviewKD(Distiller):
 
     def feature_mode(self, who):
         return True if who == "teacher" else self.student_preact
-
-    def teacher_trains(self):
-        """``--reviewkd_teacher_train``: the teacher in training mode for training epochs, as
-        the official CIFAR code."""
-        return getattr(self, "teacher_train", False)
 
     def warmup_factor(self):
         """``min(e / warmup, 1)`` with ``e = epoch - 1`` (the loop counts epochs from 1)."""

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from helper.errors import UserError
-from helper.files import describe_mismatch, load_file, state_dict_of
+from helper.files import load_file, load_weights, state_dict_of
 from helper.normalization import data_normalization, renormalize, stored_normalization
 from models import create_deployed, create_model, model_names
 from models.registry import accepts, unknown_model
@@ -66,13 +66,6 @@ def model_name_from_path(path):
     return None
 
 
-def load_model_weights(model, state, path, what, hint=""):
-    mismatch = describe_mismatch(model, state)
-    if mismatch:
-        raise UserError(f"{what} {path} does not fit {model.model_name}: {mismatch}{hint}")
-    model.load_state_dict(state, strict=True)
-
-
 def load_teacher(path, num_classes, model_name=None, checkpoint=None, dataset=None):
     """Build the teacher named by ``model_name``, the checkpoint, or its path, and load it.
 
@@ -115,7 +108,7 @@ def load_teacher(path, num_classes, model_name=None, checkpoint=None, dataset=No
     hint = ""
     if stored not in (None, name):
         hint = f"; the checkpoint records model {stored}: drop --model_t {name}"
-    load_model_weights(model, state, path, "teacher checkpoint", hint)
+    load_weights(model, state, f"teacher checkpoint {path}", hint)
     if dataset is not None:
         renormalize(model, stored_normalization(checkpoint, path), data_normalization(dataset))
     model.eval()
@@ -142,5 +135,5 @@ def create_pretrained(name, num_classes, pretrained=None):
     for key in list(state):
         if key.rsplit(".", 1)[0] in classifier and key in own and state[key].shape != own[key].shape:
             state[key] = own[key]
-    load_model_weights(model, state, pretrained, "pretrained weights")
+    load_weights(model, state, f"pretrained weights {pretrained}")
     return model

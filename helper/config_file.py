@@ -90,6 +90,9 @@ def load(path, parser):
             data = yaml.safe_load(f)
     except OSError as e:
         raise UserError(f"--config {path}: cannot read it ({e.strerror or e})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"--config {path}: not a text file (not UTF-8); give a config.yaml, "
+                        "such as a run folder's") from None
     except yaml.YAMLError as e:
         where = getattr(e, "problem_mark", None)
         line = f" at line {where.line + 1}" if where is not None else ""

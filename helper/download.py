@@ -4,6 +4,7 @@ import http.client
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 from helper.errors import UserError
@@ -49,6 +50,17 @@ def _open(url, start, timeout):
     return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
 
 
+URL_SCHEMES = ("http", "https", "ftp", "file")
+
+
+def check_url(url):
+    """A ``UserError`` unless ``url`` is one urllib can download (a scheme and a place)."""
+    parts = urllib.parse.urlsplit(str(url))
+    if parts.scheme.lower() not in URL_SCHEMES or not (parts.netloc or parts.path):
+        raise UserError(f"cannot download {url!r}: not a URL; give one starting with "
+                        f"{', '.join(s + '://' for s in URL_SCHEMES)}")
+
+
 def why(error):
     if isinstance(error, urllib.error.HTTPError):
         return f"HTTP {error.code} {error.reason}"
@@ -61,6 +73,7 @@ def why(error):
 def download(url, path, *, retries=3, timeout=60, log=print):
     """Download ``url`` into ``path``; a dropped connection is resumed with a Range request
     where the server answers 206, else the download restarts. Returns the byte count."""
+    check_url(url)
     done, total, failures = 0, None, 0
     progress = None
     with open(path, "wb") as f:

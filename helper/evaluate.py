@@ -7,12 +7,16 @@ deployed model), RepDistiller/SimKD's ``{'model': state_dict}`` (the architectur
 folder-name convention, else ``--model`` / ``--model_t``), bare state dicts. A checkpoint
 trained on inputs normalised otherwise than ``--dataset``'s pipeline (e.g. akamaster's, with
 ImageNet's mean and std) sees its own normalisation (``helper.normalization``). One line is
-printed (top-1, top-5, loss, images/s) and the result is written as JSON beside the checkpoint
-(``<file>.eval.json``), or into ``--save_folder`` when that folder is not writable.
+printed (top-1, top-5, loss, images/s) and the result is written as JSON: into
+``--save_folder`` when it is given (``<folder>_<file>.eval.json``), else beside the checkpoint
+(``<file>.eval.json``), unless that folder is not writable or holds a record to keep (a
+teacher's registration record, or one over more test images), which then also go into
+``--save_folder``.
 Distributed runs score each process's shard and sum the counts (``helper.loop.validate``).
 
 ``check_published`` scores a teacher the zoo just wrote (``helper/teachers.py``) the same way
-and compares it with its published top-1 (more than 0.5 points off: a warning line).
+and compares it with its published top-1 (more than 0.5 points off: a warning line); its
+record, beside the checkpoint, is the registration record (``"registration": true``).
 """
 import json
 import os
@@ -30,7 +34,7 @@ from helper.errors import UserError
 from helper.files import atomic_write, load_file
 from helper.loop import validate
 from helper.normalization import data_normalization
-from helper.options import parse_teacher_args
+from helper.options import parse_teacher_args, teacher_parser
 from helper.precision import Precision, use_channels_last
 from helper.trainer import build_data
 from models.base import fit_to_data
@@ -63,15 +67,61 @@ def load_for_evaluation(path, num_classes, model_name=None, fallback=None, flag=
         raise UserError(text) from None
 
 
-def result_path(checkpoint_path, save_folder):
-    """``<file>.eval.json`` beside the checkpoint, or ``<folder>_<file>.eval.json`` in
-    ``save_folder`` when the checkpoint's folder is not writable."""
+def record_beside(checkpoint_path):
+    """``<file>.eval.json`` beside the checkpoint."""
+    path = Path(checkpoint_path)
+    return path.parent / (path.name + ".eval.json")
+
+
+def record_in(save_folder, checkpoint_path):
+    """``<folder>_<file>.eval.json`` in ``save_folder``: the checkpoint's folder in the name
+    keeps the records of many ``best.pth`` apart."""
     path = Path(checkpoint_path)
     name = path.name + ".eval.json"
     folder = path.resolve().parent
-    if os.access(folder, os.W_OK | os.X_OK):
-        return path.parent / name
     return Path(save_folder) / (f"{folder.name}_{name}" if folder.name else name)
+
+
+def save_folder_given(args):
+    """Whether ``--save_folder`` names a folder (its default, ./save, counts as not given)."""
+    return args.save_folder != teacher_parser().get_default("save_folder")
+
+
+def kept_record(record, result):
+    """Why the record at ``record`` must not be replaced by ``result`` (None: it may be): a
+    teacher's registration record (``check_published``), or, from before those were marked, a
+    record of another data set or of more test images."""
+    try:
+        old = json.loads(record.read_text())
+    except (FileNotFoundError, ValueError):  # none, or not JSON (a write cut short)
+        return None
+    except OSError as e:
+        return f"it cannot be read ({e.strerror or e})"
+    if not isinstance(old, dict):
+        return None
+    if old.get("registration") is True:
+        return "it is the teacher's registration record"
+    if "dataset" in old and old["dataset"] != result["dataset"]:
+        return f"it scores {old['dataset']}"
+    images, ours = old.get("images"), result["images"]
+    if isinstance(images, int) and isinstance(ours, int) and images > ours:
+        return f"it scores {images} test images, this run {ours}"
+    return None
+
+
+def result_path(checkpoint_path, args, result):
+    """``(where --evaluate writes result, why not beside the checkpoint or None)``: into
+    ``--save_folder`` when given, else beside the checkpoint unless its folder is not writable
+    or the record there is kept (``kept_record``)."""
+    if save_folder_given(args):
+        return record_in(args.save_folder, checkpoint_path), None
+    beside = record_beside(checkpoint_path)
+    if not os.access(beside.resolve().parent, os.W_OK | os.X_OK):
+        return record_in(args.save_folder, checkpoint_path), f"{beside.parent} is not writable"
+    kept = kept_record(beside, result)
+    if kept:
+        return record_in(args.save_folder, checkpoint_path), f"{beside} is kept: {kept}"
+    return beside, None
 
 
 def _normalization(model, dataset):
@@ -88,12 +138,14 @@ def _synchronize(device):
         torch.cuda.synchronize(device)
 
 
-def evaluate(config, ctx, path, model_name=None, fallback=None, flag="--model"):
+def evaluate(config, ctx, path, model_name=None, fallback=None, flag="--model",
+             registration=False):
     """Score ``path`` on the test split (``build_data``'s validation loader) and report it.
 
     The architecture is ``model_name`` when given, else the one the file or its path names,
     else ``fallback``; errors name ``flag`` as the way to choose it.
-    Returns the result dict (also written as JSON by rank 0).
+    Returns the result dict (also written as JSON by rank 0: beside the checkpoint, marked as
+    its registration record, with ``registration``; else where ``result_path`` says).
     """
     args = config.args
     checkpoint = load_file(path, "checkpoint to evaluate")  # fails before the data is built
@@ -128,8 +180,13 @@ def evaluate(config, ctx, path, model_name=None, fallback=None, flag="--model"):
                      if isinstance(stored.get(k), (int, float, str))},
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    if registration:
+        result["registration"] = True
     if ctx.is_main:
-        out = result_path(path, args.save_folder)
+        if registration:
+            out, moved = record_beside(path), None
+        else:
+            out, moved = result_path(path, args, result)
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(out, lambda f: f.write((json.dumps(result, indent=2) + "\n").encode()))
@@ -145,7 +202,8 @@ def evaluate(config, ctx, path, model_name=None, fallback=None, flag="--model"):
             speed += f" (published top-1 {published:.2f})"
         ctx.log(f"evaluate {path}: {model.model_name} on {args.dataset} test ({images} images): "
                 f"top-1 {metrics['acc']:.2f} top-5 {metrics['acc_top5']:.2f} "
-                f"loss {metrics['loss']:.4f} {speed}; written to {out}")
+                f"loss {metrics['loss']:.4f} {speed}; written to {out}"
+                + (f" ({moved})" if moved else ""))
     return result
 
 
@@ -175,7 +233,7 @@ def check_published(path, dataset, data_folder, save_folder, log=print):
                                  "--data_folder", str(data_folder),
                                  "--save_folder", str(save_folder), "--batch_size", "256"])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    result = evaluate(config, Context(device=device), path)
+    result = evaluate(config, Context(device=device), path, registration=True)
     acc, recorded = result["acc"], result["recorded"]
     name = result["model_name"]
     reference, what = recorded.get("published_acc"), "published"

@@ -4,9 +4,11 @@ can be unusable.
 A leaf module: it imports nothing from the package but ``helper.errors``, so ``models/``
 (pretrained weights) and ``helper/checkpoint.py`` (teachers, resume) can both use it.
 """
+import argparse
 import io
 import os
 import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -52,9 +54,38 @@ def atomic_write(path, write):
 # How a file torch.save writes begins: a zip archive, or the legacy format's magic number.
 _TORCH_HEADERS = (b"PK\x03\x04", b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19")
 
+# Classes a weights-only load may rebuild besides tensors and containers: torchdistill's
+# checkpoints store the parsed ``args`` (torchdistill/common/main_util.py ``save_ckpt``), a
+# plain attribute holder that runs no code when unpickled.
+_SAFE_CLASSES = [argparse.Namespace]
+
+_UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
+def _is_safetensors(head):
+    """A safetensors file: an 8-byte little-endian header length, then its JSON header."""
+    return len(head) > 8 and head[8:9] == b"{" and not head.startswith(_TORCH_HEADERS)
+
+
+def _load_weights_only(f):
+    with torch.serialization.safe_globals(_SAFE_CLASSES):
+        return torch.load(f, map_location="cpu", weights_only=True)
+
+
+def _load_safetensors(data, what):
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+    try:
+        return load(data)
+    except (SafetensorError, ValueError) as e:
+        raise UserError(f"{what} is a safetensors file that cannot be read ({e}); it is "
+                        "truncated or corrupt") from e
+
 
 def load_file(path, what):
-    """``torch.load`` of a checkpoint with one clear error for each way it can be unusable."""
+    """The contents of a checkpoint file, unpickled no further than ``weights_only=True``
+    allows (plus ``_SAFE_CLASSES``), or a safetensors file's tensors; one clear error for each
+    way it can be unusable."""
     path = Path(path)
     try:
         if path.is_dir():
@@ -65,34 +96,41 @@ def load_file(path, what):
         with open(path, "rb") as f:
             head = f.read(16)
             f.seek(0)
+            if _is_safetensors(head):
+                return _load_safetensors(f.read(), f"{what} {path}")
             try:
-                return torch.load(f, map_location="cpu", weights_only=True)
+                return _load_weights_only(f)
             except Exception as e:  # torch raises many types for bad files
                 raise UserError(f"{what} {path} is not a readable PyTorch checkpoint: "
-                                f"{_why_unreadable(head, e)}") from e
+                                f"{_why_unreadable(head, e, path)}") from e
     except OSError as e:
         raise UserError(f"cannot read {what} {path} ({e.strerror or e}); check that it is "
                         "readable") from e
 
 
 def load_bytes(data: bytes, what):
-    """``torch.load`` of a checkpoint held in memory (a member of an archive), with the errors
-    of ``load_file``."""
+    """``load_file`` of a checkpoint held in memory (a member of an archive)."""
+    if _is_safetensors(data[:16]):
+        return _load_safetensors(data, what)
     try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        return _load_weights_only(io.BytesIO(data))
     except Exception as e:  # torch raises many types for bad files
         raise UserError(f"{what} is not a readable PyTorch checkpoint: "
-                        f"{_why_unreadable(data[:16], e)}") from e
+                        f"{_why_unreadable(data[:16], e, 'FILE')}") from e
 
 
-def _why_unreadable(head, error):
+def _why_unreadable(head, error, path):
     if not head:
         return "the file is empty"
     if not head.startswith(_TORCH_HEADERS):
-        return "it is not a file torch.save writes; check the path"
+        return "it is not a file torch.save writes (nor a safetensors file); check the path"
     if isinstance(error, pickle.UnpicklingError):
-        return ("it holds pickled Python objects besides weights, which are not loaded (unsafe); "
-                "save the weights alone, e.g. torch.save({'model': model.state_dict()}, PATH)")
+        found = _UNSAFE_GLOBAL.search(str(error))
+        what = f"a {found.group(1)} object" if found else "pickled Python objects"
+        return (f"it holds {what} besides weights, which would run code when unpickled and is "
+                "not loaded; if you trust the file, save its weights once: python -c \"import "
+                f"torch; m = torch.load('{path}', weights_only=False); torch.save(getattr(m, "
+                f"'state_dict', lambda: m)(), '{path}.weights.pth')\" and pass that file")
     text = str(error).strip()
     first = text.split(". ")[0].splitlines()[0] if text else type(error).__name__
     return f"it is truncated or corrupt ({first})"
@@ -101,39 +139,65 @@ def _why_unreadable(head, error):
 # Prefixes that wrappers add to every key: DataParallel/DistributedDataParallel, torch.compile.
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
+# Where each layout keeps the weights: ours, RepDistiller/SimKD/CRD, mdistiller and torchdistill
+# under 'model'; akamaster and PyTorch's ImageNet example (``.pth.tar``) under 'state_dict'.
+_WEIGHT_ENTRIES = ("model", "state_dict")
+
+
+def _is_state_dict(value):
+    return (isinstance(value, dict) and bool(value)
+            and all(isinstance(k, str) and torch.is_tensor(v) for k, v in value.items()))
+
 
 def state_dict_of(checkpoint, path, what):
-    """The model weights inside a checkpoint: ours and RepDistiller/SimKD's keep them under
-    'model', akamaster's pytorch_resnet_cifar10 under 'state_dict'; a bare state dict
-    (torchvision files) is accepted as is. The prefix that (Distributed)DataParallel or
-    torch.compile put before every key is removed."""
-    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("model"), dict):
-        state = checkpoint["model"]
-    elif isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict):
-        state = checkpoint["state_dict"]
-    elif isinstance(checkpoint, dict) and checkpoint and all(map(torch.is_tensor, checkpoint.values())):
+    """The model weights inside a checkpoint of any layout in ``_WEIGHT_ENTRIES``, or a bare
+    state dict (torchvision and timm files, safetensors). The prefix that
+    (Distributed)DataParallel or torch.compile put before every key is removed; of a whole
+    mdistiller distiller (``student.*``, ``teacher.*`` and the method's modules: its
+    ``latest``/``best`` files) the student's weights are taken."""
+    state = next((checkpoint[k] for k in _WEIGHT_ENTRIES
+                  if isinstance(checkpoint, dict) and _is_state_dict(checkpoint.get(k))), None)
+    if state is None and _is_state_dict(checkpoint):
         state = checkpoint
-    else:
-        raise UserError(f"{what} {path} holds no model weights (expected a dict with a 'model' "
-                        "state dict, as train_teacher.py, RepDistiller and SimKD write)")
+    if state is None:
+        held = (f"it holds {', '.join(map(str, list(checkpoint)[:6]))}"
+                if isinstance(checkpoint, dict) and checkpoint else
+                f"it holds a {type(checkpoint).__name__}")
+        raise UserError(f"{what} {path} holds no model weights ({held}); expected a state "
+                        "dict, bare or under 'model' or 'state_dict'")
     for prefix in _WRAPPER_PREFIXES:
-        if state and all(isinstance(k, str) and k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+        state = _strip(state, prefix)
+    if any(k.startswith("student.") for k in state) and any(k.startswith("teacher.") for k in state):
+        state = {k[len("student."):]: v for k, v in state.items() if k.startswith("student.")}
     return state
 
 
-def describe_mismatch(model, state):
-    """One line saying which keys or shapes differ between ``model`` and ``state``."""
+def _strip(state, prefix):
+    if all(k.startswith(prefix) for k in state):
+        return {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def load_weights(model, state, where, hint=""):
+    """Load ``state`` into ``model`` accepting exactly what ``load_state_dict(strict=True)``
+    accepts: modules may fill entries of their own (BatchNorm's ``num_batches_tracked``, absent
+    from files of PyTorch before 0.4.1, as akamaster's); any other missing or unexpected key,
+    or a shape that differs, is one line naming the keys."""
     own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
     shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
               if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
     parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
     if shapes:
-        parts.append(f"{len(shapes)} shape mismatches (checkpoint vs model: {'; '.join(shapes[:3])})")
-    return ", ".join(parts)
+        parts.append(f"{len(shapes)} shape mismatches (checkpoint vs model: "
+                     f"{'; '.join(shapes[:3])})")
+    else:
+        result = model.load_state_dict(state, strict=False)
+        if result.missing_keys:
+            parts.append(f"{len(result.missing_keys)} missing keys "
+                         f"(e.g. {', '.join(result.missing_keys[:3])})")
+        if result.unexpected_keys:
+            parts.append(f"{len(result.unexpected_keys)} unexpected keys "
+                         f"(e.g. {', '.join(result.unexpected_keys[:3])})")
+    if parts:
+        name = getattr(model, "model_name", type(model).__name__)
+        raise UserError(f"{where} does not fit {name}: {', '.join(parts)}{hint}")

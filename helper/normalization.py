@@ -7,7 +7,9 @@ CIFAR-10 and CIFAR-100 with RepDistiller's CIFAR-100 mean and std, MNIST and Fas
 with their own, the folder data sets with ImageNet's). A checkpoint records its normalisation
 under ``'normalization'`` (``{'mean': [...], 'std': [...]}``); one without it but with a
 ``'dataset'`` (every checkpoint this toolbox trains) was normalised as that data set's pipeline
-does; any other file (RepDistiller's, a bare state dict) is taken to match the run.
+does; a file of akamaster's trainer (``'state_dict'`` and ``'best_prec1'``) was normalised with
+ImageNet's mean and std; any other file (RepDistiller's, a bare state dict) is taken to match
+the run.
 
 ``renormalize(model, stored, run)`` makes a model trained on ``stored`` inputs take the run's:
 with ``x_run = (p - m_run) / s_run`` and ``x_own = (p - m_own) / s_own`` for the same pixels
@@ -25,8 +27,8 @@ consistently.
 
 Example: akamaster's CIFAR-10 ResNets were trained with ImageNet's mean and std
 (``models.resnet_akamaster.AKAMASTER_MEAN``, ``AKAMASTER_STD``), ours normalise CIFAR-10 with
-(0.5071, 0.4867, 0.4408) / (0.2675, 0.2565, 0.2761); a registered akamaster file records its
-normalisation and scores its published accuracy here.
+(0.5071, 0.4867, 0.4408) / (0.2675, 0.2565, 0.2761); an akamaster file, as published or
+registered, scores here what akamaster's own code scores on the same images.
 """
 from dataclasses import dataclass
 from typing import Optional, Tuple
@@ -37,6 +39,10 @@ import torch.nn as nn
 from dataset import DATASET_NAMES, cifar, mnist
 from dataset.imagenet_transforms import IMAGENET_MEAN, IMAGENET_STD
 from helper.errors import UserError
+
+# What akamaster's pytorch_resnet_cifar10 trainer.py saves ({'state_dict', 'best_prec1'}, as
+# PyTorch's ImageNet example it derives from); it normalises CIFAR-10 with ImageNet's mean/std.
+AKAMASTER_LAYOUT = {"state_dict", "best_prec1"}
 
 
 @dataclass(frozen=True)
@@ -95,6 +101,8 @@ def stored_normalization(checkpoint, where) -> Optional[Normalization]:
             return data_normalization(dataset)
         except UserError:  # a data set this version does not know: no claim about its inputs
             return None
+    if AKAMASTER_LAYOUT <= set(checkpoint):
+        return Normalization(IMAGENET_MEAN, IMAGENET_STD)
     return None
 
 

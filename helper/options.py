@@ -32,6 +32,23 @@ SMALL_LR_MODELS = ("MobileNetV2", "MobileNetV2_1_0", "mobile_half", "ShuffleV1",
                    "ShuffleV2_1_5")
 
 
+# The options a resumed run may change: where and how it runs, not what it trains. --resume
+# refuses a change of every other option the run uses (helper/resume.py walks the parser), so
+# a flag added later is fixed unless it is named here.
+RESUME_FREE = frozenset({
+    "epochs",                                                   # may grow
+    "resume", "config", "evaluate",                             # how this process starts
+    "data_folder", "save_folder", "num_workers", "print_freq", "gpu_id",
+    # the processes: a run may continue on other machines (but not on more or fewer of them:
+    # each machine has its --batch_size, so --world-size sets the total batch)
+    "multiprocessing_distributed", "rank", "dist_url", "dist_backend", "nproc", "dist_timeout",
+    # speed: the same training, computed otherwise
+    "deterministic", "memory_format", "channels_last", "compile", "teacher_forward",
+    "teacher_compile", "teacher_cache",
+    # the teachers: compared by their checkpoints' model names and SHA-256 instead
+    "path_t", "model_t",
+})
+
 # numpy's seed range. --seed plus a numeric --trial, times the loaders' stride (100003) plus the
 # epoch, then stays within torch's 64-bit generator seeds.
 MAX_SEED = 2**32 - 1

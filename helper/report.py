@@ -1,27 +1,88 @@
 """``python -m helper.report save/ [--table NAME] [--plot FILE.png]``
 
 Reads the summary.json (and, for plots, the TensorBoard events) of every run under the given
-folders, groups runs that differ only in their trial, and prints a markdown table: trials,
-mean ± std of best and last top-1, and the published figure beside it with the difference.
-Runs still in progress are counted apart, never mixed into the means.
+folders, groups runs of one recipe (``group_key``: trials, ``--config`` reruns, the same run on
+another machine), and prints a markdown table: trials, mean ± std of best and last top-1, and
+the published figure beside it with the difference. Each whole network a run trains beside its
+student (DML's peers) has its own row. Runs not finished are counted apart, never mixed into
+the means: running (their folder's lock is held) or stopped (interrupted, killed, failed).
+A folder whose run wrote no usable summary.json (stopped in its first epoch, truncated, not
+this toolbox's) is named in one line on stderr.
 """
-import argparse
 import json
+import socket
 import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
 
+from helper.argtypes import OneLineParser
 from helper.published import TABLES
+from helper.run_folder import pid_alive
 
-# Flags that do not change what a run computes (or name the run), left out of the grouping.
-IGNORED = {"trial", "seed", "save_folder", "data_folder", "print_freq", "num_workers", "gpu_id",
-           "resume", "path_t", "dist_url", "dist_backend", "rank", "world_size", "nproc",
-           "multiprocessing_distributed", "dist_timeout", "deterministic"}
+# Which flags of summary.json's args make two runs one recipe. Every flag of the two entry
+# scripts is in one of the three sets below or is a method's option (recipe);
+# tests/test_report_runs.py checks this, so a new flag must be classified here. A key in none
+# of them (a flag since removed) counts as recipe: an unknown difference splits groups rather
+# than averaging different recipes.
 
+# Flags that do not change what a run computes: which trial it is, where its files are, how its
+# process started, how fast and on which machine it runs (processes per machine: each has its
+# share of the machine's --batch_size). Runs that differ only in these are trials of one recipe.
+NOT_RECIPE = frozenset({
+    "trial", "seed",
+    "config", "resume", "evaluate",
+    "save_folder", "data_folder", "path_t", "teacher_cache",  # the teacher: by architecture
+    "print_freq", "num_workers", "gpu_id", "deterministic",
+    "memory_format", "channels_last", "compile", "teacher_forward", "teacher_compile",
+    "multiprocessing_distributed", "nproc", "rank", "dist_url", "dist_backend", "dist_timeout",
+})
 
-# What the table needs of a summary.json; ``teacher`` and ``finished`` may be absent.
+# Flags naming a folder whose presence changes the recipe but whose place does not.
+PRESENCE_ONLY = frozenset({"fkd"})  # training on stored crops and teacher outputs (FKD)
+
+# The other flags of the run: what is trained, on what data, with which schedule, precision
+# and augmentation. --world-size counts machines, each with its own --batch_size: it changes
+# the total batch.
+RECIPE = frozenset({
+    "model", "model_s", "model_t", "distill", "dataset", "pretrained", "jitter", "input_size",
+    "batch_size", "epochs", "learning_rate", "lr_decay_epochs", "lr_decay_rate", "optimizer",
+    "nesterov", "lr_scheduler", "lr_decay_step", "warmup_epochs", "label_smoothing",
+    "weight_decay", "momentum", "world_size", "sync_bn", "adjust_lr", "amp", "amp_dtype",
+    "dali", "aug", "random_erasing", "random_rotation", "mixup", "cutmix", "padding_mode",
+    "cifar_normalization", "eval_drop_last", "teacher_train", "teacher_cache_dtype",
+    "fkd_soft_ce",
+})
+
+# What the table needs of a summary.json; ``teacher``, ``finished`` and ``extra_models`` may be
+# absent (hand-written or early summaries).
 REQUIRED = ("args", "dataset", "model_name", "distill", "best_acc", "last_acc")
+
+# A run folder holds its config.yaml and lock from its start, its last.pth from its first
+# epoch's end: one with config.yaml and either but no summary.json is a run that stopped, or
+# is, in its first epoch (a config.yaml alone may be a copy kept to rerun it).
+RUN_MARKERS = (".lock", "last.pth")
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _bad_accuracies(entry):
+    """Which of ``entry``'s best_acc and last_acc are not numbers."""
+    return [k for k in ("best_acc", "last_acc") if not _is_number(entry.get(k))]
+
+
+def _bad_extra_models(summary):
+    """Why ``extra_models`` (DML's peers: name -> model_name, best_acc, last_acc) cannot be
+    used, or None."""
+    extra = summary.get("extra_models", {})
+    if not isinstance(extra, dict):
+        return "its extra_models are not a JSON object"
+    for name, peer in extra.items():
+        if not isinstance(peer, dict) or "model_name" not in peer or _bad_accuracies(peer):
+            return f"its extra_models entry {name!r} lacks a model_name or accuracies"
+    return None
 
 
 def _read_summary(path):
@@ -39,12 +100,49 @@ def _read_summary(path):
         return None, f"lacks {', '.join(missing)}"
     if not isinstance(summary["args"], dict):
         return None, "its args are not a JSON object"
-    return summary, None
+    bad = _bad_accuracies(summary)
+    if bad:
+        return None, f"its {' and '.join(bad)} {'is' if len(bad) == 1 else 'are'} not a number"
+    why = _bad_extra_models(summary)
+    return (None, why) if why else (summary, None)
+
+
+def lock_held(folder):
+    """Whether a run holds ``folder`` now: its lock's owner is alive, or on another host
+    (where it cannot be asked), or the lock is unreadable (RunFolder refuses it too)."""
+    try:
+        owner = json.loads((Path(folder) / ".lock").read_text())
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError):
+        return True
+    if not isinstance(owner, dict) or owner.get("host") != socket.gethostname():
+        return True
+    pid = owner.get("pid")
+    return not isinstance(pid, int) or pid_alive(pid)
+
+
+def _without_summary(folders):
+    """Run folders under ``folders`` (``RUN_MARKERS``) that hold no summary.json."""
+    found = set()
+    for folder in folders:
+        found.update(p.parent for p in Path(folder).rglob("config.yaml")
+                     if any((p.parent / m).exists() for m in RUN_MARKERS)
+                     and not (p.parent / "summary.json").exists())
+    return sorted(found)
+
+
+def _no_summary_line(folder):
+    if lock_held(folder):
+        return f"note: skipped {folder}: no summary.json yet; its run is in its first epoch"
+    return (f"warning: skipped {folder}: no summary.json; its run stopped before writing one "
+            "(failed or killed in its first epoch): start it again, or delete the folder")
 
 
 def load_runs(folders, warn=None):
     """The summaries under ``folders``. One that cannot be used (truncated by an interrupted
-    copy, say) is left out with one warning line naming it, through ``warn`` (stderr)."""
+    copy, say), and a run folder without one, is left out with one line naming it, through
+    ``warn`` (stderr)."""
     warn = warn or (lambda line: print(line, file=sys.stderr, flush=True))
     runs = []
     for folder in folders:
@@ -55,13 +153,50 @@ def load_runs(folders, warn=None):
                 continue
             summary["path"] = str(path.parent)
             runs.append(summary)
+    for folder in _without_summary(folders):
+        warn(_no_summary_line(folder))
     return runs
 
 
-def group_key(run):
-    args = {k: v for k, v in run["args"].items() if k not in IGNORED}
-    return (run["dataset"], run.get("teacher") or "-", run["model_name"], run["distill"],
-            json.dumps(args, sort_keys=True))
+def _name(value):
+    """A model or data set name as the table writes it: several joined by '+', none as '-'."""
+    if isinstance(value, list):
+        return "+".join(map(str, value))
+    return "-" if value is None else str(value)
+
+
+def recipe(args):
+    """The args that make the recipe: all but ``NOT_RECIPE``, ``PRESENCE_ONLY`` as given or not."""
+    return {k: (v is not None if k in PRESENCE_ONLY else v) for k, v in args.items()
+            if k not in NOT_RECIPE}
+
+
+def status(run):
+    """``done``, ``running`` (its folder's lock is held) or ``stopped``. A summary without
+    ``finished`` (hand-written) counts as done."""
+    if run.get("finished", True):
+        return "done"
+    return "running" if lock_held(run["path"]) else "stopped"
+
+
+def entries(run):
+    """The rows a run (a summary ``load_runs`` read) contributes: its student (role ``""``), then
+    each whole network it trained beside it (DML's peers, role: their name)."""
+    common = {"args": run["args"], "dataset": _name(run["dataset"]),
+              "teacher": _name(run.get("teacher")), "distill": _name(run["distill"]),
+              "path": run["path"], "status": status(run)}
+    yield {**common, "role": "", "model_name": _name(run["model_name"]),
+           "best_acc": run["best_acc"], "last_acc": run["last_acc"]}
+    for role, peer in run.get("extra_models", {}).items():
+        yield {**common, "role": role, "model_name": _name(peer["model_name"]),
+               "best_acc": peer["best_acc"], "last_acc": peer["last_acc"]}
+
+
+def group_key(entry):
+    """``(data set, teacher, model, method, role, recipe as JSON)``: the entries of one key are
+    trials of one configuration."""
+    return (entry["dataset"], entry["teacher"], entry["model_name"], entry["distill"],
+            entry["role"], json.dumps(recipe(entry["args"]), sort_keys=True))
 
 
 def _stats(values):
@@ -82,33 +217,52 @@ def _published(table, dataset, teacher, student, method, args):
     return None
 
 
-def _label(method, args, varying):
-    weights = f"r:{args.get('cls', 1):g} a:{args.get('div', 0):g} b:{args.get('beta', 0):g}"
+def _weight(value):
+    """A loss weight as the run folder's name writes it: a number by ``%g``, several methods'
+    (``dkd=1,rkd=2``) as they are, an unrecorded one (early summaries: the method's default)
+    as ``default``."""
+    if value is None:
+        return "default"
+    return f"{value:g}" if _is_number(value) else str(value)
+
+
+def _label(method, role, args, varying):
+    weights = " ".join(f"{short}:{_weight(args.get(flag))}"
+                       for short, flag in (("r", "cls"), ("a", "div"), ("b", "beta")))
     extra = " ".join(f"{k}={args[k]}" for k in sorted(varying) if k in args)
-    return f"{method} ({weights}{', ' + extra if extra else ''})"
+    return f"{method}{' ' + role if role else ''} ({weights}{', ' + extra if extra else ''})"
 
 
 def _groups(runs):
-    """``{group key: [runs]}``: the trials of one configuration together."""
+    """``{group key: [entries]}``: the trials of one configuration together."""
     groups = defaultdict(list)
     for run in runs:
-        groups[group_key(run)].append(run)
+        for entry in entries(run):
+            groups[group_key(entry)].append(entry)
     return groups
 
 
 def group_labels(keys):
-    """``{group key: label}``: the method and weights, plus the flags that differ between
-    groups of the same method (e.g. ``amp=True``)."""
+    """``{group key: label}``: the method (and role) and weights, plus the flags that differ
+    between groups of the same method (e.g. ``amp=True``)."""
     by_method = defaultdict(list)
     for key in keys:
-        by_method[key[:4]].append(json.loads(key[4]))
+        by_method[key[:5]].append(json.loads(key[5]))
     labels = {}
     for key in keys:
-        args = json.loads(key[4])
+        args = json.loads(key[5])
         varying = {k for k in args if k not in ("cls", "div", "beta")
-                   and any(other.get(k) != args[k] for other in by_method[key[:4]])}
-        labels[key] = _label(key[3], args, varying)
+                   and any(other.get(k) != args[k] for other in by_method[key[:5]])}
+        labels[key] = _label(key[3], key[4], args, varying)
     return labels
+
+
+def _trials(members):
+    """``(finished entries, "N (+R running, +S stopped)")``."""
+    done = [e for e in members if e["status"] == "done"]
+    apart = [f"+{n} {s}" for s in ("running", "stopped")
+             if (n := sum(e["status"] == s for e in members))]
+    return done, f"{len(done)}" + (f" ({', '.join(apart)})" if apart else "")
 
 
 def report(runs, table=None):
@@ -118,19 +272,25 @@ def report(runs, table=None):
     lines = [f"| data | teacher | student | method | trials | best top-1 | last top-1 | published ({metric}) | diff |",
              "|---|---|---|---|---|---|---|---|---|"]
     for key in sorted(groups):
-        dataset, teacher, student, method, args_json = key
-        args = json.loads(args_json)
-        done = [r for r in groups[key] if r.get("finished")]
-        running = len(groups[key]) - len(done)
-        best, best_mean = _stats([r["best_acc"] for r in done])
-        last, last_mean = _stats([r["last_acc"] for r in done])
-        published = _published(table, dataset, teacher, student, method, args)
+        dataset, teacher, student, method, role, args_json = key
+        done, trials = _trials(groups[key])
+        best, best_mean = _stats([e["best_acc"] for e in done])
+        last, last_mean = _stats([e["last_acc"] for e in done])
+        published = None if role else _published(table, dataset, teacher, student, method,
+                                                  json.loads(args_json))
         ours = last_mean if metric == "last" else best_mean
         diff = f"{ours - published:+.2f}" if published is not None and ours is not None else ""
-        trials = f"{len(done)}" + (f" (+{running} running)" if running else "")
         lines.append(f"| {dataset} | {teacher} | {student} | {labels[key]} | {trials} | "
                      f"{best} | {last} | {'' if published is None else f'{published:.2f}'} | {diff} |")
     return "\n".join(lines)
+
+
+def accuracy_curve(entry, events):
+    """``{epoch: test top-1}`` of one entry (a peer's under ``test/acc_<role>``), or None."""
+    tag = f"test/acc_{entry['role']}" if entry["role"] else "test/acc"
+    if tag not in events.Tags()["scalars"]:
+        return None
+    return {e.step: e.value for e in events.Scalars(tag)}
 
 
 def plot(runs, path):
@@ -147,11 +307,12 @@ def plot(runs, path):
     fig, ax = plt.subplots(figsize=(8, 5))
     for index, (key, members) in enumerate(sorted(groups.items())):
         curves = []
-        for run in members:
-            events = EventAccumulator(run["path"])
+        for entry in members:
+            events = EventAccumulator(entry["path"])
             events.Reload()
-            if "test/acc" in events.Tags()["scalars"]:
-                curves.append({e.step: e.value for e in events.Scalars("test/acc")})
+            curve = accuracy_curve(entry, events)
+            if curve:
+                curves.append(curve)
         steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
         if steps:
             style = ("-", "--", ":", "-.")[index // 10 % 4]  # the colour cycle has 10 colours
@@ -165,7 +326,7 @@ def plot(runs, path):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
+    parser = OneLineParser(description=__doc__.split("\n\n")[1])
     parser.add_argument("folders", nargs="+", help="run folders or folders holding them")
     parser.add_argument("--table", choices=sorted(TABLES), help="published table to compare with")
     parser.add_argument("--plot", help="write test accuracy per epoch to this PNG (needs matplotlib)")

@@ -1,22 +1,18 @@
-"""``--resume``: the checkpoint a run continues from, checked against the run (the models,
-method and data set through the checkpoint's meta; the flags of ``RESUME_FIXED`` and every KD
-and method option through the arguments last.pth stores)."""
+"""``--resume``: the checkpoint a run continues from, checked against the run: the models,
+method and data set, and the teacher files' SHA-256, through the checkpoint's meta; every other
+option the run uses through the arguments last.pth stores, but those declared free
+(``helper.options.RESUME_FREE``)."""
 import dataclasses
 import json
 import os
 from pathlib import Path
 
+from distillers import option_owners
+from distillers.base import WeightOptions
 from helper.checkpoint import FORMAT
 from helper.errors import UserError
 from helper.files import load_file
-
-
-# The flags a resumed run must share with the run it continues, besides the models, method
-# and data set (checked through the checkpoint's meta) and the method's options. --epochs may grow.
-RESUME_FIXED = ("path_t", "batch_size", "learning_rate", "lr_decay_epochs", "lr_decay_rate",
-                "weight_decay", "momentum", "cls", "div", "beta", "optimizer", "nesterov",
-                "lr_scheduler", "lr_decay_step", "warmup_epochs", "label_smoothing", "aug",
-                "random_erasing", "random_rotation", "mixup", "cutmix", "input_size")
+from helper.options import RESUME_FREE
 
 
 def plain(data):
@@ -48,32 +44,67 @@ def resume_checkpoint(config, run_path, meta):
         if checkpoint.get(key) != meta.get(key):
             raise UserError(f"cannot resume from {path}: it was written for {key} "
                             f"{checkpoint.get(key)!r}, this run uses {meta.get(key)!r}")
+    check_same_teacher_files(checkpoint, meta, path)
     check_same_args(config, checkpoint.get("args") or _summary_args(path), path)
     return checkpoint
 
 
-def check_same_args(config, stored, path):
-    """Refuse to resume with a flag of ``RESUME_FIXED`` or the method's options changed."""
+def check_same_teacher_files(checkpoint, meta, path):
+    """Refuse to resume when a teacher file's bytes differ from those the run started with
+    (a file replaced at its path); a teacher moved or copied elsewhere is the same."""
+    if "teacher_sha256" not in checkpoint:  # a checkpoint from before the hashes: by path
+        if _real_paths(checkpoint.get("path_t")) != _real_paths(meta.get("path_t")):
+            raise UserError(f"cannot resume from {path}: it was trained with --path_t "
+                            f"{_flag_value(checkpoint.get('path_t'))}, this run has "
+                            f"{_flag_value(meta.get('path_t'))}; resume with the same --path_t")
+        return
+    old, new = checkpoint["teacher_sha256"], meta.get("teacher_sha256")
+    if old != new:
+        raise UserError(f"cannot resume from {path}: "
+                        f"{_changed_teacher(old, new, _real_paths(meta.get('path_t')))}; give "
+                        "the teacher the run started with as --path_t, or start a new run "
+                        "(another --trial)")
+
+
+def _changed_teacher(old, new, files):
+    """What differs between the teacher files' SHA-256 ``old`` and ``new``, in words."""
+    for file, was, now in zip(files, old, new):
+        if was != now:
+            return (f"the teacher file {file} is not the one the run started with (SHA-256 "
+                    f"{now[:12]}..., was {was[:12]}...)")
+    return f"it was trained with {len(old)} teacher files, this run has {len(new)}"
+
+
+def fixed_options(config):
+    """The options a resumed run must share with the run it continues: every option of its
+    parser (``config.option_names``) but those of ``RESUME_FREE``, and of the methods' own
+    options only those of this run's methods."""
     method = config.method
-    keys = (*RESUME_FIXED, *(f.name for f in dataclasses.fields(method.kd)),
-            *method.option_values())
+    used = {*method.option_values(), *(f.name for f in dataclasses.fields(method.kd)),
+            *(f.name for f in dataclasses.fields(WeightOptions))}
+    unused = {f.name for _, options in option_owners()
+              for f in dataclasses.fields(options)} - used
+    names = config.option_names or tuple(config.effective_args())
+    return [name for name in names if name not in RESUME_FREE and name not in unused]
+
+
+def check_same_args(config, stored, path):
+    """Refuse to resume with an option of ``fixed_options`` changed."""
     now = plain(config.effective_args())
-    for key in keys:
+    for key in fixed_options(config):
         if key not in (stored or {}):
-            continue  # a checkpoint older than the flag
+            continue  # a checkpoint older than the option
         old, new = stored[key], now.get(key)
-        if key == "path_t" and old and new:  # the same files in order, however spelt
-            same = _real_paths(old) == _real_paths(new)
-        else:
-            same = old == new
-        if not same:
+        if old != new:
             raise UserError(f"cannot resume from {path}: it was trained with --{key} "
                             f"{_flag_value(old)}, this run has {_flag_value(new)}; resume with "
                             f"the same --{key}, or start a new run (another --trial)")
 
 
 def _real_paths(value):
-    """``--path_t``'s file or files, resolved, as a list."""
+    """``--path_t``'s file or files, resolved, as a list (none: an empty list)."""
+    if value is None:
+        return []
     return [os.path.realpath(p) for p in ([value] if isinstance(value, str) else value)]
 
 

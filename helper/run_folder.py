@@ -122,14 +122,10 @@ class RunFolder:
 
     def _check_owner(self):
         """Refuse the folder while its lock's owner may be alive; remove a stale lock."""
-        try:
-            owner = json.loads(self.lock.read_text())
-            pid, host = int(owner["pid"]), str(owner["host"])
-        except FileNotFoundError:
+        owner = self._read_owner()
+        if owner is None:
             return  # released meanwhile: try again
-        except (OSError, ValueError, KeyError, TypeError):
-            raise UserError(f"{self.path} is locked by another run (its {self.lock.name} is "
-                            f"unreadable); if no run uses this folder, delete {self.lock}")
+        pid, host = owner
         if host != socket.gethostname():
             raise UserError(f"{self.path} is in use by a run on host {host} (pid {pid}); if that "
                             f"run is dead, delete {self.lock} and start again")
@@ -143,6 +139,35 @@ class RunFolder:
             self.lock.unlink(missing_ok=True)
         except OSError as e:
             raise self._cannot_write(e) from e
+
+    def _read_owner(self):
+        """The lock's ``(pid, host)``; None when it is gone. A lock this toolbox did not write
+        (or one a run died writing) is refused, never taken over: what holds it is unknown."""
+        if self.lock.is_dir():
+            raise self._foreign_lock("is a folder, not a lock file")
+        try:
+            text = self.lock.read_bytes().decode("utf-8", errors="replace")
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise self._foreign_lock(f"cannot be read ({e.strerror or e})")
+        if not text.strip():
+            raise self._foreign_lock("is empty (a run stopped while taking it, or one is "
+                                     "taking it now)")
+        try:
+            owner = json.loads(text)
+        except (ValueError, RecursionError):  # not JSON, or nested too deep to parse
+            owner = None
+        if not (isinstance(owner, dict) and type(owner.get("pid")) is int
+                and isinstance(owner.get("host"), str)):
+            raise self._foreign_lock('holds no {"pid": ..., "host": ...} of a run')
+        if not 0 < owner["pid"] <= MAX_PID:
+            raise self._foreign_lock(f"holds pid {owner['pid']}, which no process can have")
+        return owner["pid"], owner["host"]
+
+    def _foreign_lock(self, what):
+        return UserError(f"{self.path} is locked: its {self.lock.name} {what}; if no run uses "
+                         f"this folder, delete {self.lock} and start again")
 
     def _cannot_write(self, error):
         return UserError(f"cannot write in the run folder {self.path} ({error.strerror or error}); "
@@ -216,9 +241,15 @@ class RunFolder:
         return "free disk space and start the run again"
 
 
+# Process ids are positive C ints; os.kill(0 or -1, ...) would signal a group of processes.
+MAX_PID = 2**31 - 1
+
+
 def pid_alive(pid):
     """Whether process ``pid`` of this machine runs (Windows: assumed, as it cannot be asked
     without a risk of killing it)."""
+    if not 0 < pid <= MAX_PID:
+        return False
     if os.name == "nt":
         return True
     try:

@@ -250,8 +250,8 @@ class FastTeacher(nn.Module):
             return self.original(x, **kwargs)
 
     def train(self, mode: bool = True):
-        """Training mode (a method whose teacher's BNs use batch statistics: ReviewKD's and
-        OFD's ``--*_teacher_train``) runs the original, eager; the folded copy stays in eval."""
+        """Training mode (``--teacher_train``: the teacher's BNs use batch statistics) runs
+        the original, eager; the folded copy stays in eval."""
         super().train(mode)
         self.fast.eval()
         return self
@@ -329,6 +329,11 @@ def wrap_teacher(teacher: nn.Module, mode: str, input_size, device, compile: boo
     return fast
 
 
+# --teacher_train: the spellings of the per-method switches it replaced are aliases of it
+TEACHER_TRAIN_ALIASES = ("--reviewkd_teacher_train", "--reviewkd-teacher-train",
+                         "--ofd_teacher_train", "--ofd-teacher-train")
+
+
 def add_arguments(parser):
     g = parser.add_argument_group("teacher speed")
     g.add_argument("--teacher_forward", "--teacher-forward", choices=MODES, default="auto",
@@ -336,9 +341,25 @@ def add_arguments(parser):
                         "or eager (the teacher as loaded)")
     g.add_argument("--teacher_compile", "--teacher-compile", action="store_true",
                    help="torch.compile the teacher alone (its folded copy)")
+    m = parser.add_argument_group("teacher mode (distillers/base.py)")
+    m.add_argument("--teacher_train", "--teacher-train", *TEACHER_TRAIN_ALIASES,
+                   dest="teacher_train", action="store_true",
+                   help="keep the teacher in training mode during training epochs: its "
+                        "BatchNorms normalise with each batch's statistics (and update their "
+                        "running ones); it still gets no gradient and never learns. The "
+                        "setting of references that never call teacher.eval() (ReviewKD's "
+                        "CIFAR train.py, OFD's code, hankyul2/KnowledgeDistillation); "
+                        "--reviewkd_teacher_train and --ofd_teacher_train are its old names")
     return g
 
 
 def check_arguments(parser, args):
     if args.teacher_compile and args.compile:
         parser.error("--compile already compiles the teacher; drop --teacher_compile")
+    if getattr(args, "teacher_train", False):
+        if getattr(args, "teacher_cache", None):
+            parser.error("--teacher_cache holds the outputs of the teacher in eval mode; drop "
+                         "--teacher_train or --teacher_cache")
+        if getattr(args, "fkd", None):
+            parser.error("--fkd trains on stored teacher outputs (no teacher runs); drop "
+                         "--teacher_train or --fkd")

@@ -53,14 +53,14 @@ from typing import Dict, Optional, Tuple
 import torch
 
 from helper.checkpoint import FORMAT
-from helper.download import download, why
+from helper.download import check_url, download, why
 from helper.errors import UserError
 from helper.evaluate import check_published, data_missing
-from helper.files import atomic_save, describe_mismatch, load_bytes, load_file, state_dict_of
+from helper.files import atomic_save, load_bytes, load_file, load_weights, state_dict_of
 from helper.normalization import Normalization, data_normalization, stored_normalization
 from models import create_model, model_names
 from models.registry import accepts
-from models.resnet_akamaster import AKAMASTER_MEAN, AKAMASTER_STD, akamaster_state_dict
+from models.resnet_akamaster import AKAMASTER_MEAN, AKAMASTER_STD
 
 
 @dataclass(frozen=True)
@@ -232,12 +232,9 @@ def _convert(members, release, models, label):
         name = _find(members, release, model)
         where = f"{label}: {name}"
         checkpoint = _load_bytes(members[name](), where)
-        state = _weights_of(checkpoint, where)
+        state = state_dict_of(checkpoint, where, "teacher")
         net = create_model(model, num_classes=release.num_classes)
-        mismatch = describe_mismatch(net, state)
-        if mismatch:
-            raise UserError(f"{where} does not fit {model}: {mismatch}")
-        net.load_state_dict(state, strict=True)
+        load_weights(net, state, where)
         converted[model] = toolbox_checkpoint(
             net, model, release.num_classes, release.dataset, release.normalization_of(),
             f"{label} {name}",
@@ -420,6 +417,8 @@ def cmd_fetch(args, log=print):
         written = fetch_torchvision(args.names, args.weights, args.save_folder, args.force, log)
         score(written, "imagenet", args, log)
         return
+    if args.url is not None:
+        check_url(args.url)
     release = RELEASES[args.release]
     models = _select(release, args.names)
     if release.files and args.sha256:
@@ -449,30 +448,13 @@ def cmd_fetch(args, log=print):
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "mnist": 10, "fashion_mnist": 10, "imagenet": 1000}
 
 
-def _weights_of(checkpoint, where):
-    """The state dict of one foreign file: ours, RepDistiller/SimKD's ``{'model': ...}``,
-    akamaster's ``{'state_dict': ..., 'best_prec1': ...}`` (DataParallel keys), or bare."""
-    try:
-        return state_dict_of(checkpoint, where, "teacher")
-    except UserError:
-        state = akamaster_state_dict(checkpoint)
-        if state is None:
-            raise
-        return state
-
-
 def file_normalization(checkpoint, path, dataset, given=None):
     """The normalisation a registered file was trained with: ``given`` (--mean/--std), else
-    the one a toolbox checkpoint records, else akamaster's for a file of akamaster's trainer.py
-    (``{'state_dict', 'best_prec1'}``), else the toolbox pipeline's of ``dataset``."""
+    the file's own (``helper.normalization.stored_normalization``: its record, its data set,
+    akamaster's for a file of akamaster's trainer), else the toolbox pipeline's of ``dataset``."""
     if given is not None:
         return given
-    own = stored_normalization(checkpoint, path)
-    if own is not None:
-        return own
-    if isinstance(checkpoint, dict) and {"state_dict", "best_prec1"} <= set(checkpoint):
-        return Normalization(AKAMASTER_MEAN, AKAMASTER_STD)
-    return data_normalization(dataset)
+    return stored_normalization(checkpoint, path) or data_normalization(dataset)
 
 
 def convert_file(path, model, dataset, normalization=None):
@@ -480,14 +462,10 @@ def convert_file(path, model, dataset, normalization=None):
     (``normalization``: the inputs it was trained on, when not the file's or its family's)."""
     path = Path(path)
     checkpoint = load_file(path, "teacher file")
-    state = _weights_of(checkpoint, path)
+    state = state_dict_of(checkpoint, path, "teacher file")
     num_classes = NUM_CLASSES[dataset]
     net = create_model(model, num_classes=num_classes)
-    mismatch = describe_mismatch(net, state)
-    if mismatch:
-        raise UserError(f"{path} does not fit {model} with {num_classes} classes ({dataset}): "
-                        f"{mismatch}")
-    net.load_state_dict(state, strict=True)
+    load_weights(net, state, str(path), f" (with {num_classes} classes, {dataset})")
     return toolbox_checkpoint(
         net, model, num_classes, dataset,
         file_normalization(checkpoint, path, dataset, normalization), str(path.resolve()),

@@ -85,7 +85,7 @@ def build_data(config, ctx):
     train_loader, val_loader, info = build_loaders(
         args.dataset, args.data_folder, config.batch_size, ctx.device, seed=seed, rank=ctx.rank,
         world_size=ctx.world_size, jitter=args.jitter, num_workers=args.num_workers, dali=args.dali,
-        augment=AugmentConfig.from_args(args))
+        augment=AugmentConfig.from_args(args), eval_drop_last=getattr(args, "eval_drop_last", False))
     return config.with_data(info), train_loader, val_loader
 
 
@@ -164,6 +164,8 @@ class Fit:
         self.stored_args = plain(config.effective_args())
         # the CE term's label smoothing (distillers/base.py, simkd.py, sskd.py read it)
         distiller.label_smoothing = float(getattr(self.args, "label_smoothing", 0.0))
+        # --teacher_train (helper/teacher_forward.py): the teacher's BNs on batch statistics
+        distiller.teacher_train_mode = bool(getattr(self.args, "teacher_train", False))
 
     def restore(self, checkpoint):
         """Continue from a last.pth: weights, extras, RNG, optimizer, scaler and progress."""

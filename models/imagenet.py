@@ -81,7 +81,7 @@ from torchvision.models import resnet as tv_resnet
 from torchvision.models import shufflenetv2 as tv_shufflenetv2
 
 from helper.errors import UserError
-from helper.files import describe_mismatch, load_file, state_dict_of
+from helper.files import load_file, load_weights, state_dict_of
 
 from .base import FeatureModel
 from .registry import register_model
@@ -333,13 +333,8 @@ def load_pretrained(model, name, pretrained):
     if _looks_like_path(text):
         path = Path(text).expanduser()
         state = state_dict_of(load_file(path, "pretrained weights"), path, "pretrained weights")
-        if state and all(k.startswith('module.') for k in state):  # saved from DataParallel/DDP
-            state = {k[len('module.'):]: v for k, v in state.items()}
-        mismatch = describe_mismatch(model, state)
-        if mismatch:
-            raise UserError(f"pretrained weights {path} do not fit {name} with "
-                            f"{model.get_classifier().out_features} classes: {mismatch}")
-        model.load_state_dict(state, strict=True)
+        load_weights(model, state, f"pretrained weights {path}",
+                     f" (with {model.get_classifier().out_features} classes)")
         return model
 
     import torchvision.models

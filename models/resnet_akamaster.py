@@ -7,7 +7,7 @@ Reference: akamaster/pytorch_resnet_cifar10 ``resnet.py``; our own code with its
 so its state-dict keys (``conv1``, ``bn1``, ``layer1-3.<i>.conv1/bn1/conv2/bn2``, ``linear``)
 load with ``strict=True``. Its published ``.th`` files are ``{'state_dict': ..., 'best_prec1':
 ...}`` saved through ``DataParallel`` (every key prefixed ``module.``):
-``akamaster_state_dict`` takes the weights out of one.
+``helper.files.state_dict_of`` takes the weights out of one.
 
 Registered as ``resnet20_akamaster`` ... ``resnet1202_akamaster``: RepDistiller's ``resnet20``
 etc. are another design (1x1-convolution shortcuts, ``fc``), with other keys and counts.
@@ -24,7 +24,6 @@ Differences from the reference, none of which changes a key or a value at 32x32:
 ``AdaptiveAvgPool2d(1)`` (theirs pools over the last spatial size), and the last block of each
 stage also returns its pre-activation sum (the feature API of ``models/base.py``).
 """
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.nn.init as init
@@ -101,21 +100,6 @@ class AkamasterResNet(ResNet):
 
     def get_classifier(self):
         return self.linear
-
-
-def akamaster_state_dict(checkpoint):
-    """The weights of one of akamaster's files (``{'state_dict': ..., 'best_prec1': ...}``,
-    keys prefixed ``module.``), or of a bare state dict, as this module's keys; None when
-    ``checkpoint`` is neither."""
-    state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
-    if not isinstance(state, dict):
-        if not (isinstance(checkpoint, dict) and checkpoint
-                and all(map(torch.is_tensor, checkpoint.values()))):
-            return None
-        state = checkpoint
-    if state and all(isinstance(k, str) and k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
-    return state
 
 
 # name: depth, and the parameter count of akamaster's README (10 classes)

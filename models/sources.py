@@ -39,6 +39,7 @@ import importlib.util
 import inspect
 import re
 import sys
+import traceback
 from pathlib import Path
 
 import torch
@@ -400,7 +401,15 @@ def _create_file(name, target, num_classes, pretrained, **kwargs):
             p.kind == p.VAR_KEYWORD for p in inspect.signature(fn).parameters.values()):
         raise UserError(f"{function} in {path} takes no num_classes; define "
                         f"{function}(num_classes) returning an nn.Module")
-    model = fn(num_classes=num_classes, **kwargs)
+    try:
+        model = fn(num_classes=num_classes, **kwargs)
+    except UserError:
+        raise
+    except Exception as e:
+        _print_user_traceback(e)
+        raise UserError(f"{function}(num_classes={num_classes}) in {path} raised "
+                        f"{type(e).__name__} building model {name} (its traceback is above); "
+                        f"fix {function}") from e
     if not isinstance(model, nn.Module):
         raise UserError(f"{function} in {path} returned a {type(model).__name__}, not an "
                         "nn.Module")
@@ -411,6 +420,12 @@ def _create_file(name, target, num_classes, pretrained, **kwargs):
                                            and hasattr(model, "get_classifier")):
         return model
     return _adapt(model, UserModel)
+
+
+def _print_user_traceback(error):
+    """The traceback of the user's code alone (this module's frame left out): the run then
+    ends with the one line of its ``UserError``, but the user needs to see where it failed."""
+    traceback.print_exception(type(error), error, error.__traceback__.tb_next, file=sys.stderr)
 
 
 class UserModel(_Adapter):

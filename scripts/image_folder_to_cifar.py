@@ -7,13 +7,14 @@ RepDistiller's random crop and flip, instead of ``--dataset folder``'s ImageNet 
 
 The source is a folder or a tar archive (read in one streaming pass, nothing extracted) laid
 out as ``[<top>/]{train,test}/<class>/<image>``. Classes are numbered in sorted order, as
-torchvision's ``ImageFolder`` does; images in each split are kept in sorted path order.
+torchvision's ``ImageFolder`` does. The images of each split are written in a random order
+drawn from ``--seed`` (default 0) over their sorted paths, as torchvision's CIFAR files are
+shuffled: the first N images of a split are a sample of every class, not the first class.
 Ten classes give ``<dest>/cifar-10-batches-py/`` (``data_batch_1..5``, ``test_batch``,
 ``batches.meta``), a hundred give ``<dest>/cifar-100-python/`` (``train``, ``test``, ``meta``).
 Every image must be 32x32 (greyscale and palette images are converted to RGB). The output
 folder appears only once complete.
 """
-import argparse
 import io
 import pickle
 import shutil
@@ -26,6 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from helper.argtypes import OneLineParser, non_negative  # noqa: E402
 from helper.errors import UserError  # noqa: E402
 
 SPLITS = ("train", "test")
@@ -96,10 +98,13 @@ def read_images(source):
     return found
 
 
-def _arrays(per_class, classes):
+def _arrays(per_class, classes, rng):
+    """``(images, labels)`` of one split, shuffled by ``rng`` from their sorted path order
+    (the same seed gives the same files whatever order the source was read in)."""
     pairs = [(name, image, label) for label, cls in enumerate(classes)
              for name, image in per_class[cls]]
     pairs.sort(key=lambda p: p[0])
+    pairs = [pairs[i] for i in rng.permutation(len(pairs))]
     data = np.stack([p[1] for p in pairs]).astype(np.uint8)
     return data, [p[2] for p in pairs]
 
@@ -109,14 +114,16 @@ def _dump(obj, path: Path):
         pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def write_cifar(found, dest) -> Path:
-    """Write the CIFAR layout under ``dest`` and return the written folder."""
+def write_cifar(found, dest, seed=0) -> Path:
+    """Write the CIFAR layout under ``dest``, each split shuffled from ``seed``, and return the
+    written folder."""
     classes = sorted(found["train"])
     if len(classes) not in (10, 100):
         raise UserError(f"found {len(classes)} classes; the CIFAR layouts hold 10 (cifar10) or "
                         "100 (cifar100)")
-    train_x, train_y = _arrays(found["train"], classes)
-    test_x, test_y = _arrays(found["test"], classes)
+    rng = np.random.default_rng(seed)
+    train_x, train_y = _arrays(found["train"], classes, rng)
+    test_x, test_y = _arrays(found["test"], classes, rng)
     dest = Path(dest)
     folder = dest / ("cifar-10-batches-py" if len(classes) == 10 else "cifar-100-python")
     if folder.exists():
@@ -145,13 +152,15 @@ def write_cifar(found, dest) -> Path:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = OneLineParser(description=__doc__.split("\n\n")[0])
     p.add_argument("source", help="image folder or tar archive: [<top>/]{train,test}/<class>/*")
     p.add_argument("dest", help="data folder to pass as --data_folder")
+    p.add_argument("--seed", type=non_negative(int), default=0,
+                   help="seed of the order the images of each split are written in (default 0)")
     args = p.parse_args(argv)
     try:
         found = read_images(args.source)
-        folder = write_cifar(found, args.dest)
+        folder = write_cifar(found, args.dest, args.seed)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -21,7 +21,9 @@
 #               --ft_init_lr 0.01 --ft_rate 0.5 --ft_paper_factor --ft_translator_no_bn -c 1 -d 0 -b 1000
 #   crd  70.93  crd-resnet18_from_resnet34.yaml (85 x 3 GPUs, lr not adjusted): 100 epochs,
 #               batch 256, lr 0.1, x0.1 after 30/60/90; CE 1 + 0.8 * CRD (128-d, 16384
-#               negatives, T 0.07, momentum 0.5, exact), no KD
+#               negatives, T 0.07, momentum 0.5, exact), no KD; --sync_bn: its
+#               crd-resnet18_from_resnet34.log (0f86a75) starts with Namespace(...,
+#               sync_bn=True, world_size=3), the only rrpr2020 log with it (the others: False)
 #   tfkd 70.52  tfkd-resnet18_from_resnet18.yaml + .log (3 GPUs, -adjust_lr): teacher
 #               torchvision's pretrained ResNet-18; 90 epochs, batch 768, lr 0.3, x0.1 after
 #               30/60/80; KDLoss T 1, alpha 0.9 (CE 0.9 + 0.1 * KL batchmean):
@@ -70,7 +72,7 @@ for trial in $(seq 1 "$TRIALS"); do
     --ft_init_lr 0.01 --ft_rate 0.5 --ft_paper_factor --ft_translator_no_bn --trial "$trial"
   job python train_student.py $STUDENT $RUN $E100 --batch_size 256 --learning_rate 0.1 \
     --distill crd -c 1 -d 0 -b 0.8 --feat_dim 128 --nce_k 16384 --nce_t 0.07 --nce_m 0.5 --mode exact \
-    --trial "$trial"
+    --sync_bn --trial "$trial"
   job python train_student.py --path_t "$TEACHER18" --model_t resnet18 --model_s resnet18 $RUN \
     --epochs 90 --lr_decay_epochs 30,60,80 --weight_decay 1e-4 --batch_size 768 --learning_rate 0.3 \
     --distill tfkd -c 0.9 -d 0 -b 0.1 --tfkd_T 1 --tfkd_reduction batchmean --tfkd_multiplier 1 \

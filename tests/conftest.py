@@ -127,3 +127,14 @@ def bench():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+# ---- tests that read what the whole session wrote -----------------------------------------
+def pytest_configure(config):
+    config.addinivalue_line("markers", "last: run after every other test of the session (it "
+                                       "reads what they wrote, e.g. every run folder)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``last`` move to the end, in their order (the sort is stable)."""
+    items.sort(key=lambda item: item.get_closest_marker("last") is not None)

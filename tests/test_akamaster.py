@@ -10,7 +10,6 @@ from helper.checkpoint import load_teacher
 from helper.errors import UserError
 from helper.files import state_dict_of
 from models import create_model
-from models.resnet_akamaster import akamaster_state_dict
 
 
 # The reference, written down from akamaster/pytorch_resnet_cifar10 resnet.py (its module tree,
@@ -105,7 +104,7 @@ def test_akamaster_file_loads_strict_with_the_same_logits(tmp_path, depth):
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     assert all(k.startswith("module.") for k in checkpoint["state_dict"])
     model = create_model(f"resnet{depth}_akamaster", 10).eval()
-    model.load_state_dict(akamaster_state_dict(checkpoint), strict=True)
+    model.load_state_dict(state_dict_of(checkpoint, path, "file"), strict=True)
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         expected = reference(x)
@@ -127,11 +126,12 @@ def test_akamaster_file_loads_as_a_teacher(tmp_path):
         assert torch.allclose(teacher(x), reference(x), rtol=0, atol=1e-5)
 
 
-def test_akamaster_state_dict_of_other_files():
+def test_state_dict_of_other_files():
     sd = {"module.linear.weight": torch.zeros(10, 64)}
-    assert list(akamaster_state_dict(sd)) == ["linear.weight"]
-    assert akamaster_state_dict({"best_prec1": 1.0}) is None
-    assert akamaster_state_dict([1, 2]) is None
+    assert list(state_dict_of(sd, "x", "file")) == ["linear.weight"]
+    for content in ({"best_prec1": 1.0}, [1, 2]):
+        with pytest.raises(UserError, match="holds no model weights"):
+            state_dict_of(content, "x", "file")
 
 
 def test_feature_shapes_and_api():

@@ -110,11 +110,12 @@ def test_the_teacher_cache_serves_a_combination_only_of_logit_methods():
     assert _combined("dkd+reviewkd")[2].cacheable is None
 
 
-def test_teacher_mode_follows_the_method_that_asks_for_training_mode():
+def test_teacher_mode_follows_the_teacher_train_switch():
     student, teacher = _models()
     for spec in ("dkd+reviewkd", "reviewkd+dkd"):
-        config = configure(spec, Namespace(reviewkd_teacher_train=True))
+        config = configure(spec, Namespace())
         combined = config.build(student, teacher, RunInfo(epochs=1, batch_size=8))
+        combined.teacher_train_mode = True  # --teacher_train, as helper/trainer.py sets it
         combined.train()
         assert teacher.training, spec  # whatever the order of the methods
         combined.eval()

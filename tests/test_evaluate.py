@@ -11,7 +11,8 @@ import torch
 import train_student
 import train_teacher
 from helper.checkpoint import load_teacher
-from helpers import read_summary, run_student
+from helper.evaluate import check_published, record_in
+from helpers import read_summary, run_student, save_teacher
 
 MNIST = ["--dataset", "mnist", "--batch_size", "128", "--print_freq", "1000"]
 
@@ -42,12 +43,13 @@ def _user_error(script, capsys, *argv):
     return err[0]
 
 
-def test_best_pth_scores_what_training_recorded(mnist_teacher, mnist_small, tmp_path, capsys):
+def test_best_pth_scores_what_training_recorded(mnist_teacher, mnist_small, tmp_path, capsys,
+                                                monkeypatch):
     best = mnist_teacher / "best.pth"
     before = sorted(p.name for p in mnist_teacher.iterdir())
+    monkeypatch.chdir(tmp_path)  # the default --save_folder, ./save, is here
     save = tmp_path / "save"
-    line = _evaluate(train_teacher, capsys, best, *MNIST, "--data_folder", mnist_small,
-                     "--save_folder", save)
+    line = _evaluate(train_teacher, capsys, best, *MNIST, "--data_folder", mnist_small)
     summary = read_summary(mnist_teacher)
     assert f"top-1 {summary['best_acc']:.2f}" in line and "img/s" in line and "top-5" in line
     result = json.loads((mnist_teacher / "best.pth.eval.json").read_text())
@@ -59,10 +61,17 @@ def test_best_pth_scores_what_training_recorded(mnist_teacher, mnist_small, tmp_
     after = {p.name for p in mnist_teacher.iterdir()}
     assert after == set(before) | {"best.pth.eval.json"}
     assert not save.exists()
-    # the student script scores the same file the same way (the model name is stored)
+    # the student script scores the same file the same way (the model name is stored); with
+    # --save_folder the record goes there, named after the checkpoint's folder
+    beside = (mnist_teacher / "best.pth.eval.json").read_bytes()
     line2 = _evaluate(train_student, capsys, best, *MNIST, "--data_folder", mnist_small,
-                      "--save_folder", save)
+                      "--save_folder", tmp_path / "elsewhere")
     assert f"top-1 {summary['best_acc']:.2f}" in line2
+    out = tmp_path / "elsewhere" / f"{mnist_teacher.name}_best.pth.eval.json"
+    assert line2.endswith(f"written to {out}")
+    assert json.loads(out.read_text())["acc"] == result["acc"]
+    assert (mnist_teacher / "best.pth.eval.json").read_bytes() == beside
+    assert {p.name for p in mnist_teacher.iterdir()} == after
 
 
 def test_repdistiller_file_with_model_flag(mnist_teacher, mnist_small, tmp_path, capsys):
@@ -92,10 +101,47 @@ def test_unwritable_folder_writes_into_save_folder(mnist_teacher, mnist_small, t
     # as if the folder were read-only (a chmod does not stop root, who may run the tests)
     monkeypatch.setattr(helper.evaluate.os, "access",
                         lambda p, mode: False if Path(p) == folder else access(p, mode))
-    line = _evaluate(train_teacher, capsys, path, *MNIST, "--data_folder", mnist_small,
-                     "--save_folder", tmp_path / "save")
-    out = tmp_path / "save" / "readonly_best.pth.eval.json"
-    assert str(out) in line and out.exists() and not (folder / "best.pth.eval.json").exists()
+    monkeypatch.chdir(tmp_path)  # no --save_folder: its default, ./save, is here
+    line = _evaluate(train_teacher, capsys, path, *MNIST, "--data_folder", mnist_small)
+    out = Path("save") / "readonly_best.pth.eval.json"
+    assert line.endswith(f"written to {out} ({folder} is not writable)")
+    assert out.exists() and not (folder / "best.pth.eval.json").exists()
+
+
+def test_registration_record_is_never_replaced(cifar100_tiny, cifar100_micro, tmp_path,
+                                               capsys, monkeypatch):
+    """A teacher's registration record (``best.pth.eval.json``, scored on the whole test split
+    when the zoo wrote it) stays as it is: --evaluate on a smaller test split writes into
+    --save_folder, given or not. An unmarked record over more test images (written before
+    registration records were marked) is kept the same way; one over as many is replaced."""
+    (tmp_path / "teacher").mkdir()
+    path = save_teacher("resnet8", tmp_path / "teacher" / "best.pth")
+    beside = path.with_name("best.pth.eval.json")
+    check_published(path, "cifar100", cifar100_tiny, tmp_path / "zoo", log=lambda line: None)
+    registered = beside.read_bytes()
+    assert json.loads(registered)["registration"] is True and json.loads(registered)["images"] == 24
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    micro = ["--dataset", "cifar100", "--data_folder", cifar100_micro]
+    line = _evaluate(train_teacher, capsys, path, *micro)
+    default = Path("save") / "teacher_best.pth.eval.json"
+    assert line.endswith(f"written to {default} ({beside} is kept: it is the teacher's "
+                         "registration record)")
+    assert json.loads(default.read_text())["images"] == 10 and beside.read_bytes() == registered
+    _evaluate(train_student, capsys, path, *micro, "--save_folder", tmp_path / "mine")
+    assert json.loads(record_in(tmp_path / "mine", path).read_text())["images"] == 10
+    assert beside.read_bytes() == registered
+    # an unmarked record: kept over more images, replaced by as many
+    old = json.loads(registered)
+    del old["registration"]
+    beside.write_text(json.dumps(old))
+    line = _evaluate(train_teacher, capsys, path, *micro)
+    assert line.endswith("is kept: it scores 24 test images, this run 10)")
+    assert json.loads(beside.read_text()) == old
+    line = _evaluate(train_teacher, capsys, path, "--dataset", "cifar100", "--data_folder",
+                     cifar100_tiny)
+    assert line.endswith(f"written to {beside}")
+    assert "registration" not in json.loads(beside.read_text())
 
 
 def test_errors_are_one_line(mnist_teacher, mnist_small, tmp_path, capsys, cifar100_tiny):
@@ -106,7 +152,7 @@ def test_errors_are_one_line(mnist_teacher, mnist_small, tmp_path, capsys, cifar
     assert "does not exist" in err
     bad = tmp_path / "garbage.pth"
     bad.write_bytes(b"not a checkpoint")
-    assert "not a file torch.save writes" in _user_error(train_teacher, capsys, bad, *common)
+    assert "not a file torch.save" in _user_error(train_teacher, capsys, bad, *common)
     # a 10-class MNIST model scored on CIFAR-100: the class counts differ
     err = _user_error(train_teacher, capsys, mnist_teacher / "best.pth", "--dataset", "cifar100",
                       "--data_folder", cifar100_tiny, "--save_folder", tmp_path / "save")
@@ -123,7 +169,7 @@ def test_simkd_student(cifar100_small, tmp_path, capsys, teacher_ckpt):
     line = _evaluate(train_student, capsys, path, "--dataset", "cifar100", "--data_folder",
                      cifar100_small, "--save_folder", tmp_path / "save", "--print_freq", "1000")
     assert f"top-1 {checkpoint['accuracy']:.2f}" in line and "resnet8" in line
-    result = json.loads(Path(str(path) + ".eval.json").read_text())
+    result = json.loads(record_in(tmp_path / "save", path).read_text())
     assert result["acc"] == pytest.approx(checkpoint["accuracy"], abs=1e-9)
     deployed, _ = load_teacher(path, 100)
     assert type(deployed).__name__ == "SimKDStudent"
@@ -148,11 +194,11 @@ def test_two_gloo_processes_score_the_whole_test_set(mnist_teacher, mnist_small,
         capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert sum(line.startswith("evaluate ") for line in done.stdout.splitlines()) == 1
-    result = json.loads((tmp_path / "best.pth.eval.json").read_text())
+    result = json.loads(record_in(tmp_path / "save", path).read_text())
     summary = read_summary(mnist_teacher)
     assert result["world_size"] == 2 and result["images"] == 500
     assert abs(result["acc"] - summary["best_acc"]) < 0.3  # float summation order may flip one
-    assert not (tmp_path / "save").exists()
+    assert not (tmp_path / "best.pth.eval.json").exists()
 
 
 def by_hand(model, data_folder, mean, std, dataset="cifar100"):
@@ -191,7 +237,7 @@ def test_a_checkpoint_is_scored_on_its_own_normalisation(cifar100_tiny, tmp_path
     acc, loss = by_hand(model, cifar100_tiny, *imagenet)
     line = _evaluate(train_teacher, capsys, path, "--dataset", "cifar100", "--data_folder",
                      cifar100_tiny, "--save_folder", tmp_path / "save")
-    result = json.loads(Path(str(path) + ".eval.json").read_text())
+    result = json.loads(record_in(tmp_path / "save", path).read_text())
     assert result["acc"] == pytest.approx(acc, abs=1e-9)
     assert result["loss"] == pytest.approx(loss, rel=1e-5)
     assert result["normalization"]["checkpoint"] == {"mean": imagenet[0], "std": imagenet[1]}
@@ -202,7 +248,7 @@ def test_a_checkpoint_is_scored_on_its_own_normalisation(cifar100_tiny, tmp_path
     torch.save(checkpoint, path)
     _evaluate(train_teacher, capsys, path, "--dataset", "cifar100", "--data_folder",
               cifar100_tiny, "--save_folder", tmp_path / "save")
-    plain = json.loads(Path(str(path) + ".eval.json").read_text())
+    plain = json.loads(record_in(tmp_path / "save", path).read_text())
     cifar = ([0.5071, 0.4867, 0.4408], [0.2675, 0.2565, 0.2761])
     acc, loss_cifar = by_hand(model, cifar100_tiny, *cifar)
     assert plain["acc"] == pytest.approx(acc, abs=1e-9)

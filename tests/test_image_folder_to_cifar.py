@@ -41,13 +41,17 @@ def _run(*args):
                           text=True)
 
 
-def _check(dest, expected):
+def _check(dest, expected, seed=0):
+    """Each split holds the expected images and labels, in the order ``seed`` shuffles their
+    sorted paths into (numpy's ``default_rng(seed)``: train's permutation, then test's)."""
     train_x, train_y, test_x, test_y, n = load_arrays("cifar10", dest, download=False)
     assert n == 10
+    rng = np.random.default_rng(seed)
     for x, y, split in ((train_x, train_y, "train"), (test_x, test_y, "test")):
         assert x.shape == (len(expected[split]), 3, 32, 32)
-        assert y.tolist() == [e[1] for e in expected[split]]
-        want = np.stack([e[2].transpose(2, 0, 1) for e in expected[split]])
+        shuffled = [expected[split][i] for i in rng.permutation(len(expected[split]))]
+        assert y.tolist() == [e[1] for e in shuffled]
+        want = np.stack([e[2].transpose(2, 0, 1) for e in shuffled])
         assert np.array_equal(x.numpy(), want)  # pixels and channel order survive exactly
 
 
@@ -69,12 +73,41 @@ def test_tar_archive_is_read_without_extracting(tmp_path):
     _check(tmp_path / "data", expected)
 
 
+def test_images_are_written_in_a_seeded_random_order(tmp_path):
+    """As torchvision's CIFAR files: shuffled, so that the first images of a split are of
+    several classes; the same --seed gives the same files, another seed another order."""
+    src, expected = _make_folder(tmp_path / "src")
+    for dest, seed in (("a", None), ("b", 0), ("c", 1)):
+        seed_flag = [] if seed is None else ["--seed", seed]
+        out = _run(src, tmp_path / dest, *seed_flag)
+        assert out.returncode == 0, out.stderr
+    _check(tmp_path / "c", expected, seed=1)
+    folders = {d: tmp_path / d / "cifar-10-batches-py" for d in "abc"}
+    files = sorted(p.name for p in folders["a"].iterdir())
+    for name in files:
+        assert (folders["a"] / name).read_bytes() == (folders["b"] / name).read_bytes()
+    _, train_y, _, test_y, _ = load_arrays("cifar10", tmp_path / "a", download=False)
+    assert len(set(train_y[:10].tolist())) > 2 and len(set(test_y[:10].tolist())) > 2
+    other = load_arrays("cifar10", tmp_path / "c", download=False)[1]
+    assert other.tolist() != train_y.tolist()
+    assert sorted(other.tolist()) == sorted(train_y.tolist())
+
+
+def test_negative_seed_is_one_line(tmp_path):
+    src, _ = _make_folder(tmp_path / "src")
+    out = _run(src, tmp_path / "data", "--seed", "-1")
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1 and "--seed: must be 0 or more" in lines[0]
+    assert not (tmp_path / "data").exists()
+
+
 def test_hundred_classes_give_the_cifar100_layout(tmp_path):
     classes = [f"c{i:03d}" for i in range(100)]
     src, expected = _make_folder(tmp_path / "src", classes, {"train": 1, "test": 1})
     assert _run(src, tmp_path / "data").returncode == 0
     train_x, train_y, _, test_y, n = load_arrays("cifar100", tmp_path / "data", download=False)
-    assert n == 100 and train_y.tolist() == list(range(100)) and len(test_y) == 100
+    assert n == 100 and sorted(train_y.tolist()) == list(range(100)) and len(test_y) == 100
+    assert train_y.tolist() == np.random.default_rng(0).permutation(100).tolist()
 
 
 def _bad(tmp_path):

@@ -205,18 +205,23 @@ def test_camkd_resume_is_exact_and_checks_the_teachers(cifar100_tiny, tmp_path, 
     assert any(k.startswith("regressors.1.") for k in a["extras"])
     last = next((tmp_path / "b" / "students").iterdir()) / "last.pth"
     capsys.readouterr()
-    copy = tmp_path / "copy.pth"  # the same architecture from another file
-    copy.write_bytes(open(paths[1], "rb").read())
-    for order, why in ((paths[::-1], "teacher"), ([paths[0], str(copy)], "--path_t")):
+    other = tmp_path / "other.pth"  # the same architecture, other weights
+    weights = torch.load(paths[1], weights_only=True)
+    weights["model"] = {k: v * 2 for k, v in weights["model"].items()}
+    torch.save(weights, other)
+    for order, why in ((paths[::-1], "teacher"), ([paths[0], str(other)], str(other))):
         with pytest.raises(SystemExit) as e:
             run("b", "--epochs", "3", "--resume", str(last), order=order)
         assert e.value.code == 2
         err = capsys.readouterr().err
         assert "cannot resume" in err and why in err
-    # the same files, spelt otherwise: the run continues
+    # the same files, spelt otherwise or copied elsewhere (compared by SHA-256): it continues
     folder, name = paths[1].rsplit("/", 1)
     run("b", "--epochs", "3", "--resume", str(last), order=[paths[0], f"{folder}/./{name}"])
-    assert torch.load(last, weights_only=True)["epoch"] == 3
+    copy = tmp_path / "copy.pth"
+    copy.write_bytes(open(paths[1], "rb").read())
+    run("b", "--epochs", "4", "--resume", str(last), order=[paths[0], str(copy)])
+    assert torch.load(last, weights_only=True)["epoch"] == 4
 
 
 def test_errors(cifar100_tiny, tmp_path, teacher_ckpt, capsys):

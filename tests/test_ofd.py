@@ -117,7 +117,8 @@ def test_teacher_in_eval_mode_unless_asked_as_the_references():
     _, teacher, d = _pair()
     d.train()
     assert not teacher.training
-    _, teacher, d = _pair(ofd_teacher_train=True)
+    _, teacher, d = _pair()
+    d.teacher_train_mode = True  # --teacher_train (old name --ofd_teacher_train)
     d.train()
     assert teacher.training
     d.eval()

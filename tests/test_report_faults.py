@@ -1,10 +1,13 @@
-"""The report over damaged run folders (issue 21): a summary.json it cannot use is skipped with
-one warning line naming it; the good runs are still reported."""
+"""The report over damaged run folders (issue 21): a summary.json it cannot use, and a run
+folder without one, is skipped with one line naming it; the good runs are still reported."""
 import json
+import os
+import socket
+import subprocess
 
 import pytest
 
-from helper.report import load_runs, main
+from helper.report import load_runs, main, report
 from test_report import _write
 
 
@@ -27,6 +30,11 @@ def test_truncated_summary_is_skipped_with_one_warning(tmp_path, capsys):
     (json.dumps({"args": {}, "dataset": "cifar100"}), "lacks model_name, distill, best_acc, last_acc"),
     (json.dumps({"args": [], "dataset": "c", "model_name": "m", "distill": "kd", "best_acc": 1,
                  "last_acc": 1}), "its args are not a JSON object"),
+    (json.dumps({"args": {}, "dataset": "c", "model_name": "m", "distill": "kd",
+                 "best_acc": None, "last_acc": "1"}), "its best_acc and last_acc are not a number"),
+    (json.dumps({"args": {}, "dataset": "c", "model_name": "m", "distill": "kd", "best_acc": 1,
+                 "last_acc": 1, "extra_models": {"peer1": {"best_acc": 1}}}),
+     "its extra_models entry 'peer1' lacks a model_name or accuracies"),
 ])
 def test_unusable_summaries_are_named(tmp_path, text, why):
     (tmp_path / "run").mkdir()
@@ -50,3 +58,46 @@ def test_only_unusable_summaries_is_an_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.splitlines()[0].startswith(f"warning: skipped {tmp_path / 'run' / 'summary.json'}")
     assert "no readable summary.json" in err and "1 skipped" in err
+
+
+def _lock(folder, pid):
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text("epochs: 1\n")
+    (folder / ".lock").write_text(json.dumps({"pid": pid, "host": socket.gethostname()}))
+
+
+def test_run_folders_without_summary_are_named(tmp_path, capsys):
+    """A run killed in its first epoch leaves its config.yaml and lock (its pid, now dead);
+    killed after its last.pth but before its summary.json (its lock since removed by hand), its
+    config.yaml and last.pth; a run in its first epoch holds its lock: each is named in one
+    line, the other runs are reported. A config.yaml alone (a copy) is no run folder."""
+    _write(tmp_path, "good", best=74.0, last=73.0)
+    dead = subprocess.Popen(["true"])  # a pid that no longer runs
+    dead.wait()
+    _lock(tmp_path / "killed", dead.pid)
+    _lock(tmp_path / "training", os.getpid())
+    (tmp_path / "saved").mkdir()
+    for name in ("config.yaml", "last.pth"):  # no lock: removed by hand
+        (tmp_path / "saved" / name).write_bytes(b"")
+    (tmp_path / "copy").mkdir()  # a config.yaml kept to rerun a run: no run folder
+    (tmp_path / "copy" / "config.yaml").write_text("epochs: 1\n")
+    main([str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert err.splitlines() == [
+        f"warning: skipped {tmp_path / 'killed'}: no summary.json; its run stopped before "
+        "writing one (failed or killed in its first epoch): start it again, or delete the folder",
+        f"warning: skipped {tmp_path / 'saved'}: no summary.json; its run stopped before "
+        "writing one (failed or killed in its first epoch): start it again, or delete the folder",
+        f"note: skipped {tmp_path / 'training'}: no summary.json yet; its run is in its first "
+        "epoch"]
+    assert len(out.splitlines()[2:]) == 1
+
+
+def test_unreadable_lock_and_other_host_count_as_running(tmp_path):
+    """A lock that cannot be read, or held on another host (whose processes cannot be asked),
+    is taken as held, as RunFolder does: the run counts as running."""
+    for name, lock in (("garbled", "{"), ("remote", json.dumps({"pid": 1, "host": "elsewhere"}))):
+        folder = _write(tmp_path, name, best=1.0, last=1.0, finished=False, trial=name)
+        (folder / ".lock").write_text(lock)
+    [row] = report(load_runs([tmp_path])).splitlines()[2:]
+    assert "| 0 (+2 running) |" in row

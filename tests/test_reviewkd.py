@@ -17,7 +17,7 @@ from models import create_model
 
 def _args(**kw):
     base = dict(cls=1.0, div=0.0, beta=5.0, kd_T=4.0, reviewkd_warmup=20.0,
-                reviewkd_teacher_train=False, reviewkd_student_preact=False)
+                reviewkd_student_preact=False)
     base.update(kw)
     return SimpleNamespace(**base)
 
@@ -161,11 +161,13 @@ def test_one_epoch_through_train_student(pair_data, tmp_path, teacher, student, 
 
 def test_teacher_mode_follows_the_switch():
     """Default: the teacher stays in eval mode as in mdistiller and torchdistill;
-    --reviewkd_teacher_train: training mode while training, as the official CIFAR code."""
+    --teacher_train (old name --reviewkd_teacher_train): training mode while training, as the
+    official CIFAR code."""
     distiller, _, teacher = _distiller()
     distiller.train()
     assert not teacher.training
-    distiller, _, teacher = _distiller(reviewkd_teacher_train=True)
+    distiller, _, teacher = _distiller()
+    distiller.teacher_train_mode = True  # what helper/trainer.py sets for --teacher_train
     distiller.train()
     assert teacher.training
     bn = next(m for m in teacher.modules() if isinstance(m, torch.nn.BatchNorm2d))
@@ -197,8 +199,8 @@ def test_student_preact_features_as_torchdistill():
 
 def test_switches_parse():
     from helper.options import parse_student_args
-    o = parse_student_args(["--distill", "reviewkd", "--reviewkd_teacher_train",
-                            "--reviewkd-student-preact"]).method.options
-    assert o.reviewkd_teacher_train and o.reviewkd_student_preact
-    o = parse_student_args(["--distill", "reviewkd"]).method.options
-    assert not o.reviewkd_teacher_train and not o.reviewkd_student_preact
+    config = parse_student_args(["--distill", "reviewkd", "--reviewkd_teacher_train",
+                                 "--reviewkd-student-preact"])
+    assert config.args.teacher_train and config.method.options.reviewkd_student_preact
+    config = parse_student_args(["--distill", "reviewkd"])
+    assert not config.args.teacher_train and not config.method.options.reviewkd_student_preact

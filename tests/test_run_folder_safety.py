@@ -109,17 +109,23 @@ def test_resume_refuses_changed_arguments(mnist_small, tmp_path, capsys):
     teacher = tmp_path / "teacher.pth"
     torch.save({"model": create_model("mlp_1200", 10).state_dict(), "model_name": "mlp_1200"},
                teacher)
-    other = tmp_path / "other.pth"
-    other.write_bytes(teacher.read_bytes())
+    other = tmp_path / "other.pth"  # the same architecture, other weights
+    torch.save({"model": create_model("mlp_1200", 10).state_dict(), "model_name": "mlp_1200"},
+               other)
     args = ["--model_s", "mlp_800", "--path_t", str(teacher), *_args(mnist_small, tmp_path)[2:]]
     train_student.main(args)
     run = next((tmp_path / "students").iterdir())
-    for flag, value, old in (("--path_t", other, teacher), ("--learning_rate", "0.1", "0.05"),
+    _fails([*args, "--resume", "--path_t", str(other)], capsys,
+           f"the teacher file {other} is not the one the run started with",
+           main=train_student.main)
+    for flag, value, old in (("--learning_rate", "0.1", "0.05"),
                              ("--batch_size", "32", "64"), ("--kd_T", "2", "4.0")):
         _fails([*args, "--resume", flag, str(value)], capsys,
                f"it was trained with {flag} {old}, this run has {value}", main=train_student.main)
-    teacher_spelt_otherwise = str(teacher.parent / "." / teacher.name)
-    train_student.main([*args, "--resume", "--epochs", "2", "--path_t", teacher_spelt_otherwise])
+    teacher_copy = tmp_path / "copy" / teacher.name  # the same bytes: the same teacher
+    teacher_copy.parent.mkdir()
+    teacher_copy.write_bytes(teacher.read_bytes())
+    train_student.main([*args, "--resume", "--epochs", "2", "--path_t", str(teacher_copy)])
     summary = json.loads((run / "summary.json").read_text())
     assert summary["epochs_done"] == 2 and summary["args"]["learning_rate"] == 0.05
     _fails([*args, "--resume", "--epochs", "1"], capsys,

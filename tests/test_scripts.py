@@ -12,6 +12,7 @@ import os
 import shlex
 import subprocess
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -47,6 +48,13 @@ def _notes(script):
 def _facts(argv):
     """What a command runs: its flags as parsed, the learning rate it uses, and for a student
     the method's effective weights, KD term and options, and the teacher checkpoint."""
+    if "--sync_bn" in argv:  # a GPU flag (refused on the CPU): parse as on a GPU machine
+        with mock.patch("torch.cuda.is_available", return_value=True):
+            return _parsed_facts(argv)
+    return _parsed_facts(argv)
+
+
+def _parsed_facts(argv):
     assert argv[0] == "python", argv
     if argv[1] == "train_teacher.py":
         config = parse_teacher_args(argv[2:])
@@ -151,9 +159,15 @@ DKD_BETA = {("resnet56", "resnet20"): 2, ("resnet110", "resnet32"): 2,
             ("wrn_40_2", "wrn_40_1"): 6, ("vgg13", "vgg8"): 6, ("resnet32x4", "ShuffleV1"): 8, ("wrn_40_2", "ShuffleV1"): 8,
             ("vgg13", "MobileNetV2"): 6, ("ResNet50", "MobileNetV2"): 8,
             ("resnet32x4", "ShuffleV2"): 8}
+# dvlab-research/ReviewKD CIFAR-100/train.py (49015fb): batch 128 (line 23), 240 epochs (25),
+# lr 0.1 (27), gamma 0.1 (29), lr_adjust_step 150 180 210 (31) applied by util/misc.py
+# lr_schedule (lines 55-60) after those 0-based epochs, i.e. our decay after 151, 181, 211;
+# wd 5e-4 (33); SGD momentum 0.9, nesterov=True (178-179); Normalize with CIFAR-10's
+# (125.3, 123.0, 113.9)/255 and (63.0, 62.1, 66.7)/255 (96-97).
+REVIEWKD_DECAY = [e + 1 for e in (150, 180, 210)]
 REVIEWKD_SCHEDULE = dict(dataset="cifar100", batch_size=128, epochs=240, learning_rate=0.1,
-                         lr_decay_epochs=[150, 180, 210], lr_decay_rate=0.1, weight_decay=5e-4,
-                         momentum=0.9, nesterov=True)
+                         lr_decay_epochs=REVIEWKD_DECAY, lr_decay_rate=0.1, weight_decay=5e-4,
+                         momentum=0.9, nesterov=True, cifar_normalization="reviewkd")
 MD_STUDENT = dict(MD_SCHEDULE, learning_rate=MD_LR, teacher_ckpt="last.pth",
                   teacher_run=trial0("cifar100"))
 DKD = [
@@ -164,37 +178,64 @@ DKD = [
         dkd_beta=lambda f: float(DKD_BETA[(f["teacher_run"].split("_vanilla")[0], f["model"])])),
     row({"kind": "student", "distill": "kd", "logit_stand": True}, model="resnet8x4",
         cls=0.1, div=9.0, kd_T=2.0, **MD_STUDENT),
+    # sunshangquan/logit-standardization-KD tools/train.py at its first version 6083e2d,
+    # lines 116-118 (--kd-weight 9 --base-temp 2, README line 66, on mdistiller's DKD config
+    # CE 1, ALPHA 1, BETA 8, T 4): ALPHA = 1 * 9, BETA = ALPHA * 9, T unchanged. (HEAD
+    # 6b58661 lines 116-118: BETA = 8 * 9 = 72, T = 2; a commented row of the script.)
     row({"kind": "student", "distill": "dkd", "logit_stand": True}, model="resnet8x4",
-        cls=1.0, div=0.0, beta=1.0, dkd_alpha=9.0, dkd_beta=81.0, kd_T=4.0, dkd_warmup=20.0,
-        **MD_STUDENT),
+        cls=1.0, div=0.0, beta=1.0, dkd_alpha=1.0 * 9, dkd_beta=(1.0 * 9) * 9, kd_T=4.0,
+        dkd_warmup=20.0, **MD_STUDENT),
+    # hunto/image_classification_sota configs/strategies/distill/dist_cifar.yaml (d9662f7):
+    # batch_size 64 (line 5), epochs 240 (12), lr 0.05 (14), smoothing 0.0 (15), momentum 0.9
+    # (19), weight_decay 5e-4 (29), sgd_no_nesterov True (31), ori_loss_weight 1 (34),
+    # kd_loss_weight 2 (35), kd dist_t4 (36); warmup_epochs 120 at warmup_lr 0.05 (27-28), then
+    # decay_epochs 30, decay_rate 0.1 (9-10): x0.1 after 150, 180, 210.
     row({"kind": "student", "distill": "dist"}, model="resnet8x4", cls=1.0, div=0.0, beta=2.0,
-        dist_beta=1.0, dist_gamma=1.0, dist_tau=4.0, **MD_STUDENT),
+        dist_beta=1.0, dist_gamma=1.0, dist_tau=4.0, nesterov=False, label_smoothing=0.0,
+        **MD_STUDENT),
     row({"kind": "student", "distill": "reviewkd"}, model="resnet8x4", cls=1.0, div=0.0, beta=5.0,
-        reviewkd_warmup=20.0, reviewkd_teacher_train=True, reviewkd_student_preact=False,
+        reviewkd_warmup=20.0, teacher_train=True, reviewkd_student_preact=False,
         **REVIEWKD_SCHEDULE, **teacher("resnet32x4", "cifar100", "best.pth", "reviewkd")),
 ]
 
-# hankyul2/KnowledgeDistillation README.md (Experiment Setting, [FSP]) and src/train*.py.
+# hankyul2/KnowledgeDistillation (HEAD f019dfc) README.md (Experiment Setting, [FSP]),
+# main.py (batch 128 line 13, lr 0.1 line 15, 200 epochs line 16) and src/train*.py (MyOpt:
+# SGD momentum 0.9, weight decay 1e-4, MultiStepLR [100, 150] x0.1).
+# src/dataset.py at 22f39c5 (unchanged to f019dfc): DataLoader(..., drop_last=True) for the
+# train and the test loader (line 8), Pad(4, padding_mode='reflect') (line 35), CIFAR-10
+# mean/std (0.4914, 0.4822, 0.4465)/(0.2470, 0.2435, 0.2616) (lines 27-28), CIFAR-100's
+# (0.5071, 0.4865, 0.4409)/(0.2673, 0.2564, 0.2762) (lines 31-32).
+ZOO_DATA = dict(padding_mode="reflect", cifar_normalization="per_dataset", eval_drop_last=True)
 ZOO_SCHEDULE = dict(batch_size=128, epochs=200, learning_rate=0.1, lr_decay_epochs=[100, 150],
-                    lr_decay_rate=0.1, weight_decay=1e-4, momentum=0.9)
-ZOO_STUDENT = dict(ZOO_SCHEDULE, teacher_ckpt="best.pth",
+                    lr_decay_rate=0.1, weight_decay=1e-4, momentum=0.9, nesterov=False, **ZOO_DATA)
+# src/ModelWrapper.py line 80: BaseModelWrapper.train() puts only self.model in training mode;
+# the teacher is never put in eval mode (src/resnet_32.py get_model loads it, lines 134-135).
+ZOO_STUDENT = dict(ZOO_SCHEDULE, teacher_ckpt="best.pth", teacher_train=True,
                    teacher_run=lambda f: f"{f['model']}_vanilla_{f['dataset']}_trial_0")
+# FSP: src/fsp.py at d0ed979, line 8 FSP(soft_factor=3, kd_lambda=1), line 15 the mean over
+# the pairs of mse / soft_factor * kd_lambda; src/train_fsp.py at 6475dcd, line 32: the pairs
+# (stem, stage 1), (stage 1, stage 2), (stage 2, stage 3), 3 of them; line 85 FSP().
+HANKYUL2_FSP = dict(soft_factor=3, kd_lambda=1, pairs=3)
+HANKYUL2_FSP_BETA = HANKYUL2_FSP["kd_lambda"] / HANKYUL2_FSP["soft_factor"] / HANKYUL2_FSP["pairs"]
 KD_ZOO = [
     row({"kind": "teacher"}, **ZOO_SCHEDULE),
-    row({"kind": "student", "distill": "logits"}, cls=1.0, div=0.0, beta=1.0, **ZOO_STUDENT),
+    # src/train_logit.py line 30: kd_criterion(std_feat, teat_feat.detach()), the pooled
+    # features (src/resnet_32.py ResNet_32.forward), src/logits.py: F.mse_loss
+    row({"kind": "student", "distill": "l2"}, cls=1.0, div=0.0, beta=1.0, **ZOO_STUDENT),
     row({"kind": "student", "distill": "kd"}, cls=1.0, div=1.0, beta=0.0, kd_T=4.0, **ZOO_STUDENT),
     row({"kind": "student", "distill": "at", "div": 0.0}, cls=1.0, beta=1000.0, at_p=2.0,
         **ZOO_STUDENT),
+    # src/train_at.py line 52: MyCriterion(alpha=0.9, beta=1e+3)
     row({"kind": "student", "distill": "at", "div": 0.9}, cls=1.0, beta=1000.0, at_p=2.0, kd_T=4.0,
         **ZOO_STUDENT),
-    row({"kind": "student", "distill": "fsp"}, cls=1.0, div=0.0, beta=4.0, fsp_one_stage=True,
-        **ZOO_STUDENT),
+    row({"kind": "student", "distill": "fsp"}, cls=1.0, div=0.0, beta=HANKYUL2_FSP_BETA,
+        fsp_one_stage=True, **ZOO_STUDENT),
 ]
 
 # torchdistill configs/official/ilsvrc2012/yoshitomo-matsubara/rrpr2020/*.yaml (+ logs, README),
 # nlp-oss2023/kr-resnet18_from_resnet34.yaml, configs/sample/ilsvrc2012/dist/...; torchvision's
 # references/classification recipe for the ResNet-18 trained alone.
-TD = dict(dataset="imagenet", momentum=0.9, lr_decay_rate=0.1, dali="gpu")
+TD = dict(dataset="imagenet", momentum=0.9, lr_decay_rate=0.1, dali="gpu", sync_bn=False)
 TD_T34 = dict(TD, path_t="resnet34-b627a593.pth", model_t="resnet34", model="resnet18")
 TD_E100 = dict(epochs=100, lr_decay_epochs=[30, 60, 90], weight_decay=1e-4)
 TORCHDISTILL = [
@@ -208,9 +249,11 @@ TORCHDISTILL = [
         weight_decay=1e-4, batch_size=256, learning_rate=0.1, cls=1.0, div=0.0, beta=1000.0,
         init_epochs=1, ft_init_lr=0.01, ft_rate=0.5, ft_paper_factor=True,
         ft_translator_no_bn=True),
-    row({"kind": "student", "distill": "crd"}, **TD_T34, **TD_E100, batch_size=256,
-        learning_rate=0.1, cls=1.0, div=0.0, beta=0.8, feat_dim=128, nce_k=16384, nce_t=0.07,
-        nce_m=0.5, mode="exact"),
+    # crd-resnet18_from_resnet34.log (0f86a75) line 2: Namespace(..., sync_bn=True, ...,
+    # world_size=3); every other rrpr2020 log has sync_bn=False
+    row({"kind": "student", "distill": "crd"}, **{**TD_T34, "sync_bn": True}, **TD_E100,
+        batch_size=256, learning_rate=0.1, cls=1.0, div=0.0, beta=0.8, feat_dim=128,
+        nce_k=16384, nce_t=0.07, nce_m=0.5, mode="exact"),
     row({"kind": "student", "distill": "tfkd"}, **TD, path_t="resnet18-f37072fd.pth",
         model_t="resnet18", model="resnet18", epochs=90, lr_decay_epochs=[30, 60, 80],
         weight_decay=1e-4,
@@ -229,7 +272,7 @@ TORCHDISTILL = [
                               f"r{SEP}1_a{SEP}0_b{SEP}15_{f['trial']}/best.pth")),
     row({"kind": "student", "distill": "reviewkd"}, **TD_T34, **TD_E100, batch_size=96,
         learning_rate=0.075, cls=1.0, div=0.0, beta=1.0, reviewkd_warmup=0.0,
-        reviewkd_student_preact=True, reviewkd_teacher_train=False),
+        reviewkd_student_preact=True, teacher_train=False),
     row({"kind": "student", "distill": "dist"}, **TD_T34, **TD_E100, batch_size=256,
         learning_rate=0.1, cls=1.0, div=0.0, beta=2.0, dist_beta=1.0, dist_gamma=1.0, dist_tau=1.0),
 ]
@@ -382,3 +425,47 @@ def test_teacher_path_and_student_path_helpers():
                    "s/teachers/r_vanilla_cifar10_trial_7/best.pth",
                    "s/students/S:resnet18_T:resnet34_imagenet_l2_r:1_a:0_b:15_2/best.pth",
                    "refused"]
+
+
+# ---- the README's recipes, against their sources ------------------------------------------
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _readme_commands(distill):
+    """The ``python train_student.py ... --distill NAME`` commands of the README's code blocks."""
+    text = README.read_text().replace("\\\n", " ")
+    return [shlex.split(line.strip()) for line in text.splitlines()
+            if line.strip().startswith("python train_student.py") and f"--distill {distill} " in line]
+
+
+def test_readme_dist_recipe_is_dist_cifar_yaml():
+    """hunto/image_classification_sota configs/strategies/distill/dist_cifar.yaml (d9662f7)
+    lines 5, 12, 14, 15, 19, 29, 31, 34-37; the schedule of lines 9-10 and 27-28 is x0.1 after
+    150, 180, 210."""
+    yaml = dict(batch_size=64, epochs=240, learning_rate=0.05, label_smoothing=0.0, momentum=0.9,
+                weight_decay=5e-4, nesterov=False, cls=1.0, beta=2.0, div=0.0, dist_tau=4.0,
+                dist_beta=1.0, dist_gamma=1.0, lr_decay_epochs=[150, 180, 210], lr_decay_rate=0.1,
+                teacher_run="wrn_40_2_vanilla_cifar100_trial_0", teacher_ckpt="last.pth")
+    (argv,) = _readme_commands("dist")
+    facts = _facts(argv)
+    for key, want in yaml.items():
+        assert _same(facts[key], want), (key, facts[key], want)
+
+
+# Jin-Ying/Multi-Level-Logit-Distillation configs/cifar100/ours/*.yaml at 5ee473f: SOLVER
+# EPOCHS (line 11) and LR (line 12); BATCH_SIZE 64, LR_DECAY_STAGES [150, 180, 210] in all.
+MLKD_CONFIGS = {"res56_res20": (240, 0.025), "res110_res32": (240, 0.025),
+                "res32x4_res8x4": (240, 0.025), "wrn40_2_wrn_16_2": (240, 0.025),
+                "wrn40_2_wrn_40_1": (240, 0.025), "vgg13_vgg8": (240, 0.025),
+                "vgg13_mv2": (480, 0.01), "res50_mv2": (480, 0.01), "wrn40_2_shuv1": (480, 0.01),
+                "res32x4_shuv1": (960, 0.01), "res32x4_shuv2": (960, 0.01)}
+
+
+def test_readme_mlkd_recipes_are_the_configs():
+    row = next(line for line in README.read_text().splitlines() if line.startswith("| MLKD |"))
+    assert "5ee473f" in row
+    for epochs, lr in set(MLKD_CONFIGS.values()):
+        command = f"`--distill mlkd --learning_rate {lr:g} --epochs {epochs}`"
+        assert command in row, command
+        args = parse_student_args(shlex.split(command.strip("`"))).args
+        assert args.epochs == epochs and args.learning_rate == lr
