@@ -20,24 +20,41 @@ from models.base import fit_to_data
 from models.teachers import as_list, ensemble_of, teacher_specs
 
 
-def load_teachers(config, ctx, specs, train_loader, val_loader):
-    """The teachers of ``specs`` (path, model name), each loaded, fitted to the data, given its
-    fast forward (--teacher_forward) and scored once; with --fkd none runs: the stored outputs
-    stand in. Returns the training loader (FKD's replaces it) and the teachers."""
+def load_teachers(config, ctx, specs, train_loader):
+    """The teachers of ``specs`` (path, model name), each loaded, fitted to the data and given
+    its fast forward (--teacher_forward); with --fkd none runs: the stored outputs stand in.
+    Returns the training loader (FKD's replaces it), the teachers, and ``(path, teacher)`` of
+    those loaded from a checkpoint (none with --fkd)."""
     args, info = config.args, config.data
     if args.fkd is not None:
         train_loader, stored_teacher = fkd_labels.attach(train_loader, config, ctx)
-        return train_loader, [stored_teacher]
+        return train_loader, [stored_teacher], []
     teachers = []
     for path, name in specs:
         teacher, _ = load_teacher(path, info["num_classes"], name, dataset=args.dataset)
         fit_to_data(teacher.to(ctx.device), info["input_size"], "teacher")
         teacher = wrap_teacher(teacher, args.teacher_forward, info["input_size"], ctx.device,
                                args.teacher_compile, log=ctx.log)
-        ctx.log(f"teacher {teacher.model_name} from {path}: test top-1 "
-                f"{validate(teacher, val_loader, ctx.device)['acc']:.2f}")
         teachers.append(teacher)
-    return train_loader, teachers
+    return train_loader, teachers, list(zip(as_list(args.path_t), teachers))
+
+
+def score_teachers(loaded, val_loader, num_classes, ctx):
+    """Each teacher's test top-1 (and the ensemble's, for several), once, with a warning for a
+    teacher no better than chance."""
+    chance = 100.0 / num_classes
+    scored = [(f"teacher {t.model_name} from {path}", t) for path, t in loaded]
+    if len(loaded) > 1:
+        scored.append((f"the ensemble of the {len(loaded)} teachers (mean logits)",
+                       ensemble_of([t for _, t in loaded])))
+    for what, model in scored:
+        acc = validate(model, val_loader, ctx.device)["acc"]
+        ctx.log(f"{what}: test top-1 {acc:.2f}")
+        if acc < 2 * chance:
+            ctx.log(f"warning: {what} scores {acc:.2f}, chance level for {num_classes} classes "
+                    f"({chance:.2f}): it is untrained, trained on other data or another label "
+                    "order, or fed inputs normalised otherwise; distilling from it teaches "
+                    "nothing")
 
 
 def run(config, ctx):
@@ -62,7 +79,7 @@ def run(config, ctx):
                             "camkd)")
         config, train_loader, val_loader = build_data(config, ctx)
         info = config.data
-        train_loader, teachers = load_teachers(config, ctx, specs, train_loader, val_loader)
+        train_loader, teachers, loaded = load_teachers(config, ctx, specs, train_loader)
         teacher = ensemble_of(teachers)
         teacher_name = teacher.model_name if teacher is not None else "none"  # several: a+b
         student = fit_to_data(create_pretrained(config.model, info["num_classes"], args.pretrained),
@@ -78,7 +95,8 @@ def run(config, ctx):
         meta = {"model_name": config.model, "num_classes": info["num_classes"],
                 "dataset": args.dataset, "distill": method.name, "teacher": teacher_name,
                 "path_t": args.path_t, "teacher_sha256": [file_sha256(p) for p, _ in specs]}
-        train(config, distiller, train_loader, val_loader, run_path, meta, ctx)
+        train(config, distiller, train_loader, val_loader, run_path, meta, ctx,
+              before_fit=lambda: score_teachers(loaded, val_loader, info["num_classes"], ctx))
 
 
 def main(argv=None):

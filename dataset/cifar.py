@@ -141,6 +141,14 @@ def _download(name: str, root: Path) -> None:
     cls(root=str(root), train=False, download=True)
 
 
+def converted_from(name: str, data_folder):
+    """What ``scripts/image_folder_to_cifar.py`` recorded that the data folder was made from
+    (e.g. "image files (.jpg) by ..."), or None for torchvision's files (or none at all)."""
+    spec = _SPECS[name]
+    meta = Path(os.path.expanduser(str(data_folder))) / spec['folder'] / spec['meta']
+    return _unpickle(meta).get('converted_from') if meta.is_file() else None
+
+
 def load_cifar(name: str, data_folder, download: bool = True):
     """Return ``(train_images, train_labels, test_images, test_labels, num_classes)``.
 

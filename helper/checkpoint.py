@@ -12,6 +12,7 @@ from helper.files import load_file, load_weights, state_dict_of
 from helper.normalization import data_normalization, renormalize, stored_normalization
 from models import create_deployed, create_model, model_names
 from models.registry import accepts, unknown_model
+from models.sources import is_file_model
 
 FORMAT = "kd-toolbox/1"
 
@@ -79,10 +80,24 @@ def load_teacher(path, num_classes, model_name=None, checkpoint=None, dataset=No
         checkpoint = load_file(path, "teacher checkpoint")
     state = state_dict_of(checkpoint, path, "teacher checkpoint")
     info = checkpoint if isinstance(checkpoint, dict) else {}
+    if "proj" in info and not info.get("deploy"):
+        # SimKD's train_student.py saves a simkd student as {'model', 'proj', ...}
+        raise UserError(f"teacher checkpoint {path} holds a SimKD student of SimKD's code: its "
+                        "logits come from its projector ('proj') and its teacher's classifier, "
+                        "which the file does not hold, so it cannot be scored or teach alone; "
+                        "start a student from its weights with --pretrained instead")
     stored = info.get("model_name")
     name = model_name or stored or model_name_from_path(path)
     if name is None:
         raise UserError(f"cannot tell the teacher's architecture from {path}; pass --model_t NAME")
+    deploy = info.get("deploy")
+    named_by_file = [n for n in [name] + list((deploy or {}).get("kwargs", {}).values())
+                     if is_file_model(n) and n != model_name]
+    if named_by_file:
+        raise UserError(f"teacher checkpoint {path} names the model {named_by_file[0]}, a Python "
+                        "file, which is never imported because a checkpoint names it (that "
+                        f"would run its code); if you trust the file, pass --model_t "
+                        f"{named_by_file[0]}")
     unknown = unknown_model(name)  # a registered name, or timm:/torchvision:/FILE.py:FUNCTION
     if unknown:
         raise UserError(f"unknown teacher model {name!r}: {unknown}")
@@ -90,7 +105,6 @@ def load_teacher(path, num_classes, model_name=None, checkpoint=None, dataset=No
     if stored_classes is not None and stored_classes != num_classes:
         raise UserError(f"teacher checkpoint {path} has {stored_classes} classes but the data set "
                         f"has {num_classes}; use a teacher trained on the same data set")
-    deploy = info.get("deploy")
     if deploy:
         if model_name is not None and stored is not None and model_name != stored:
             raise UserError(f"teacher checkpoint {path} holds a {stored} student of --distill "

@@ -178,11 +178,11 @@ def _strip(state, prefix):
     return state
 
 
-def load_weights(model, state, where, hint=""):
+def load_weights(model, state, where, hint="", name=None):
     """Load ``state`` into ``model`` accepting exactly what ``load_state_dict(strict=True)``
     accepts: modules may fill entries of their own (BatchNorm's ``num_batches_tracked``, absent
     from files of PyTorch before 0.4.1, as akamaster's); any other missing or unexpected key,
-    or a shape that differs, is one line naming the keys."""
+    or a shape that differs, is one line naming the keys (and ``name``, the model's)."""
     own = model.state_dict()
     shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
               if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
@@ -199,5 +199,5 @@ def load_weights(model, state, where, hint=""):
             parts.append(f"{len(result.unexpected_keys)} unexpected keys "
                          f"(e.g. {', '.join(result.unexpected_keys[:3])})")
     if parts:
-        name = getattr(model, "model_name", type(model).__name__)
+        name = name or getattr(model, "model_name", type(model).__name__)
         raise UserError(f"{where} does not fit {name}: {', '.join(parts)}{hint}")

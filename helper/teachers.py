@@ -222,6 +222,12 @@ def verify(source, release, models, label=None):
 
 def _convert(members, release, models, label):
     missing = [m for m in models if _find(members, release, m) is None]
+    present = [m for m in release.published if _find(members, release, m) is not None]
+    if missing and present:
+        raise UserError(f"{label} lacks {len(missing)} of the teachers asked for "
+                        f"({', '.join(missing)}); it holds {', '.join(present)}: register "
+                        f"those by name, e.g. python -m helper.teachers register {label} "
+                        f"{' '.join(present)}")
     if missing:
         held = ", ".join(sorted(members)[:4]) or "nothing"
         raise UserError(f"{label} is not laid out as {release.name}'s archive: no "
@@ -465,7 +471,7 @@ def convert_file(path, model, dataset, normalization=None):
     state = state_dict_of(checkpoint, path, "teacher file")
     num_classes = NUM_CLASSES[dataset]
     net = create_model(model, num_classes=num_classes)
-    load_weights(net, state, str(path), f" (with {num_classes} classes, {dataset})")
+    load_weights(net, state, str(path), name=f"{model} with {num_classes} classes ({dataset})")
     return toolbox_checkpoint(
         net, model, num_classes, dataset,
         file_normalization(checkpoint, path, dataset, normalization), str(path.resolve()),

@@ -89,11 +89,14 @@ def build_data(config, ctx):
     return config.with_data(info), train_loader, val_loader
 
 
-def train(config, distiller, train_loader, val_loader, run_path, meta, ctx):
+def train(config, distiller, train_loader, val_loader, run_path, meta, ctx, before_fit=None):
     """Take the run folder (refused while another run holds it), check it (continue it with
-    --resume, or refuse to overwrite it), then fit."""
+    --resume, or refuse to overwrite it), call ``before_fit()`` (work worth doing only for a
+    run that goes ahead, such as scoring the teachers), then fit."""
     with RunFolder(run_path, write=ctx.is_main, log=ctx.log) as run:
         resume = resume_checkpoint(config, run_path, meta)
+        if before_fit is not None:
+            before_fit()
         return fit(config, distiller, train_loader, val_loader, run_path, meta, ctx=ctx,
                    resume=resume, run=run)
 
@@ -292,14 +295,14 @@ class Fit:
 
     def first_summary(self):
         d = self.distiller
-        return {"args": self.config.effective_args(), "config": self.config.summary(),
+        return {"args": self.config.summary_args(), "config": self.config.summary(),
                 **self.meta, "stages": [s.name for s in self.stages], "parameters": {
                     "student": count_parameters(d.student),
                     "extras": count_parameters(d) - count_parameters(d.student),
                     "teacher": count_parameters(d.teacher) if d.teacher is not None else 0}}
 
     def write_config(self, run):
-        """config.yaml: every effective option, to rerun the run with ``--config``."""
+        """config.yaml: the run's effective options, to rerun it with ``--config``."""
         if not run.write:
             return
         path = Path(run.path) / config_file.FILE_NAME

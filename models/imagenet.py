@@ -334,7 +334,7 @@ def load_pretrained(model, name, pretrained):
         path = Path(text).expanduser()
         state = state_dict_of(load_file(path, "pretrained weights"), path, "pretrained weights")
         load_weights(model, state, f"pretrained weights {path}",
-                     f" (with {model.get_classifier().out_features} classes)")
+                     name=f"{name} with {model.get_classifier().out_features} classes")
         return model
 
     import torchvision.models

@@ -42,10 +42,11 @@ def unknown_model(name) -> str:
 def model_name(text: str) -> str:
     """``type=`` of the --model flags: ``text`` when it names a model, else an argparse error."""
     import argparse
+    from . import sources
     reason = unknown_model(text)
     if reason:
         raise argparse.ArgumentTypeError(reason)
-    return text
+    return sources.canonical(text)
 
 
 def folder_name(name: str) -> str:

@@ -35,6 +35,7 @@ before their last ReLU), ``get_bn_before_relu()`` raises NotImplementedError (th
 so), and ``get_feat_modules()`` is the backbone: the top-level children that do not hold the
 classifier.
 """
+import ast
 import importlib.util
 import inspect
 import re
@@ -77,8 +78,42 @@ def split(name):
     return None
 
 
+def name_and_options(target):
+    """A timm or torchvision target and the keyword arguments it names after a colon:
+    ``vit_tiny_patch16_224:patch_size=4,img_size=32`` -> ``('vit_tiny_patch16_224',
+    {'patch_size': 4, 'img_size': 32})``; values are Python literals, else strings."""
+    model, _, text = target.partition(":")
+    options = {}
+    for item in filter(None, text.split(",")):
+        key, equals, value = item.partition("=")
+        if not equals or not key.isidentifier():
+            raise UserError(f"{target!r}: write the model's options as NAME:key=value,key=value "
+                            "(e.g. timm:vit_tiny_patch16_224:patch_size=4,img_size=32)")
+        try:
+            options[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            options[key] = value
+    return model, options
+
+
 def is_source_name(name) -> bool:
     return split(name) is not None
+
+
+def is_file_model(name) -> bool:
+    """Whether ``name`` is a user's ``FILE.py:FUNCTION`` (building it imports the file)."""
+    source = split(name)
+    return source is not None and source[0] == "file"
+
+
+def canonical(name):
+    """``name`` with a user's file as its absolute path (``/abs/my_net.py:build``), so that a
+    checkpoint records where the model is defined whatever the working directory; other names
+    as they are."""
+    if not is_file_model(name):
+        return name
+    path, function = split(name)[1]
+    return f"{Path(path).expanduser().resolve()}:{function}"
 
 
 def _import_timm():
@@ -93,6 +128,11 @@ def check(name):
     """A one-line reason why the prefixed ``name`` cannot be built, or None. Does not build it
     (a user's file is not imported here)."""
     source, target = split(name)
+    if source in ("timm", "torchvision"):
+        try:
+            target, _ = name_and_options(target)
+        except UserError as e:
+            return str(e)
     if source == "timm":
         timm = _import_timm()
         if not target or not timm.is_model(target):
@@ -124,8 +164,15 @@ def create(name, num_classes, pretrained=None, **kwargs):
     if reason:
         raise UserError(reason)
     source, target = split(name)
+    if source in ("timm", "torchvision"):
+        target, options = name_and_options(target)
+        kwargs = {**options, **kwargs}
     build = {"timm": _create_timm, "torchvision": _create_torchvision, "file": _create_file}
-    return build[source](name, target, num_classes, pretrained, **kwargs)
+    model = build[source](name, target, num_classes, pretrained, **kwargs)
+    size = kwargs.get("img_size", kwargs.get("image_size"))  # timm's, torchvision's ViTs
+    if size is not None:
+        model.input_size = (3, *((size, size) if isinstance(size, int) else tuple(size)))
+    return model
 
 
 # ---- adapting ------------------------------------------------------------------------------

@@ -122,6 +122,10 @@ def write_cifar(found, dest, seed=0) -> Path:
         raise UserError(f"found {len(classes)} classes; the CIFAR layouts hold 10 (cifar10) or "
                         "100 (cifar100)")
     rng = np.random.default_rng(seed)
+    suffixes = sorted({Path(name).suffix.lower() or "no suffix" for split in found.values()
+                       for images in split.values() for name, _ in images})
+    # read by helper.evaluate.check_published: a lossy source (JPEG) scores below the original
+    converted = f"image files ({', '.join(suffixes)}) by scripts/image_folder_to_cifar.py"
     train_x, train_y = _arrays(found["train"], classes, rng)
     test_x, test_y = _arrays(found["test"], classes, rng)
     dest = Path(dest)
@@ -139,11 +143,11 @@ def write_cifar(found, dest, seed=0) -> Path:
             _dump({"data": test_x, "labels": test_y, "batch_label": "testing batch 1 of 1"},
                   tmp / "test_batch")
             _dump({"label_names": classes, "num_cases_per_batch": len(train_x) // 5,
-                   "num_vis": 3072}, tmp / "batches.meta")
+                   "num_vis": 3072, "converted_from": converted}, tmp / "batches.meta")
         else:
             _dump({"data": train_x, "fine_labels": train_y}, tmp / "train")
             _dump({"data": test_x, "fine_labels": test_y}, tmp / "test")
-            _dump({"fine_label_names": classes}, tmp / "meta")
+            _dump({"fine_label_names": classes, "converted_from": converted}, tmp / "meta")
         tmp.rename(folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -177,7 +177,7 @@ def test_pretrained_from_a_torchvision_file(tmp_path):
     torch.save({"model": {f"module.{k}": v for k, v in reference.state_dict().items()}},
                tmp_path / "ddp.pth")
     create_model("resnet18", num_classes=10, pretrained=str(tmp_path / "ddp.pth"))
-    with pytest.raises(UserError, match=r"do not fit resnet18 with 1000 classes.*fc\.weight"):
+    with pytest.raises(UserError, match=r"not fit resnet18 with 1000 classes.*fc\.weight"):
         create_model("resnet18", num_classes=1000, pretrained=str(path))
     with pytest.raises(UserError, match="does not exist"):
         create_model("resnet18", num_classes=10, pretrained=str(tmp_path / "missing.pth"))

@@ -202,3 +202,18 @@ def test_python_m_models_lists_the_sources(capsys, monkeypatch):
     assert "resnet8" in out
     for how in ("timm:NAME", "torchvision:NAME", "FILE.py:FUNCTION"):
         assert how in out
+
+
+def test_model_options_in_the_name_size_a_vit_for_cifar(capsys):
+    name = "timm:vit_tiny_patch16_224:patch_size=4,img_size=32"
+    model = create_model(name, num_classes=10)
+    assert model.input_size == (3, 32, 32) and model.model_name == name
+    assert model.patch_embed.num_patches == 64  # 8x8 tokens of 4x4 pixels
+    feats, logits = model(torch.randn(2, 3, 32, 32), is_feat=True)
+    assert logits.shape == (2, 10) and feats[-2].shape == (2, 192, 8, 8)
+    assert "key=value" in unknown_model("timm:vit_tiny_patch16_224:patch_size")
+    assert "timm has no model 'nope'" in unknown_model("timm:nope:img_size=32")
+    from models.__main__ import main
+    main(["--num_classes", "10"])
+    out = capsys.readouterr().out
+    assert "resnet18" in out and "3x224x224 *" in out and "ImageNet models" in out

@@ -530,3 +530,15 @@ def test_dry_run_prints_the_fetches_and_the_students_use_them(tmp_path):
     assert paths == {f"{tmp_path}/teachers/{m}_vanilla_cifar100_trial_0/best.pth" for m in names}
     assert lines[-1] == "# teachers: 5 fetched (" + ", ".join(
         f"{m} cifar100 trial 0" for m in names) + ")"
+
+
+def test_register_an_archive_lacking_some_teachers_names_them_and_those_present(release,
+                                                                               tmp_path, capsys):
+    archive = tmp_path / "cifar_teachers.tar"
+    archive.write_bytes(release[1])  # resnet56 only
+    err = _one_line_error(capsys, ["register", str(archive), "--save_folder", str(tmp_path / "s")])
+    assert "lacks 5 of the teachers asked for (wrn_40_2, resnet110" in err
+    assert f"it holds resnet56: register those by name, e.g. python -m helper.teachers register {archive} resnet56" in err
+    assert not (tmp_path / "s").exists()
+    teachers.main(["register", str(archive), "resnet56", "--save_folder", str(tmp_path / "s")])
+    assert (tmp_path / "s" / "teachers" / "resnet56_vanilla_cifar100_trial_0" / "best.pth").is_file()
