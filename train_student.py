@@ -12,6 +12,8 @@ from helper.evaluate import evaluate
 from helper.errors import UserError
 from helper.loop import validate
 from helper.options import parse_student_args
+from helper.probe import linear_probe
+from helper.resume import refuse_overwrite
 from helper.run_folder import student_run_name
 from helper.teacher_cache import attach as attach_teacher_cache, file_sha256
 from helper.teacher_forward import wrap_teacher
@@ -63,8 +65,9 @@ def run(config, ctx):
         if args.evaluate is not None:
             if len(as_list(args.model_t)) > 1:
                 raise UserError("--evaluate scores one checkpoint; give one --model_t")
-            evaluate(config, ctx, args.evaluate, model_name=args.model_t, fallback=config.model,
-                     flag="--model_t")
+            score = linear_probe if args.linear_probe else evaluate  # helper/probe.py
+            score(config, ctx, args.evaluate, model_name=args.model_t, fallback=config.model,
+                  flag="--model_t")
             return
         needs_teacher = method.requires_teacher()
         if needs_teacher and args.path_t is None:
@@ -85,11 +88,12 @@ def run(config, ctx):
         student = fit_to_data(create_pretrained(config.model, info["num_classes"], args.pretrained),
                               info["input_size"], "student")
         distiller = method.build(student, teacher, config.run_info).to(ctx.device)
+        run_path = Path(args.save_folder) / "students" / student_run_name(
+            config, [t.model_name for t in teachers] or teacher_name)
+        refuse_overwrite(args, run_path)  # before the teacher cache is built
         train_loader = attach_teacher_cache(train_loader, distiller, args, ctx, args.dataset,
                                             info["num_classes"])
         train_loader = add_batch_keys(train_loader, distiller.batch_requests(), method.name)
-        run_path = Path(args.save_folder) / "students" / student_run_name(
-            config, [t.model_name for t in teachers] or teacher_name)
         # --resume compares the teacher files' SHA-256, not their paths: a file replaced at
         # its path is another teacher, one moved elsewhere the same
         meta = {"model_name": config.model, "num_classes": info["num_classes"],

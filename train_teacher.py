@@ -8,6 +8,7 @@ from helper.checkpoint import create_pretrained
 from helper.distributed import launch
 from helper.evaluate import evaluate
 from helper.options import parse_teacher_args
+from helper.probe import linear_probe
 from helper.run_folder import teacher_run_name
 from helper.trainer import build_data, train, user_errors
 from models.base import fit_to_data
@@ -16,7 +17,8 @@ from models.base import fit_to_data
 def run(config, ctx):
     with user_errors(ctx.rank):
         if config.args.evaluate is not None:
-            evaluate(config, ctx, config.args.evaluate, fallback=config.model, flag="--model")
+            score = linear_probe if config.args.linear_probe else evaluate  # helper/probe.py
+            score(config, ctx, config.args.evaluate, fallback=config.model, flag="--model")
             return
         config, train_loader, val_loader = build_data(config, ctx)
         info = config.data

@@ -11,7 +11,7 @@ from helper.errors import UserError
 from .base import Weights
 from .common import InitStageDistiller, InitStageOptions, model_name, parameters_except, stage_maps
 from .options import option
-from .registry import register_distiller
+from .registry import Reference, register_distiller
 
 
 def ab_margin_loss(source: torch.Tensor, target: torch.Tensor, margin: float = 1.0) -> torch.Tensor:
@@ -90,6 +90,14 @@ class AB(InitStageDistiller):
       - The stage weights (1/4, 1/2, 1 for three stages) and the ``3 / 1000`` scale are the
         authors' code; the paper's Eq. 7 has neither.
     """
+
+    reference = Reference(
+        label="AB",
+        paper="Heo et al. 2019",
+        code="RepDistiller `distiller_zoo/AB.py`",
+        shown=("init_epochs", "ab_margin"),
+        notes="AB only in the init stage, as RepDistiller",
+    )
 
     preact = True
     default_weights = Weights(cls=1.0, div=0.0, beta=1.0)

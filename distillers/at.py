@@ -11,7 +11,7 @@ from helper.errors import UserError
 from .base import Distiller, Weights
 from .common import channel_mean_square, conv_maps_or_error, model_name, pool_to_smaller
 from .options import MethodOptions, option, require
-from .registry import register_distiller
+from .registry import Reference, register_distiller
 
 
 def _stage_list(text):
@@ -58,6 +58,14 @@ class AT(Distiller):
         The L2 normalisation cancels sum vs mean; ``abs`` only matters for odd ``--at_p``,
         and we keep the paper's ``|.|``.
     """
+
+    reference = Reference(
+        label="AT",
+        paper="Zagoruyko & Komodakis 2017",
+        code="SimKD `distiller_zoo/AT.py`",
+        shown=("at_p",),
+        notes="`--at_stages 3,4`: torchdistill's ImageNet pairs (layer3, layer4)",
+    )
 
     @dataclass(frozen=True)
     class Options(MethodOptions):

@@ -12,7 +12,7 @@ from models.teachers import TeacherEnsemble
 from .base import Distiller, Weights
 from .common import reusable_classifier, stage_maps
 from .options import MethodOptions, option, require
-from .registry import register_distiller
+from .registry import Reference, register_distiller
 
 
 def confidence_weights(teacher_logits: List[torch.Tensor], targets) -> torch.Tensor:
@@ -97,6 +97,18 @@ class CAMKD(Distiller):
         (their gradient is None there).
       - The code's ``--convs`` (a three-conv ``Embed``, off by default) is not offered.
     """
+
+    reference = Reference(
+        label="CA-MKD",
+        paper="Zhang, Chen & Wang 2022 (ICASSP)",
+        code="Rorozhl/CA-MKD",
+        shown=("camkd_alpha", "kd_T", "camkd_skip_epochs"),
+        extra_params="198,912 (three resnet32x4)",
+        notes="two or more teachers (any architectures), weighted per sample by their "
+              "cross-entropy on the label; the official `scripts/run.sh` CA-MKD row (`-r 1 -a 1 "
+              "-b 50`)",
+        usage="--path_t A B C --nesterov",
+    )
 
     min_teachers = 2
 

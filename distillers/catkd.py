@@ -11,7 +11,7 @@ from models.base import FeatureModel
 from .base import Distiller, Weights
 from .common import model_name
 from .options import MethodOptions, option, require
-from .registry import register_distiller
+from .registry import Reference, register_distiller
 
 
 def class_activation_maps(feature_map: torch.Tensor, weight: torch.Tensor, size: int):
@@ -101,6 +101,16 @@ class CATKD(Distiller):
       - The reference's ablations (``IF_BINARIZE``, ``IF_OnlyTransferPartialCAMs``) are not
         offered.
     """
+
+    reference = Reference(
+        label="CAT-KD",
+        paper="Guo et al. 2023 (CVPR)",
+        code="GzyAftermath/CAT-KD `mdistiller/distillers/CAT_KD.py`",
+        shown=("catkd_resolution",),
+        notes="class activation maps of the map each classifier pools, pooled to 2x2, MSE; the "
+              "student's classifier bias held at 0 as the official bias-free conv "
+              "(`--catkd_fc_bias` keeps it); per-pair settings below",
+    )
 
     teacher_feats = False
     student_feats = False

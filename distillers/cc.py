@@ -9,7 +9,7 @@ from helper.errors import UserError
 
 from .base import Distiller, Weights
 from .options import MethodOptions, option
-from .registry import register_distiller
+from .registry import Reference, register_distiller
 
 KERNELS = ("repdistiller", "gaussian", "bilinear")
 
@@ -62,6 +62,15 @@ class CC(Distiller):
     ``CCKDLoss`` computes it: ``||C_s - C_t||_F / n^2`` (a norm, not squared); its ``-b``
     must then be retuned (torchdistill uses 0.003 with KD on ImageNet).
     """
+
+    reference = Reference(
+        label="CC",
+        paper="Peng et al. 2019",
+        code="RepDistiller `distiller_zoo/CC.py`",
+        shown=("cc_feat_dim",),
+        extra_params="65,792",
+        notes="RepDistiller's kernel; `--cc_kernel gaussian` for the paper's",
+    )
 
     stage_maps = False  # reads only the pooled feature
     cacheable = "pooled"  # --teacher_cache: feats_t[-1] and, for -d > 0, the logits

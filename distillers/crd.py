@@ -10,7 +10,7 @@ from helper.errors import UserError
 
 from .base import Distiller, Weights
 from .options import MethodOptions, option, require
-from .registry import register_distiller
+from .registry import Reference, register_distiller
 
 EPS = 1e-7  # the reference's
 
@@ -130,6 +130,15 @@ class CRD(Distiller):
     large) are an error instead of sampling with replacement; bank rows are scored with one
     matmul when that is cheaper than gathering them (same dot products).
     """
+
+    reference = Reference(
+        label="CRD",
+        paper="Tian et al. 2020",
+        code="RepDistiller `crd/criterion.py`",
+        shown=("feat_dim", "nce_k", "nce_t", "nce_m", "mode"),
+        extra_params="65,792 (+2 memory banks of 50,000x128)",
+        notes="banks and Z are checkpointed",
+    )
 
     stage_maps = False  # reads only the pooled feature
     cacheable = "pooled"  # --teacher_cache: feats_t[-1] and, for -d > 0, the logits

@@ -5,7 +5,7 @@ import torch
 
 from .base import Distiller, Weights
 from .options import MethodOptions, option
-from .registry import register_distiller
+from .registry import Reference, register_distiller
 
 
 def pearson_rows(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -51,6 +51,14 @@ class DIST(Distiller):
     The reference's DIST class fixes beta = gamma = 1 and weights the sum with its
     ``kd-loss-weight`` (our ``-b``); ``--dist_beta``/``--dist_gamma`` expose them. Only logits.
     """
+
+    reference = Reference(
+        label="DIST",
+        paper="Huang et al. 2022",
+        code="hunto/DIST_KD `classification/`",
+        shown=("dist_beta", "dist_gamma", "dist_tau"),
+        notes="`dist_cifar.yaml`; ImageNet: `-b 2 --dist_tau 1`",
+    )
 
     teacher_feats = False
     student_feats = False

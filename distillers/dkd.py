@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from .base import Distiller, Weights
 from .options import MethodOptions, option
-from .registry import register_distiller
+from .registry import Reference, register_distiller
 
 
 def _binary_log_probs(z: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
@@ -60,6 +60,14 @@ class DKD(Distiller):
     Switches shared with KD: ``--logit_stand`` (z-score the logits first) and ``--ctkd``
     (learned temperature instead of ``--kd_T``), both defined in ``kd.py``.
     """
+
+    reference = Reference(
+        label="DKD",
+        paper="Zhao et al. 2022",
+        code="mdistiller `mdistiller/distillers/DKD.py`",
+        shown=("dkd_alpha", "dkd_beta", "kd_T", "dkd_warmup"),
+        notes="per-pair beta below",
+    )
 
     teacher_feats = False
     student_feats = False

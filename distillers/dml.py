@@ -13,7 +13,7 @@ from models.registry import unknown_model
 from .base import Distiller, Weights
 from .kd import kd_loss
 from .options import MethodOptions, option, require
-from .registry import register_distiller
+from .registry import Reference, register_distiller
 
 KL_MODES = ("mean", "sum", "ensemble")
 
@@ -63,6 +63,18 @@ class DML(Distiller):
       - The code's KL adds 1e-8 inside the log; we compute it exactly in log space.
       - ``--dml_T`` (default 1, as both) softens both sides and scales by ``T^2`` as KD.
     """
+
+    reference = Reference(
+        label="DML",
+        paper="Zhang et al. 2018 (CVPR)",
+        code="YingZhangDUT/Deep-Mutual-Learning",
+        defaults="one peer of `--model_s`'s architecture, `--dml_T 1 --dml_kl mean`",
+        extra_params="1,233,540 (the peer)",
+        notes="no teacher (drop `--path_t`); every network learns in one step with one optimizer "
+              "(the official code alternates Adam updates); `--dml_kl sum` as the code, "
+              "`ensemble` the paper's DML_e; each peer saved as `peer<i>_best.pth`/`_last.pth`",
+        usage="[--dml_peers MODEL,...]",
+    )
 
     teacher_feats = False
     student_feats = False

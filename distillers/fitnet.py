@@ -10,7 +10,7 @@ from helper.errors import UserError
 from .base import Distiller, Stage, Weights
 from .common import model_name
 from .options import MethodOptions, option, require
-from .registry import register_distiller
+from .registry import Reference, register_distiller
 
 
 class ConvReg(nn.Module):
@@ -78,6 +78,16 @@ class FitNet(Distiller):
       - The paper takes the middle layers of both networks as hint/guided layers; the code
         uses one index for both (``--hint_layer``). We follow the code.
     """
+
+    reference = Reference(
+        label="FitNet",
+        paper="Romero et al. 2015",
+        code="SimKD `distiller_zoo/FitNet.py`",
+        shown=("hint_layer",),
+        extra_params="4,288",
+        notes="RepDistiller: `--hint_layer 2`; `--fitnet_stage1_epochs N` for the paper's two "
+              "stages",
+    )
 
     default_weights = Weights(cls=1.0, div=1.0, beta=100.0)
 

@@ -9,7 +9,7 @@ from helper.errors import UserError
 from .base import Weights
 from .common import InitStageDistiller, InitStageOptions, model_name, stage_maps
 from .options import option
-from .registry import register_distiller
+from .registry import Reference, register_distiller
 
 
 def fsp_matrices(feats):
@@ -66,6 +66,14 @@ class FSP(InitStageDistiller):
     squared differences over the matrix entries. The paper's second stage trains on the
     main task alone, as the code does. We follow the code.
     """
+
+    reference = Reference(
+        label="FSP",
+        paper="Yim et al. 2017",
+        code="RepDistiller `distiller_zoo/FSP.py`",
+        shown=("init_epochs",),
+        notes="FSP only in RepDistiller's init stage; `--fsp_one_stage`",
+    )
 
     default_weights = Weights(cls=1.0, div=0.0, beta=50.0)
 

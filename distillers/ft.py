@@ -10,7 +10,7 @@ from .base import Weights
 from .common import (InitStageDistiller, InitStageOptions, channel_mean_square, model_name,
                      parameters_except, pool_to_smaller, stage_maps)
 from .options import option
-from .registry import register_distiller
+from .registry import Reference, register_distiller
 
 # RepDistiller's helper/pretrain.py pre-trains the paraphraser at lr 0.01 for these students
 # (its CIFAR ResNets and WRNs) and at --learning_rate for the others.
@@ -98,6 +98,16 @@ class FT(InitStageDistiller):
         ``--ft_translator_no_bn`` drops it, as the authors and torchdistill's ImageNet config
         (``rrpr2020/ft-resnet18_from_resnet34.yaml``, ``uses_bn: False``).
     """
+
+    reference = Reference(
+        label="FT",
+        paper="Kim et al. 2018",
+        code="RepDistiller `distiller_zoo/FT.py`",
+        shown=("init_epochs", "ft_rate"),
+        extra_params="3,099,264",
+        notes="paraphraser pre-trained in the init stage; `--ft_translator_no_bn` for the "
+              "authors' and torchdistill's translator",
+    )
 
     default_weights = Weights(cls=1.0, div=0.0, beta=200.0)
 

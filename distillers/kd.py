@@ -9,7 +9,7 @@ from .base import Distiller
 from .ctkd import CTKDOptions, CurriculumTemperature
 from .logit_std import maybe_standardize
 from .options import option, require
-from .registry import register_distiller
+from .registry import Reference, register_distiller
 
 
 def kd_loss(logits_s: torch.Tensor, logits_t: torch.Tensor, T: float) -> torch.Tensor:
@@ -74,6 +74,14 @@ class KD(Distiller):
     (where ``loss_kd = 0`` for ``--distill kd``). Defaults: SimKD's ``-c 1 -d 1 --kd_T 4``;
     RepDistiller's table uses ``-r 0.1 -a 0.9``. Only the teacher's logits are computed.
     """
+
+    reference = Reference(
+        label="KD",
+        paper="Hinton et al. 2015",
+        code="RepDistiller `distiller_zoo/KD.py`, SimKD",
+        shown=("kd_T",),
+        notes="RepDistiller's table: `-r 0.1 -a 0.9`",
+    )
 
     teacher_feats = False
     student_feats = False

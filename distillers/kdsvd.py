@@ -9,7 +9,7 @@ from helper.errors import UserError
 from .base import Distiller, Weights
 from .common import conv_maps_or_error, model_name
 from .options import MethodOptions, option, require
-from .registry import register_distiller
+from .registry import Reference, register_distiller
 
 LAYOUTS = ("channels", "width")
 SIGNS = ("largest_positive", "lapack")  # --kdsvd_signs
@@ -141,6 +141,19 @@ class KDSVD(Distiller):
         cross-entropy gradient, ramped up by a sigmoid of the epoch. As the authors, a sample
         whose SVD gradient is not finite contributes none (``_FiniteGrad``).
     """
+
+    reference = Reference(
+        label="KD-SVD",
+        paper="Lee et al. 2018 (ECCV)",
+        code="sseung0703/SSKD_SVD; RepDistiller `distiller_zoo/KDSVD.py`",
+        shown=("kdsvd_k", "kdsvd_extra"),
+        notes="the paper's (H*W, C) factorisation, as the authors' code and RepDistiller: each "
+              "student stage as wide as the teacher's (resnet32x4 -> resnet8x4, wrn_40_2 -> "
+              "wrn_16_2, vgg13 -> vgg8); `--kdsvd_over width` is mdistiller's (C*H, W), for maps "
+              "of equal width; singular vectors signed with their largest entry positive, "
+              "`--kdsvd_signs lapack` keeps the SVD's own signs as RepDistiller and mdistiller "
+              "(their values on the same device)",
+    )
 
     default_weights = Weights(cls=1.0, div=0.0, beta=1.0)
 

@@ -11,7 +11,7 @@ from helper.errors import UserError
 
 from .base import Distiller, Stage, Weights
 from .options import MethodOptions, option, require
-from .registry import register_distiller
+from .registry import Reference, register_distiller
 
 
 def pad_l2_loss(f_s: torch.Tensor, f_t: torch.Tensor, log_var: torch.Tensor,
@@ -79,6 +79,13 @@ class L2(Distiller):
     lr 0.2 for a total batch of 512, x0.1 at 30 and 60 (``scripts/torchdistill_imagenet.sh``).
     """
 
+    reference = Reference(
+        label="L2",
+        paper="Zhang et al. 2020",
+        code="torchdistill (yoshitomo-matsubara/rrpr2020)",
+        notes="torchdistill's ImageNet row: `-b 15`",
+    )
+
     stage_maps = False  # reads only the pooled feature
     cacheable = "pooled"  # --teacher_cache: feats_t[-1] and, for -d > 0, the logits
 
@@ -139,6 +146,18 @@ class PADL2(L2):
     A training batch of a single sample (a last batch of one) normalises the branch with
     the BN's running statistics (``log_variance``); torchdistill's branch would raise on it.
     """
+
+    reference = Reference(
+        label="PAD-L2",
+        paper="Zhang et al. 2020",
+        code="torchdistill (yoshitomo-matsubara/rrpr2020)",
+        defaults="`--pad_l2_l2_epochs` (default `--epochs`)",
+        extra_params="66,304",
+        notes="stages `l2` then `pad`, as torchdistill's sample; the published recipe: "
+              "`--pad_l2_l2_epochs 0 --pretrained` an L2 run's `best.pth` (or in one run "
+              "`--pad_l2_l2_beta/_lr/_lr_decay_epochs`); a training batch of one uses the BN's "
+              "running statistics",
+    )
 
     @dataclass(frozen=True)
     class Options(MethodOptions):

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import Distiller, Weights
-from .registry import register_distiller
+from .registry import Reference, register_distiller
 
 
 def logits_loss(logits_s: torch.Tensor, logits_t: torch.Tensor) -> torch.Tensor:
@@ -31,6 +31,12 @@ class Logits(Distiller):
       - The paper speeds up the mimic with a linear bottleneck layer; not part of the loss, not
         offered.
     """
+
+    reference = Reference(
+        label="Logits",
+        paper="Ba & Caruana 2014",
+        code="AberHu/Knowledge-Distillation-Zoo `kd_losses/logits.py`",
+    )
 
     teacher_feats = False
     student_feats = False

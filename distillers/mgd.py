@@ -14,7 +14,7 @@ from helper.errors import UserError
 from .base import Distiller, Weights
 from .common import model_name
 from .options import MethodOptions, option, require
-from .registry import register_distiller
+from .registry import Reference, register_distiller
 
 REDUCERS = ("amp", "rd", "sp", "sm")
 
@@ -149,6 +149,17 @@ class MGD(Distiller):
         size, or a different stage count, is not handled by the reference; here it is a
         UserError.
     """
+
+    reference = Reference(
+        label="MGD",
+        paper="Yue et al. 2020",
+        code="KaiyuYue/mgd `mgd/builder.py`, `main_mgd.py`",
+        defaults="`--mgd_reducer amp --mgd_update_freq 2 --mgd_loss_factor 1e4`",
+        extra_params="896",
+        notes="matching by `scipy.optimize.linear_sum_assignment` (the OR-Tools API it used is "
+              "gone); amp keeps the largest absolute response as the current reference, "
+              "`--mgd_amp_signed` the largest signed one; `--mgd_with_kd 1`",
+    )
 
     preact = True
     default_weights = Weights(cls=1.0, div=0.0, beta=1.0)

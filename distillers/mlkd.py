@@ -11,7 +11,7 @@ from helper.errors import UserError
 
 from .base import Distiller, Weights
 from .options import MethodOptions, option, require
-from .registry import register_distiller
+from .registry import Reference, register_distiller
 
 MASKS = ("scale", "sample")
 
@@ -147,6 +147,25 @@ class MLKD(Distiller):
     Draws of the strong view are seeded per epoch (``dataset/strong_view.py``); the medians
     are ``torch.quantile`` on the device (the code's ``np.percentile`` copies to the host).
     """
+
+    reference = Reference(
+        label="MLKD",
+        paper="Jin et al. 2023 (CVPR)",
+        code="Jin-Ying/Multi-Level-Logit-Distillation",
+        shown=("mlkd_temps", "mlkd_mask"),
+        notes="a second, strongly augmented view per image (RandAugment + Cutout, "
+              "`dataset/strong_view.py`); the published recipes, "
+              "Jin-Ying/Multi-Level-Logit-Distillation `configs/cifar100/ours/<pair>.yaml` at "
+              "5ee473f (`python3 tools/train_ours.py --cfg ...`), all batch 64, x0.1 after "
+              "150/180/210 (in the longer runs too), weight decay 5e-4, momentum 0.9: resnet56 "
+              "-> resnet20, resnet110 -> resnet32, resnet32x4 -> resnet8x4, wrn_40_2 -> wrn_16_2 "
+              "and wrn_40_1, vgg13 -> vgg8: `--distill mlkd --learning_rate 0.025 --epochs 240` "
+              "(480 before 5ee473f); vgg13 -> MobileNetV2, ResNet50 -> MobileNetV2, wrn_40_2 -> "
+              "ShuffleV1: `--distill mlkd --learning_rate 0.01 --epochs 480`; resnet32x4 -> "
+              "ShuffleV1 and ShuffleV2: `--distill mlkd --learning_rate 0.01 --epochs 960`; with "
+              "logit standardization `--logit_stand --mlkd_temps 2,3,5,2,6 -b 9`; "
+              "`--mlkd_weak_only` without the strong view",
+    )
 
     teacher_feats = False
     student_feats = False

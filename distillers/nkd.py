@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from .base import Distiller, Weights
 from .options import MethodOptions, option, require
-from .registry import register_distiller
+from .registry import Reference, register_distiller
 
 
 def drop_labels(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -79,6 +79,19 @@ class NKD(Distiller):
       - With soft (MixUp/CutMix) labels the code takes their arg-max as the target: the
         dominant label, which is what ``targets`` holds then (``dataset/augment.py``).
     """
+
+    reference = Reference(
+        label="NKD",
+        paper="Yang et al. 2023 (ICCV)",
+        code="yzd-v/cls_KD `mmcls/models/dis_losses/nkd.py`",
+        shown=("nkd_T", "nkd_gamma"),
+        notes="cls_KD's CIFAR-100 config; ImageNet: `--nkd_T 1 --nkd_gamma 1.5`; its CIFAR-100 "
+              "schedule (`configs/resnet/resnet18_8xb16_cifar100.py` lines 13-14, e21ad37): "
+              "`--batch_size 128 --learning_rate 0.1 --weight_decay 5e-4 --epochs 200 "
+              "--lr_decay_epochs 60,120,160 --lr_decay_rate 0.2` (batch 16 x 8 GPUs; read by "
+              "mmcls 0.x, its master branch; branch 1.0's runner ignores those keys, see "
+              "`distillers/nkd.py`)",
+    )
 
     teacher_feats = False
     student_feats = False

@@ -4,7 +4,7 @@ import torch.nn.functional as F
 
 from .base import Distiller, Weights
 from .common import conv_maps_or_error, pool_to_smaller
-from .registry import register_distiller
+from .registry import Reference, register_distiller
 
 
 _EPS2 = 1e-24  # F.normalize's eps (1e-12), squared: the channel form normalises via the Grams
@@ -96,6 +96,12 @@ class NST(Distiller):
     is a choice of each code base: RepDistiller sums it over every stage map with one weight,
     Knowledge-Distillation-Zoo uses the last stage only. We follow RepDistiller.
     """
+
+    reference = Reference(
+        label="NST",
+        paper="Huang & Wang 2017",
+        code="RepDistiller `distiller_zoo/NST.py`",
+    )
 
     teacher_feats = True
     student_feats = True

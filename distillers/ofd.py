@@ -11,7 +11,7 @@ from .base import Distiller, Weights
 from .common import conv_maps_or_error, model_name
 from .mgd import bn_margin, partial_l2
 from .options import MethodOptions, option, require
-from .registry import register_distiller
+from .registry import Reference, register_distiller
 
 
 def connector(s_channels: int, t_channels: int, kernel_size: int = 1) -> nn.Sequential:
@@ -80,6 +80,19 @@ class OFD(Distiller):
         equal, and so is ours.
     """
 
+    reference = Reference(
+        label="OFD",
+        paper="Heo et al. 2019 (ICCV)",
+        code="clovaai/overhaul-distillation; mdistiller `OFD.py`",
+        shown=("ofd_connector_kernel",),
+        extra_params="86,912",
+        notes="stage outputs before their ReLU through a conv1x1+BN connector, partial L2 above "
+              "the margins of the teacher's BNs, stage i of n weighted 2^-(n-1-i), divided by "
+              "the batch (clovaai's `/ batch / 1000`, mdistiller's weight 0.001); teacher in "
+              "eval mode, `--teacher_train` as both references",
+    )
+    # config.yaml files written before --teacher_train replaced this method's own switch
+    renamed_options = {"ofd_teacher_train": "teacher_train"}
     preact = True
     default_weights = Weights(cls=1.0, div=0.0, beta=1e-3)
 

@@ -74,6 +74,15 @@ def _add_field(group, field: dataclasses.Field) -> None:
     group.add_argument(*flag_names(field), **kwargs)
 
 
+def _title(cls, name: str) -> str:
+    return cls.__dict__.get("title") or name
+
+
+def group_titles(name: str, options_cls) -> List[str]:
+    """The help groups of method ``name``'s options class: one per declaring dataclass."""
+    return [_title(cls, name) for cls in declaring_classes(options_cls)]
+
+
 def add_options(parser: argparse.ArgumentParser, owners: Iterable[Tuple[str, type]]) -> None:
     """Add the flags of each ``(name, options class)`` to ``parser``: one group per declaring
     dataclass, each added once however many methods share it."""
@@ -83,8 +92,7 @@ def add_options(parser: argparse.ArgumentParser, owners: Iterable[Tuple[str, typ
             if cls in added:
                 continue
             added.add(cls)
-            title = cls.__dict__.get("title") or name
-            group = parser.add_argument_group(title)
+            group = parser.add_argument_group(_title(cls, name))
             for field in _own_fields(cls):
                 _add_field(group, field)
 

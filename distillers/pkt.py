@@ -2,7 +2,7 @@
 import torch
 
 from .base import Distiller, Weights
-from .registry import register_distiller
+from .registry import Reference, register_distiller
 
 
 def _conditional_probabilities(f: torch.Tensor, eps: float) -> torch.Tensor:
@@ -38,6 +38,12 @@ class PKT(Distiller):
     normalisation and the divergence and averages over the N^2 entries (hence the large
     ``-b``). We follow the code.
     """
+
+    reference = Reference(
+        label="PKT",
+        paper="Passalis & Tefas 2018",
+        code="RepDistiller `distiller_zoo/PKT.py`",
+    )
 
     stage_maps = False  # reads only the pooled feature
     cacheable = "pooled"  # --teacher_cache: feats_t[-1] and, for -d > 0, the logits

@@ -9,7 +9,7 @@ from helper.errors import UserError
 from .base import Distiller, Weights
 from .common import conv_maps_or_error
 from .options import MethodOptions, option
-from .registry import register_distiller
+from .registry import Reference, register_distiller
 
 
 def hcl_loss(feats_s, feats_t):
@@ -112,6 +112,19 @@ class ReviewKD(Distiller):
     (H, W) rather than a square size from a table, which is the same for CIFAR's square maps.
     """
 
+    reference = Reference(
+        label="ReviewKD",
+        paper="Chen et al. 2021 (CVPR)",
+        code="dvlab-research/ReviewKD `CIFAR-100/model/reviewkd.py`",
+        shown=("reviewkd_warmup",),
+        extra_params="1,808,774",
+        notes="warm-up counted from epoch 0 as the official code; teacher in eval mode, "
+              "`--teacher_train` as the official CIFAR code (which never calls `teacher.eval()`; "
+              "its recipe under Recipes); `--reviewkd_student_preact` as torchdistill",
+    )
+
+    # config.yaml files written before --teacher_train replaced this method's own switch
+    renamed_options = {"reviewkd_teacher_train": "teacher_train"}
     preact = True  # the teacher's features; the student's follow --reviewkd_student_preact
     default_weights = Weights(cls=1.0, div=0.0, beta=5.0)
 

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from .base import Distiller, Weights
 from .options import MethodOptions, option
-from .registry import register_distiller
+from .registry import Reference, register_distiller
 
 
 def pairwise_distances(e: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -55,6 +55,13 @@ class RKD(Distiller):
     mean by about ``(N-1)(N-2)/N^2``), and ``mu`` is the mean of the positive distances
     (the same as over distinct pairs). We follow the code.
     """
+
+    reference = Reference(
+        label="RKD",
+        paper="Park et al. 2019",
+        code="RepDistiller `distiller_zoo/RKD.py`",
+        shown=("rkd_w_d", "rkd_w_a"),
+    )
 
     stage_maps = False  # reads only the pooled feature
     cacheable = "pooled"  # --teacher_cache: feats_t[-1] and, for -d > 0, the logits

@@ -9,7 +9,7 @@ from helper.errors import UserError
 from .base import Distiller, Weights
 from .common import conv_maps_or_error
 from .options import MethodOptions, option
-from .registry import register_distiller
+from .registry import Reference, register_distiller
 
 
 def semckd_loss(projected, targets, attention):
@@ -122,6 +122,15 @@ class SemCKD(Distiller):
         queries and keys from the batch similarity matrices, not from pooled features.
       - L2 normalisation uses ``F.normalize`` (eps 1e-12) instead of a plain division.
     """
+
+    reference = Reference(
+        label="SemCKD",
+        paper="Chen et al. 2021 (AAAI)",
+        code="DefangChen/SimKD `models/util.py`",
+        shown=("semckd_soft",),
+        extra_params="10,233,632 at batch 64",
+        notes="a smaller last batch trains (the reference skips or crashes)",
+    )
 
     @dataclass(frozen=True)
     class Options(MethodOptions):

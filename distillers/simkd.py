@@ -13,7 +13,7 @@ from models.base import FeatureModel
 from .base import Distiller, Weights
 from .common import reusable_classifier
 from .options import MethodOptions, option
-from .registry import register_distiller
+from .registry import Reference, register_distiller
 
 
 def simkd_projector(s_channels: int, t_channels: int, factor: int = 2) -> nn.Sequential:
@@ -65,6 +65,17 @@ class SimKD(Distiller):
     classifier (``models.create_deployed("simkd", ...)``, read by ``load_teacher``).
     The code also holds a depthwise 3x3 variant, commented out; it is not offered here.
     """
+
+    reference = Reference(
+        label="SimKD",
+        paper="Chen et al. 2022 (CVPR)",
+        code="DefangChen/SimKD `models/util.py`",
+        shown=("factor",),
+        extra_params="214,016",
+        notes="the student checkpoint is self-contained: it evaluates and serves as a teacher "
+              "with its projector and the reused classifier",
+        usage="-f 2",
+    )
 
     combinable = False  # its own training step / test-time model
 

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import Distiller, Weights
-from .registry import register_distiller
+from .registry import Reference, register_distiller
 
 
 def batch_similarity(f: torch.Tensor) -> torch.Tensor:
@@ -32,6 +32,12 @@ class SP(Distiller):
     Paper vs code: the loss is the paper's Eq. 4. The paper sums it over a set of layer pairs;
     the reference code uses the single pair ``feats[-2]``, as we do.
     """
+
+    reference = Reference(
+        label="SP",
+        paper="Tung & Mori 2019",
+        code="SimKD `distiller_zoo/SP.py`",
+    )
 
     default_weights = Weights(cls=1.0, div=1.0, beta=3000.0)
 

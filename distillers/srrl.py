@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from .base import Distiller, Weights
 from .common import reusable_classifier
 from .options import MethodOptions, option
-from .registry import register_distiller
+from .registry import Reference, register_distiller
 
 
 def connector(c_in: int, c_out: int) -> nn.Sequential:
@@ -44,6 +44,15 @@ class SRRL(Distiller):
     MobileNetV2 students this is the last stage's output, before their final 1x1 conv).
     The teacher's classifier is used frozen and is not saved with the student.
     """
+
+    reference = Reference(
+        label="SRRL",
+        paper="Yang et al. 2021",
+        code="SimKD `models/util.py`; jingyang2017/KD_SRRL",
+        shown=("srrl_feat",),
+        extra_params="66,048",
+        notes="teacher classifier reused, frozen",
+    )
 
     default_weights = Weights(cls=1.0, div=1.0, beta=1.0)
 

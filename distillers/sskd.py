@@ -12,7 +12,7 @@ from helper.errors import UserError
 from .base import Distiller, Stage, Weights
 from .common import model_name, parameters_except
 from .options import MethodOptions, option, require
-from .registry import register_distiller
+from .registry import Reference, register_distiller
 
 
 def rotations(images: torch.Tensor) -> torch.Tensor:
@@ -102,6 +102,15 @@ class SSKD(Distiller):
       - The official head optimizer also holds the backbone at lr 0 (weight decay has no
         effect at lr 0); here the teacher_ss optimizer holds the head alone.
     """
+
+    reference = Reference(
+        label="SSKD",
+        paper="Xu et al. 2020",
+        code="xuguodong03/SSKD",
+        shown=("sskd_tf_weight", "sskd_t_epochs"),
+        extra_params="263,168",
+        notes="teacher's SS head trained first (stage `teacher_ss`)",
+    )
 
     combinable = False  # its own training step / test-time model
 

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from .base import Distiller, Weights
 from .options import MethodOptions, option, require
-from .registry import register_distiller
+from .registry import Reference, register_distiller
 
 MODES = ("self", "virtual")
 REDUCTIONS = ("mean", "batchmean")
@@ -105,6 +105,17 @@ class TfKD(Distiller):
         smoothing towards uniform), leaves the student at T = 1, has no ``T^2``, and fixes
         ``a = 0.99``. We follow the code.
     """
+
+    reference = Reference(
+        label="Tf-KD",
+        paper="Yuan et al. 2020",
+        code="yuanli2333/Teacher-free-Knowledge-Distillation",
+        defaults="`--tfkd_T 20` (40 virtual)",
+        notes="the loss of the CIFAR-100 MobileNetV2 `params.json`, not its recipe: that one "
+              "(batch 128, lr 0.1, 200 epochs, x0.2 at 60/120/160) is a command in "
+              "`distillers/tfkd.py`; virtual mode needs no teacher",
+        usage="[--tfkd_mode virtual]",
+    )
 
     teacher_feats = False
     student_feats = False

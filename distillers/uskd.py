@@ -13,7 +13,7 @@ from .base import Distiller, Weights
 from .common import model_name
 from .nkd import drop_labels
 from .options import MethodOptions, option, require
-from .registry import register_distiller
+from .registry import Reference, register_distiller
 
 EPS = 1e-6  # the reference's guard in the rank's normalisation
 
@@ -141,6 +141,17 @@ class USKD(Distiller):
         give two label columns: their two largest entries and values.
     ``-d`` (a KD term) needs a teacher, which USKD does not have: it must stay 0.
     """
+
+    reference = Reference(
+        label="USKD",
+        paper="Yang et al. 2023 (ICCV)",
+        code="yzd-v/cls_KD `mmcls/models/dis_losses/uskd.py`",
+        shown=("uskd_alpha", "uskd_beta", "uskd_mu", "uskd_layer"),
+        extra_params="12,900",
+        notes="self-KD, no teacher (drop `--path_t`); weak classifier on the pooled stage before "
+              "the last; ImageNet: `--uskd_alpha 1 --uskd_mu 0.005`; `--uskd_rank_probs` ranks "
+              "by probabilities (the code: log-probabilities); CIFAR-100 schedule as NKD's",
+    )
 
     teacher_feats = False
     default_weights = Weights(cls=1.0, div=0.0, beta=1.0)

@@ -1,11 +1,17 @@
 """Plain cross-entropy training: teachers, and the student-alone baseline."""
 from .base import Distiller, Weights
-from .registry import register_distiller
+from .registry import Reference, register_distiller
 
 
 @register_distiller("vanilla")
 class Vanilla(Distiller):
     """Cross-entropy only (``cls * CE``); no teacher is loaded, ``-d`` and ``-b`` are unused."""
+
+    reference = Reference(
+        label="cross-entropy",
+        code="RepDistiller `train_teacher.py`",
+        notes="no teacher needed",
+    )
 
     student_feats = False
     default_weights = Weights(cls=1.0, div=0.0, beta=0.0)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from .base import Distiller, Weights
 from .common import conv_maps_or_error, pool_to_smaller
-from .registry import register_distiller
+from .registry import Reference, register_distiller
 
 
 class _ChannelMSE(torch.autograd.Function):
@@ -78,6 +78,14 @@ class VID(Distiller):
     code averages ``0.5 * ((t - mu)^2 / var + log var)`` over all elements and weighs all
     layers by ``-b``. We follow the code (averaging only rescales ``-b`` per layer).
     """
+
+    reference = Reference(
+        label="VID",
+        paper="Ahn et al. 2019",
+        code="RepDistiller `distiller_zoo/VID.py`",
+        extra_params="258,496",
+        notes="the variance is trained (mdistiller's never is)",
+    )
 
     default_weights = Weights(cls=1.0, div=1.0, beta=1.0)
 

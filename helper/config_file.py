@@ -1,11 +1,14 @@
-"""``config.yaml``: every effective option of a run, written into its run folder, and
-``--config FILE``, which starts a run from such a file (command-line flags override it).
+"""``config.yaml``: the effective options of a run (its own: the run-wide flags and its methods'
+options, not other methods'), written into its run folder, and ``--config FILE``, which starts
+a run from such a file (command-line flags override it).
 
 The file is flat YAML: one ``dest: value`` per option (the flag without its dashes, e.g.
 ``lr_decay_epochs: [150, 180, 210]``, ``cls: 1.0`` for ``-c``), with the defaults that depend on
-the model or the method filled in. Reading it checks every key against the parser's options and
-converts every value with the flag's own type and choices, so a wrong key or value is refused
-in one line, as the same flag on the command line would be.
+the model or the method filled in, and paths as the user gave them. Reading it checks every
+key against the parser's options and converts every value with the flag's own type and
+choices, so a wrong key or value is refused in one line, as the same flag on the command line
+would be. A file written before the options were scoped holds every method's options:
+``helper/options.py`` drops those of methods the run does not use before the check.
 """
 import argparse
 import json
@@ -13,8 +16,8 @@ import json
 from helper.errors import UserError
 
 FILE_NAME = "config.yaml"
-# Options that say how this process starts, not what the run is: never written.
-NOT_WRITTEN = ("resume", "config", "evaluate")
+# Options that say how this process starts or where it logs, not what the run is: never written.
+NOT_WRITTEN = ("resume", "config", "evaluate", "linear_probe", "probe_data_folder", "logger")
 
 
 def _yaml():
@@ -29,7 +32,7 @@ def to_text(values, command=None):
     """The YAML text of ``values`` (flat scalars and lists), with a comment on how to rerun."""
     plain = json.loads(json.dumps({k: v for k, v in values.items() if k not in NOT_WRITTEN},
                                   default=str))
-    head = "# every effective option of this run"
+    head = "# the effective options of this run"
     if command:
         head += f"; rerun with: python {command} --config config.yaml --save_folder OTHER"
     return head + "\n" + _yaml().safe_dump(plain, sort_keys=True, default_flow_style=None)
@@ -81,9 +84,9 @@ def _kind(action):
     return getattr(action.type, "__name__", "value") if action.type is not None else "string"
 
 
-def load(path, parser):
-    """The options in the config file ``path``, checked and converted for ``parser``
-    (``UserError`` naming the file and the key otherwise)."""
+def read(path):
+    """The ``option: value`` pairs of the config file ``path``, as YAML gives them
+    (``UserError`` naming the file otherwise)."""
     yaml = _yaml()
     try:
         with open(path, encoding="utf-8") as f:
@@ -103,6 +106,12 @@ def load(path, parser):
     if not isinstance(data, dict):
         raise UserError(f"--config {path}: expected 'option: value' lines, got a "
                         f"{type(data).__name__}")
+    return data
+
+
+def convert(data, parser, path):
+    """The options ``data`` (read from ``path``), checked and converted for ``parser``
+    (``UserError`` naming the file and the key otherwise)."""
     actions = {a.dest: a for a in parser._actions if a.dest not in ("help", *NOT_WRITTEN)}
     unknown = sorted(str(k) for k in data if k not in actions)
     if unknown:
@@ -115,3 +124,8 @@ def load(path, parser):
         except ValueError as e:
             raise UserError(f"--config {path}: {key} ({_flag(actions[key])}) {e}") from None
     return values
+
+
+def load(path, parser):
+    """The options in the config file ``path``, checked and converted for ``parser``."""
+    return convert(read(path), parser, path)

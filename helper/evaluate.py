@@ -13,6 +13,8 @@ printed (top-1, top-5, loss, images/s) and the result is written as JSON: into
 teacher's registration record, or one over more test images), which then also go into
 ``--save_folder``.
 Distributed runs score each process's shard and sum the counts (``helper.loop.validate``).
+With ``--linear_probe DATASET`` the entry scripts call ``helper.probe.linear_probe`` instead:
+a linear classifier on the checkpoint's frozen features of DATASET.
 
 ``check_published`` scores a teacher the zoo just wrote (``helper/teachers.py``) the same way
 and compares it with its published top-1 (more than 0.5 points off: a warning line); its

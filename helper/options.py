@@ -6,8 +6,15 @@ derives from them, computed once (the method's options and effective weights, th
 rate's default; per process, the batch and the ``--adjust_lr`` learning rate; after the data
 is built, its sizes). Nothing writes to the namespace after parsing. A method's flags are
 generated from its ``Options`` dataclass (``distillers/options.py``).
+
+What a run records is scoped to it: ``option_names`` are the run-wide flags and the options of
+the methods it uses, not other methods' (config.yaml, summary.json, the --resume checks); an
+older config.yaml with every method's options loads (``_current_options``). ``--help`` shows
+the common flags (``BRIEF_HELP``), ``--distill X --help`` adds X's options, ``--help_all``
+every flag.
 """
 import argparse
+import copy
 import dataclasses
 import math
 import os
@@ -18,36 +25,31 @@ from typing import Optional
 import torch
 
 from dataset import DATASET_NAMES, FOLDER_DATASET_NAMES, augment
-from helper import (config_file, distributed, fkd_labels, precision, schedule, teacher_cache,
-                    teacher_forward)
+from helper import (config_file, distributed, fkd_labels, loggers, precision, schedule,
+                    teacher_cache, teacher_forward)
 from helper.argtypes import OneLineParser as _Parser
 from helper.argtypes import non_negative as _non_negative, number as _number, positive as _positive
 from helper.errors import UserError
-from distillers import MethodConfig, RunInfo, distiller_names, option_owners
+from distillers import (KDOptions, MethodConfig, RunInfo, get_distiller,
+                        option_owners)
 from distillers.combine import configure, split_methods
-from distillers.options import add_options
+from distillers.options import add_options, group_titles
+from distillers.registry import method_option_names, renamed_options
 from models.registry import model_name as model_arg
 
 SMALL_LR_MODELS = ("MobileNetV2", "MobileNetV2_1_0", "mobile_half", "ShuffleV1", "ShuffleV2",
                    "ShuffleV2_1_5")
 
 
-# The options a resumed run may change: where and how it runs, not what it trains. --resume
-# refuses a change of every other option the run uses (helper/resume.py walks the parser), so
-# a flag added later is fixed unless it is named here.
-RESUME_FREE = frozenset({
-    "epochs",                                                   # may grow
-    "resume", "config", "evaluate",                             # how this process starts
-    "data_folder", "save_folder", "num_workers", "print_freq", "gpu_id",
-    # the processes: a run may continue on other machines (but not on more or fewer of them:
-    # each machine has its --batch_size, so --world-size sets the total batch)
-    "multiprocessing_distributed", "rank", "dist_url", "dist_backend", "nproc", "dist_timeout",
-    # speed: the same training, computed otherwise
-    "deterministic", "memory_format", "channels_last", "compile", "teacher_forward",
-    "teacher_compile", "teacher_cache",
-    # the teachers: compared by their checkpoints' model names and SHA-256 instead
-    "path_t", "model_t",
-})
+# What plain --help shows, in this order: the flags most runs set, in one screen.
+BRIEF_HELP = ("model", "model_s", "path_t", "model_t", "distill", "cls", "div", "beta", "kd_T",
+              "dataset", "data_folder", "batch_size", "epochs", "learning_rate",
+              "lr_decay_epochs", "lr_decay_rate", "lr_scheduler", "optimizer", "weight_decay",
+              "momentum", "aug", "amp", "config", "trial", "seed", "deterministic",
+              "save_folder", "resume", "evaluate", "linear_probe", "logger")
+
+# Options naming files or folders: config.yaml keeps them as given, summary.json resolved.
+PATH_OPTIONS = ("data_folder", "save_folder", "path_t", "teacher_cache", "fkd")
 
 # numpy's seed range. --seed plus a numeric --trial, times the loaders' stride (100003) plus the
 # epoch, then stays within torch's 64-bit generator seeds.
@@ -129,13 +131,108 @@ def _common(parser):
     r.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="continue from this run's last.pth, or from the given checkpoint")
     r.add_argument("--evaluate", metavar="FILE", help="score FILE on the test split; no training")
+    r.add_argument("--linear_probe", "--linear-probe", choices=DATASET_NAMES, metavar="DATASET",
+                   help="with --evaluate: linear-probe top-1 on DATASET")
+    r.add_argument("--probe_data_folder", "--probe-data-folder", metavar="DIR",
+                   help="--linear_probe's data (default --data_folder)")
+    r.add_argument("--logger", choices=loggers.LOGGERS, default=None,
+                   help="mirror scalars and config (optional package)")
     distributed.add_arguments(parser)
     precision.add_arguments(parser)
     augment.add_arguments(parser)
 
 
+class _BriefFormatter(argparse.HelpFormatter):
+    """--help's layout: a flag under its short aliases and main spelling only."""
+
+    def _format_action_invocation(self, action):
+        shown = [s for s in action.option_strings if not s.startswith("--")]
+        shown.append(next(s for s in action.option_strings if s.startswith("--")))
+        if action.nargs == 0:
+            return ", ".join(shown)
+        metavar = self._format_args(action, self._get_default_metavar_for_optional(action))
+        return f"{', '.join(shown)} {metavar}"
+
+
+def _with_default(action):
+    """A copy of ``action`` whose help ends with its default (when it has one to show)."""
+    text, default = action.help or "", action.default
+    if not any(default is v for v in (None, False, argparse.SUPPRESS)) and "default" not in text:
+        shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else default
+        text = f"{text} (default {str(shown).replace('%', '%%')})".lstrip()
+    brief = copy.copy(action)
+    brief.help = text
+    return brief
+
+
+class _Help(argparse.Action):
+    """``-h/--help``: the common flags (``brief_help``); ``--help_all``: every flag."""
+
+    def __init__(self, option_strings, dest, every=False, help=None):
+        super().__init__(option_strings, dest="help", nargs=0, default=argparse.SUPPRESS,
+                         help=help)
+        self.every = every
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        _print_and_exit(parser, parser.format_help() if self.every else brief_help(parser))
+
+
+def _print_and_exit(parser, text):
+    """Help on stdout, as argparse's own, then exit 0."""
+    sys.stdout.write(text)
+    parser.exit(0)
+
+
+def _add_help(parser):
+    parser.add_argument("-h", "--help", action=_Help,
+                        help="the common flags (--distill METHOD --help: also its options)")
+    parser.add_argument("--help_all", "--help-all", action=_Help, every=True,
+                        help="every flag, each method's under its name")
+
+
+def _method_titles(spec):
+    """The help groups of the methods in ``spec`` (``--distill``) and of the KD term."""
+    owners = [(None, KDOptions)] + [(n, get_distiller(n).Options) for n in split_methods(spec)]
+    return [title for name, options in owners for title in group_titles(name, options)]
+
+
+def brief_help(parser, spec=None):
+    """The ``--help`` text: the common flags (``BRIEF_HELP``) and, for ``--distill spec``, the
+    options of its methods and of the KD term; how to see every flag."""
+    fmt = _BriefFormatter(parser.prog)
+    fmt.add_usage(parser.usage, [], [])
+    fmt.add_text(parser.description)
+    actions = {a.dest: a for a in parser._actions}
+    common = [actions[d] for d in BRIEF_HELP if d in actions]
+    fmt.start_section("common options")
+    fmt.add_arguments([_with_default(a) for a in common])
+    fmt.end_section()
+    titles = _method_titles(spec) if spec else []
+    for group in parser._action_groups:
+        if group.title in titles:
+            fmt.start_section(group.title)
+            fmt.add_arguments([_with_default(a) for a in group._group_actions if a not in common])
+            fmt.end_section()
+    fmt.add_text(_more_help(parser, spec))
+    return fmt.format_help()
+
+
+def _more_help(parser, spec):
+    flags = sum(1 for a in parser._actions if a.dest != "help")
+    groups = sum(1 for g in parser._action_groups if g._group_actions)
+    lines = [f"--help_all lists all {flags} flags in {groups} groups."]
+    if "distill" in {a.dest for a in parser._actions}:
+        if not spec:
+            lines.insert(0, "--distill METHOD --help adds the method's own options.")
+        lines.append("python -m distillers lists the methods with their papers, reference "
+                     "code and defaults.")
+    return " ".join(lines)
+
+
 def teacher_parser():
-    parser = _Parser(description="Train a model with cross-entropy (a teacher or a baseline).")
+    parser = _Parser(description="Train a model with cross-entropy (a teacher or a baseline).",
+                     usage="%(prog)s [--model MODEL] [--dataset NAME] [options]", add_help=False)
+    _add_help(parser)
     parser.add_argument("--model", default="resnet32x4", type=model_arg)
     _common(parser)
     return parser
@@ -164,7 +261,10 @@ class _OneOrSeveral(argparse.Action):
 
 
 def student_parser():
-    parser = _Parser(description="Distil a student from a trained teacher.")
+    parser = _Parser(description="Distil a student from a trained teacher.", add_help=False,
+                     usage="%(prog)s [--path_t CHECKPOINT] [--distill METHOD] [--model_s MODEL] "
+                           "[options]")
+    _add_help(parser)
     g = parser.add_argument_group("distillation")
     g.add_argument("--model_s", "--model-s", default="resnet8x4", type=model_arg)
     g.add_argument("--path_t", "--path-t", default=None, nargs="+", type=_each(str),
@@ -176,8 +276,8 @@ def student_parser():
                    help="teacher architecture, when the checkpoint does not name it (several: "
                         "one per --path_t, in order)")
     g.add_argument("--distill", default="kd", type=_method_spec, metavar="METHOD[+METHOD...]",
-                   help=f"the method, or several joined by '+' (e.g. dkd+reviewkd, each with "
-                        f"its own -b NAME=B): {', '.join(distiller_names())}")
+                   help="the method, or several joined by '+' (e.g. dkd+reviewkd, each with "
+                        "its own -b NAME=B); python -m distillers lists them")
     add_options(parser, option_owners())
     _common(parser)
     teacher_forward.add_arguments(parser)
@@ -210,7 +310,7 @@ class RunConfig:
     batch_size: int                 # the batch of one process (--batch_size is one machine's)
     data: Optional[dict] = None     # num_classes, input_size, train_size, val_size
     flag_learning_rate: Optional[float] = None  # the learning rate before --adjust_lr
-    option_names: tuple = ()        # the parser's option names (config.yaml's keys)
+    option_names: tuple = ()        # the options this run uses (config.yaml's keys)
 
     def for_process(self, local_size: int, world_size: int) -> "RunConfig":
         """Split ``--batch_size`` over this machine's ``local_size`` processes; with
@@ -236,9 +336,11 @@ class RunConfig:
 
     def effective_args(self) -> dict:
         """The flags as this run uses them (summary.json's ``args``): defaults that depend on
-        the model or the method filled in."""
+        the model or the method filled in; other methods' options left out."""
         w = self.method.weights
-        return {**vars(self.args), "learning_rate": self.learning_rate, "cls": w.cls,
+        own = {k: v for k, v in vars(self.args).items()
+               if not self.option_names or k in self.option_names}
+        return {**own, "learning_rate": self.learning_rate, "cls": w.cls,
                 "div": w.div, "beta": self.method.beta_value(), "kd_T": self.method.kd.kd_T,
                 **self.method.option_values()}
 
@@ -251,20 +353,71 @@ class RunConfig:
         keep = set(self.option_names or values) - set(config_file.NOT_WRITTEN)
         return {k: v for k, v in values.items() if k in keep}
 
+    def summary_args(self) -> dict:
+        """summary.json's ``args``: the effective flags, with paths resolved."""
+        return {k: _resolved(v) if k in PATH_OPTIONS else v
+                for k, v in self.effective_args().items()}
+
     def summary(self) -> dict:
         """Derived values summary.json records beside the flags."""
         return {"batch_size_per_process": self.batch_size, "learning_rate": self.learning_rate}
 
 
+def _resolved(value):
+    """A path option's value (one path or several) as absolute, resolved paths."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        return [os.path.realpath(v) for v in value]
+    return os.path.realpath(value)
+
+
+def _others_options(spec):
+    """The options of the methods ``spec`` (``--distill``) does not name: not this run's."""
+    return method_option_names() - method_option_names(split_methods(spec))
+
+
+def _current_options(data, spec):
+    """A config file's options as this run names them: other methods' options dropped (a
+    config.yaml written before the scoping holds every method's), an old name of one of the
+    run's methods' options under its new one."""
+    others = _others_options(spec)
+    renamed = renamed_options(split_methods(spec))
+    current = {k: v for k, v in data.items() if k not in others and k not in renamed}
+    for old, new in renamed.items():
+        if old in data and new not in data:
+            current[new] = data[old]
+    return current
+
+
+def _pre_parse(parser, argv):
+    """``--config``, ``--distill`` and the help flags of ``argv``, before the whole parse."""
+    pre = _Parser(prog=parser.prog, add_help=False)
+    pre.add_argument("--config", default=None)
+    pre.add_argument("-h", "--help", action="store_true")
+    pre.add_argument("--help_all", "--help-all", action="store_true")
+    if "distill" in {a.dest for a in parser._actions}:
+        pre.add_argument("--distill", type=_method_spec, default=None)
+    known, _ = pre.parse_known_args(argv)
+    return known
+
+
 def _parse(parser, argv):
     """Parse ``argv``; with ``--config FILE``, the file's options are the defaults."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    pre = _Parser(prog=parser.prog, add_help=False)
-    pre.add_argument("--config", default=None)
-    known, _ = pre.parse_known_args(argv)
+    known = _pre_parse(parser, argv)
+    spec = getattr(known, "distill", None)
+    if known.help_all:
+        _print_and_exit(parser, parser.format_help())
+    if known.help:
+        _print_and_exit(parser, brief_help(parser, spec))
     if known.config is not None:
         try:
-            parser.set_defaults(**config_file.load(known.config, parser))
+            data = config_file.read(known.config)
+            if hasattr(known, "distill"):
+                data = _current_options(data, spec or str(data.get("distill") or
+                                                          parser.get_default("distill")))
+            parser.set_defaults(**config_file.convert(data, parser, known.config))
         except UserError as e:
             parser.error(str(e))
     return FrozenNamespace(parser.parse_args(argv))
@@ -293,7 +446,13 @@ def _config(parser, args, model_name, method) -> RunConfig:
     """Check combinations and derive the run configuration (for one process per machine)."""
     distributed.check_arguments(parser, args)
     precision.check_arguments(parser, args)
-    augment.check_arguments(parser, args, args.dataset in FOLDER_DATASET_NAMES)
+    if args.linear_probe is not None and args.evaluate is None:
+        parser.error("--linear_probe probes a checkpoint: give --evaluate FILE with it")
+    if args.probe_data_folder is not None and args.linear_probe is None:
+        parser.error("--probe_data_folder is the data of --linear_probe DATASET; give it too")
+    loggers.check_arguments(parser, args)
+    augment.check_arguments(parser, args,  # --linear_probe: --input_size is the probe data's
+                            (args.linear_probe or args.dataset) in FOLDER_DATASET_NAMES)
     if args.jitter < 0:
         parser.error(f"--jitter must be 0 or more, got {args.jitter}")
     if not (math.isfinite(args.dist_timeout) and args.dist_timeout > 0):
@@ -306,8 +465,10 @@ def _config(parser, args, model_name, method) -> RunConfig:
     lr = args.learning_rate
     if lr is None:
         lr = 0.01 if model_name in SMALL_LR_MODELS else 0.05
+    others = _others_options(method.name)
+    names = tuple(a.dest for a in parser._actions if a.dest != "help" and a.dest not in others)
     return RunConfig(args, model_name, method, lr, args.batch_size, flag_learning_rate=lr,
-                     option_names=tuple(a.dest for a in parser._actions if a.dest != "help"))
+                     option_names=names)
 
 
 def _check_schedule(parser, args):
@@ -330,7 +491,8 @@ def _check_schedule(parser, args):
 
 def _check_paths(parser, args):
     """No empty paths; the run folder stays inside --save_folder."""
-    for flag in ("save_folder", "data_folder", "path_t", "resume", "pretrained"):
+    for flag in ("save_folder", "data_folder", "path_t", "resume", "pretrained",
+                 "probe_data_folder"):
         if getattr(args, flag, None) == "":
             parser.error(f"--{flag} is empty; give a path")
     _check_trial(parser, args.trial)

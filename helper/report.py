@@ -17,6 +17,9 @@ from collections import defaultdict
 from pathlib import Path
 
 from helper.argtypes import OneLineParser
+from distillers.combine import split_methods
+from distillers.registry import method_option_names
+from helper.errors import UserError
 from helper.published import TABLES
 from helper.run_folder import pid_alive
 
@@ -31,7 +34,7 @@ from helper.run_folder import pid_alive
 # share of the machine's --batch_size). Runs that differ only in these are trials of one recipe.
 NOT_RECIPE = frozenset({
     "trial", "seed",
-    "config", "resume", "evaluate",
+    "config", "resume", "evaluate", "linear_probe", "probe_data_folder", "logger",
     "save_folder", "data_folder", "path_t", "teacher_cache",  # the teacher: by architecture
     "print_freq", "num_workers", "gpu_id", "deterministic",
     "memory_format", "channels_last", "compile", "teacher_forward", "teacher_compile",
@@ -165,10 +168,23 @@ def _name(value):
     return "-" if value is None else str(value)
 
 
-def recipe(args):
-    """The args that make the recipe: all but ``NOT_RECIPE``, ``PRESENCE_ONLY`` as given or not."""
+def recipe(args, distill=None):
+    """The args that make the recipe: all but ``NOT_RECIPE`` and the options of methods other
+    than ``distill``'s (summaries written before runs recorded only their own methods' hold
+    every method's), ``PRESENCE_ONLY`` as given or not."""
+    others = _other_methods_options(distill)
     return {k: (v is not None if k in PRESENCE_ONLY else v) for k, v in args.items()
-            if k not in NOT_RECIPE}
+            if k not in NOT_RECIPE and k not in others}
+
+
+def _other_methods_options(distill):
+    """The options of every registered method not in ``distill`` (``a+b``); a method this
+    version does not know keeps them all (an unknown difference splits groups)."""
+    try:
+        used = split_methods(distill) if isinstance(distill, str) else ()
+    except UserError:
+        return set()
+    return method_option_names() - method_option_names(used)
 
 
 def status(run):
@@ -196,7 +212,7 @@ def group_key(entry):
     """``(data set, teacher, model, method, role, recipe as JSON)``: the entries of one key are
     trials of one configuration."""
     return (entry["dataset"], entry["teacher"], entry["model_name"], entry["distill"],
-            entry["role"], json.dumps(recipe(entry["args"]), sort_keys=True))
+            entry["role"], json.dumps(recipe(entry["args"], entry["distill"]), sort_keys=True))
 
 
 def _stats(values):
@@ -330,6 +346,8 @@ def main(argv=None):
     parser.add_argument("folders", nargs="+", help="run folders or folders holding them")
     parser.add_argument("--table", choices=sorted(TABLES), help="published table to compare with")
     parser.add_argument("--plot", help="write test accuracy per epoch to this PNG (needs matplotlib)")
+    parser.add_argument("--cost", action="store_true", help="also print each teacher's and "
+                        "student's parameters, MACs and measured latency (helper/cost.py)")
     args = parser.parse_args(argv)
     missing = [f for f in args.folders if not Path(f).exists()]
     if missing:
@@ -349,6 +367,9 @@ def main(argv=None):
     if args.table:
         print(f"Published: {TABLES[args.table]['source']}\n")
     print(report(runs, args.table))
+    if args.cost:
+        from helper.cost import cost_table
+        print("\n" + cost_table(_groups(runs)), flush=True)
     if args.plot:
         plot(runs, args.plot)
         print(f"\nplot written to {args.plot}", file=sys.stderr)

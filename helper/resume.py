@@ -1,7 +1,7 @@
 """``--resume``: the checkpoint a run continues from, checked against the run: the models,
 method and data set, and the teacher files' SHA-256, through the checkpoint's meta; every other
 option the run uses through the arguments last.pth stores, but those declared free
-(``helper.options.RESUME_FREE``)."""
+(``RESUME_FREE``)."""
 import dataclasses
 import json
 import os
@@ -12,7 +12,25 @@ from distillers.base import WeightOptions
 from helper.checkpoint import FORMAT
 from helper.errors import UserError
 from helper.files import load_file
-from helper.options import RESUME_FREE
+
+
+# The options a resumed run may change: where and how it runs, not what it trains. --resume
+# refuses a change of every other option the run uses (``fixed_options`` walks the parser), so
+# a flag added later is fixed unless it is named here.
+RESUME_FREE = frozenset({
+    "epochs",                                                   # may grow
+    "resume", "config", "evaluate",                             # how this process starts
+    "linear_probe", "probe_data_folder", "logger",              # --evaluate's probe; logs
+    "data_folder", "save_folder", "num_workers", "print_freq", "gpu_id",
+    # the processes: a run may continue on other machines (but not on more or fewer of them:
+    # each machine has its --batch_size, so --world-size sets the total batch)
+    "multiprocessing_distributed", "rank", "dist_url", "dist_backend", "nproc", "dist_timeout",
+    # speed: the same training, computed otherwise
+    "deterministic", "memory_format", "channels_last", "compile", "teacher_forward",
+    "teacher_compile", "teacher_cache",
+    # the teachers: compared by their checkpoints' model names and SHA-256 instead
+    "path_t", "model_t",
+})
 
 
 def plain(data):
@@ -29,10 +47,8 @@ def resume_checkpoint(config, run_path, meta):
     """
     args = config.args
     last = run_path / "last.pth"
+    refuse_overwrite(args, run_path)
     if args.resume is None:
-        if last.exists():
-            raise UserError(f"{run_path} already holds a run; pass --resume to continue it, "
-                            "or another --trial or --save_folder to start a new one")
         return None
     path = last if args.resume == "auto" else args.resume
     if args.resume == "auto" and not last.exists():
@@ -47,6 +63,13 @@ def resume_checkpoint(config, run_path, meta):
     check_same_teacher_files(checkpoint, meta, path)
     check_same_args(config, checkpoint.get("args") or _summary_args(path), path)
     return checkpoint
+
+
+def refuse_overwrite(args, run_path):
+    """Without --resume, a run folder that holds a run is an error, never overwritten."""
+    if args.resume is None and (run_path / "last.pth").exists():
+        raise UserError(f"{run_path} already holds a run; pass --resume to continue it, "
+                        "or another --trial or --save_folder to start a new one")
 
 
 def check_same_teacher_files(checkpoint, meta, path):

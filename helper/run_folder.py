@@ -57,8 +57,8 @@ def deferred_interrupt():
 
 class RunFolder:
     """Writes one run's files; a context manager. On entry, rank 0 creates the folder and takes
-    its lock (``.lock``: the owner's pid and host), refusing a folder another run holds; on exit
-    it releases the lock, and removes the folder when it created it and the run failed before
+    its lock (``.lock``: the owner's pid and host, and SLURM_JOB_ID in a SLURM job), refusing
+    a folder another run holds; on exit it releases the lock, and removes the folder when it created it and the run failed before
     any last.pth. On ranks other than 0 every method does nothing."""
 
     def __init__(self, path, write=True, log=print):
@@ -102,7 +102,10 @@ class RunFolder:
         return UserError(f"cannot create the run folder {self.path} ({why}); check --save_folder")
 
     def _take_lock(self):
-        me = json.dumps({"pid": os.getpid(), "host": socket.gethostname()})
+        me = {"pid": os.getpid(), "host": socket.gethostname()}
+        if os.environ.get("SLURM_JOB_ID"):  # a requeued job (same id) may take it over
+            me["slurm_job"] = os.environ["SLURM_JOB_ID"]
+        me = json.dumps(me)
         while True:
             try:
                 fd = os.open(self.lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -125,7 +128,17 @@ class RunFolder:
         owner = self._read_owner()
         if owner is None:
             return  # released meanwhile: try again
-        pid, host = owner
+        pid, host, job = owner
+        if job is not None and job == os.environ.get("SLURM_JOB_ID") \
+                and host != socket.gethostname():
+            # the same SLURM job, requeued onto another node: its earlier run is over
+            self.log(f"note: {self.path} was locked by SLURM job {job} on host {host}, "
+                     "requeued here; taking it over")
+            try:
+                self.lock.unlink(missing_ok=True)
+            except OSError as e:
+                raise self._cannot_write(e) from e
+            return
         if host != socket.gethostname():
             raise UserError(f"{self.path} is in use by a run on host {host} (pid {pid}); if that "
                             f"run is dead, delete {self.lock} and start again")
@@ -163,7 +176,8 @@ class RunFolder:
             raise self._foreign_lock('holds no {"pid": ..., "host": ...} of a run')
         if not 0 < owner["pid"] <= MAX_PID:
             raise self._foreign_lock(f"holds pid {owner['pid']}, which no process can have")
-        return owner["pid"], owner["host"]
+        job = owner.get("slurm_job")
+        return owner["pid"], owner["host"], job if isinstance(job, str) and job else None
 
     def _foreign_lock(self, what):
         return UserError(f"{self.path} is locked: its {self.lock.name} {what}; if no run uses "

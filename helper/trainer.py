@@ -18,6 +18,7 @@ from helper.distributed import Context, sync_buffers, wrap
 from helper import config_file
 from helper.precision import Precision, compile_models, use_channels_last
 from helper.errors import UserError
+from helper.loggers import RunLoggers, train_log
 from helper.loop import train_one_epoch, validate
 from helper.resume import plain, resume_checkpoint
 from helper.run_folder import RunFolder, deferred_interrupt
@@ -93,7 +94,7 @@ def train(config, distiller, train_loader, val_loader, run_path, meta, ctx, befo
     """Take the run folder (refused while another run holds it), check it (continue it with
     --resume, or refuse to overwrite it), call ``before_fit()`` (work worth doing only for a
     run that goes ahead, such as scoring the teachers), then fit."""
-    with RunFolder(run_path, write=ctx.is_main, log=ctx.log) as run:
+    with RunFolder(run_path, write=ctx.is_main, log=ctx.log) as run, train_log(run, ctx):
         resume = resume_checkpoint(config, run_path, meta)
         if before_fit is not None:
             before_fit()
@@ -248,17 +249,19 @@ class Fit:
     def save(self, run, epoch, stage, lr, train, val):
         """Log the epoch, write best.pth (when it is the best), last.pth and summary.json."""
         d, p = self.distiller, self.progress
-        run.scalars({"train/loss": train["loss"], "train/acc": train["acc"],
-                     **{f"train/loss_{k}": v for k, v in train["terms"].items()},
-                     "test/acc": val["acc"], "test/acc_top5": val["acc_top5"],
-                     "test/loss": val["loss"], "lr": lr,
-                     **{f"test/acc_{k}": v["acc"] for k, v in val["models"].items()}}, epoch)
+        values = {"train/loss": train["loss"], "train/acc": train["acc"],
+                  **{f"train/loss_{k}": v for k, v in train["terms"].items()},
+                  "test/acc": val["acc"], "test/acc_top5": val["acc_top5"],
+                  "test/loss": val["loss"], "lr": lr,
+                  **{f"test/acc_{k}": v["acc"] for k, v in val["models"].items()}}
+        run.scalars(values, epoch)
         weights = {"format": FORMAT, **self.meta, "model": d.student.state_dict(),
                    "extras": d.extra_state_dict(), "epoch": epoch, "stage": stage.name,
                    "accuracy": val["acc"], "deploy": d.deploy_state()}
         if stage.selects_best and (p.best_epoch == 0 or val["acc"] > p.best_acc):
             p.best_acc, p.best_epoch = val["acc"], epoch
             run.save({**weights, "best_acc": p.best_acc}, "best.pth")
+        self.loggers.epoch(values, epoch, p.best_acc, finished=epoch == self.total)
         extra_models = self.save_extra_models(run, epoch, stage, val["models"])
         run.save({**weights, "best_acc": p.best_acc, "best_epoch": p.best_epoch,
                   "extra_best": p.extra_best, "wall_time": p.wall,
@@ -325,13 +328,14 @@ class Fit:
         self.progress.summary = self.first_summary()
         self.write_config(run)
         epoch = self.progress.start_epoch
-        try:
-            for epoch in range(self.progress.start_epoch, self.total + 1):
-                index, stage, stage_epoch = stage_at(self.stages, epoch)
-                self.enter_stage(index, stage)
-                lr, train, val = self.one_epoch(model, epoch, stage, stage_epoch)
-                with deferred_interrupt():  # Ctrl-C: after the epoch's files
-                    self.save(run, epoch, stage, lr, train, val)
+        try:  # HParams session and --logger (helper/loggers.py)
+            with RunLoggers(run, self.config, self.meta, self.log) as self.loggers:
+                for epoch in range(self.progress.start_epoch, self.total + 1):
+                    index, stage, stage_epoch = stage_at(self.stages, epoch)
+                    self.enter_stage(index, stage)
+                    lr, train, val = self.one_epoch(model, epoch, stage, stage_epoch)
+                    with deferred_interrupt():  # Ctrl-C: after the epoch's files
+                        self.save(run, epoch, stage, lr, train, val)
         except KeyboardInterrupt:
             saved = run.saved or resume is not None
             then = "continue with --resume" if saved else "nothing was saved"
@@ -350,9 +354,9 @@ def fit(config, distiller, train_loader, val_loader, run_path, meta, *, ctx=None
     fresh optimizer and its own scheduler (helper/schedule.py).
     """
     ctx = ctx or Context()
-    log = log or ctx.log
-    fitting = Fit(config, distiller, train_loader, val_loader, run_path, meta, ctx, log)
     if run is not None:
-        return fitting.run(run, resume)
-    with RunFolder(run_path, write=ctx.is_main, log=log) as run:
-        return fitting.run(run, resume)
+        return Fit(config, distiller, train_loader, val_loader, run_path, meta, ctx,
+                   log or ctx.log).run(run, resume)
+    with RunFolder(run_path, write=ctx.is_main, log=log or ctx.log) as run, train_log(run, ctx):
+        return Fit(config, distiller, train_loader, val_loader, run_path, meta, ctx,
+                   log or ctx.log).run(run, resume)

@@ -5,6 +5,13 @@
 #   DRY_RUN  1: print the commands instead of running them
 #   EXTRA    flags appended to every command (e.g. "--epochs 2" for a smoke test)
 #   ZOO      1: a teacher a release publishes is fetched instead of trained (default); 0: train
+#   LAUNCHER local (default): the pool below; slurm: every command becomes an sbatch job at the
+#            script's end (helper/slurm.py: SLURM_PARTITION, SLURM_ACCOUNT, SLURM_TIME,
+#            SLURM_GPUS_PER_JOB, SLURM_CPUS_PER_JOB, SLURM_NODES, SBATCH_OPTIONS); students wait
+#            for their teacher's job (afterok), trials of a row form a job array, barrier waits
+#            for nothing. With DRY_RUN=1 the same commands are printed, then '# slurm:' lines.
+#   STATUS   1: run nothing; list each row of the table: done / running / queued / failed / not
+#            started (python -m helper.table status)
 # Lines starting with '#' that a script prints (note) say which teacher checkpoint and which
 # metric its table uses; they are printed in both modes and are not commands.
 #
@@ -24,21 +31,43 @@ DATA=${DATA:-./data}
 DRY_RUN=${DRY_RUN:-0}
 EXTRA=${EXTRA:-}
 ZOO=${ZOO:-1}
+LAUNCHER=${LAUNCHER:-local}
+STATUS=${STATUS:-0}
+case "$LAUNCHER" in local|slurm) ;; *) echo "LAUNCHER: local or slurm, not $LAUNCHER" >&2; exit 2 ;; esac
 _next_gpu=0
+_plan=""  # the commands recorded for the slurm launcher or STATUS=1, one shell-quoted a line
+if [ "$LAUNCHER" = slurm ] || [ "$STATUS" = 1 ]; then
+  _plan=$(mktemp "${TMPDIR:-/tmp}/kd_table_plan.XXXXXX")
+fi
+_plan_save=$SAVE
+
+# _record ARGS...: add one command to the plan.
+_record() {
+  printf '%q ' "$@" >> "$_plan"
+  echo >> "$_plan"
+}
 
 # job python SCRIPT ARGS...: run on the next free GPU, in the background when several GPUs.
 # A teacher (see the teacher step above) may be found or fetched instead.
 job() {
+  if [ "$STATUS" = 1 ]; then
+    _record "$@" --save_folder "$SAVE" --data_folder "$DATA" $EXTRA
+    return
+  fi
   if [ "${1-}" = python ] && [ "${2-}" = train_teacher.py ]; then
     _teacher_step "${@:3}" || return 0
     [ -z "$_resume" ] || set -- "$@" --resume
   fi
   local gpu=${GPU_LIST[$((_next_gpu % ${#GPU_LIST[@]}))]}
   _next_gpu=$((_next_gpu + 1))
+  if [ "$LAUNCHER" = slurm ]; then  # submitted at the end (_launch)
+    _record "$@" --save_folder "$SAVE" --data_folder "$DATA" $EXTRA
+  fi
   if [ "$DRY_RUN" = 1 ]; then
     echo "$* --save_folder $SAVE --data_folder $DATA $EXTRA"
     return
   fi
+  [ "$LAUNCHER" = local ] || return 0
   if [ "${#GPU_LIST[@]}" -gt 1 ]; then
     while [ "$(jobs -rp | wc -l)" -ge "${#GPU_LIST[@]}" ]; do wait -n; done
     CUDA_VISIBLE_DEVICES=$gpu "$@" --save_folder "$SAVE" --data_folder "$DATA" $EXTRA &
@@ -49,7 +78,7 @@ job() {
 
 # barrier: wait for every running job (teachers before their students).
 barrier() {
-  [ "$DRY_RUN" = 1 ] || wait
+  [ "$DRY_RUN" = 1 ] || [ "$LAUNCHER" != local ] || [ "$STATUS" = 1 ] || wait
 }
 
 # note TEXT...: print one '# TEXT' line (which checkpoint a table distils from, its metric).
@@ -195,7 +224,24 @@ _teacher_summary() {
   joined=$(printf '; %s' "${parts[@]}")
   note "teachers: ${joined:2}"
 }
-trap _teacher_summary EXIT
+# _at_exit STATUS: the teacher summary; then, for a script that ended well, the slurm
+# launcher submits the plan (a dry run prints its jobs), or STATUS=1 lists the rows.
+_at_exit() {
+  local rc=$1
+  [ "$STATUS" = 1 ] || _teacher_summary
+  if [ -n "$_plan" ] && [ "$rc" = 0 ]; then
+    if [ "$STATUS" = 1 ]; then
+      python -m helper.table status "$_plan_save" --plan "$_plan" || rc=$?
+    elif [ "$DRY_RUN" = 1 ]; then
+      python -m helper.slurm submit "$_plan" --save "$_plan_save" --dry-run || rc=$?
+    else
+      python -m helper.slurm submit "$_plan" --save "$_plan_save" || rc=$?
+    fi
+  fi
+  [ -z "$_plan" ] || rm -f "$_plan"
+  exit "$rc"
+}
+trap '_at_exit $?' EXIT
 
 # student_path STUDENT TEACHER DATASET METHOD CLS DIV BETA TRIAL [best|last]: a checkpoint
 # train_student.py writes (helper/run_folder.py's student_run_name; the weights as Python's

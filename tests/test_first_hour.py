@@ -35,6 +35,11 @@ def test_a_run_folder_taken_is_refused_before_the_teacher_is_scored(untrained, c
     assert e.value.code == 2
     captured = capsys.readouterr()
     assert "already holds a run" in captured.err and "test top-1" not in captured.out
+    with pytest.raises(SystemExit):  # nor is a teacher cache built for it
+        run_student("kd", "resnet8", cifar100_micro, tmp_path, "--teacher_cache",
+                    str(tmp_path / "cache"), teacher=untrained[0], batch_size=10)
+    assert "already holds a run" in capsys.readouterr().err
+    assert not (tmp_path / "cache").exists()
 
 
 LOGITS_ONLY = """import torch.nn as nn

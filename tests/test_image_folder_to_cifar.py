@@ -1,12 +1,10 @@
 """scripts/image_folder_to_cifar.py: an image folder (or its tar archive) into the CIFAR layout."""
-import io
 import subprocess
 import sys
 import tarfile
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from dataset import load_arrays

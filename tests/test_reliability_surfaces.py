@@ -17,9 +17,9 @@ from dataset.cifar import load_cifar
 from distillers import distiller_names
 from helper import teachers
 from helper.errors import UserError
-from helper.options import (RESUME_FREE, parse_student_args, parse_teacher_args, student_parser,
+from helper.options import (parse_student_args, parse_teacher_args, student_parser,
                             teacher_parser)
-from helper.resume import check_same_args, plain
+from helper.resume import RESUME_FREE, check_same_args, plain
 from helper.run_folder import RunFolder, pid_alive
 from helpers import run_student, save_teacher
 

@@ -134,3 +134,16 @@ def test_early_summary_formats(tmp_path):
     (folder / "summary.json").write_text(json.dumps(summary))
     [row] = report(load_runs([tmp_path])).splitlines()[2:]
     assert "| cifar100 | - | resnet8x4 | kd (r:default a:default b:default) | 1 | 70.00" in row
+
+
+def test_summaries_of_every_methods_options_group_with_scoped_ones(tmp_path):
+    """A summary written before runs recorded only their methods' options holds every method's
+    (dkd_beta in a kd run): it is a trial of the same recipe as a scoped one; the run's own
+    method options still split."""
+    _write(tmp_path, "old", best=70.0, last=70.0, dkd_beta=8.0, nce_k=16384)
+    _write(tmp_path, "new", best=72.0, last=72.0)
+    _write(tmp_path, "dkd_a", best=60.0, last=60.0, method="dkd", dkd_beta=8.0)
+    _write(tmp_path, "dkd_b", best=61.0, last=61.0, method="dkd", dkd_beta=2.0)
+    rows = _rows(report(load_runs([tmp_path])))
+    assert "| 2 | 71.00 ± 1.41 |" in rows["kd (r:1 a:1 b:0)"]
+    assert len([r for r in rows if r.startswith("dkd")]) == 2

@@ -379,10 +379,18 @@ def test_cached_pooled_losses_equal_on_the_fly_without_the_teacher(tmp_path, dat
         with_cache = [pkt.forward_train(b["images"], b["targets"],
                                         **{key: b[key] for key in tc.KEYS.values()})[1]
                       for b in batches]
+    # The cache was built in other batches than these, and a CPU's convolutions round by batch
+    # shape: its logits differ from these by a few ulps. KD = T^2 KL(softmax(t/T) || ...) moves
+    # by at most T^2 * 2 max|dt| / T per sample under such a change (the KL's gradient in t/T
+    # is bounded by 2 in the l1 norm); the pooled-feature term reads the cache alone.
+    fresh = teacher_of(teacher_file)
+    with torch.no_grad():
+        drift = max((b["teacher_logits"] - fresh(b["images"])).abs().max().item() for b in batches)
     for want, got in zip(on_the_fly, with_cache):
         assert set(want) == set(got) == {"cls", "kd", "pkt"}
         for term in want:
-            assert torch.allclose(got[term], want[term], rtol=1e-4, atol=1e-7), term
+            atol = 1e-7 + (2 * 4.0 * drift if term == "kd" else 0.0)
+            assert torch.allclose(got[term], want[term], rtol=1e-4, atol=atol), term
 
 
 def test_which_cache_serves_which_run(tmp_path, data, teacher_file):
@@ -451,9 +459,19 @@ def test_float16_pooled_storage_error(tmp_path, data, teacher_file):
 
 def _forbid_the_teacher_when_cached(monkeypatch):
     """train_student's cache attach, after which the teacher of a cached run fails when called
-    (its start-up score and the cache's build come before); the loaders attached, listed."""
+    but for its start-up score on the test split (the cache's build comes before); the loaders
+    attached, listed."""
     import train_student
     attached = []
+    score = train_student.score_teachers
+
+    def score_allowed(loaded, *args):
+        forbidden = [(t, t.__dict__.pop("forward")) for _, t in loaded if "forward" in t.__dict__]
+        try:
+            return score(loaded, *args)
+        finally:
+            for teacher, forward in forbidden:
+                teacher.forward = forward
 
     def attach(loader, distiller, *args):
         loader = tc.attach(loader, distiller, *args)
@@ -462,6 +480,7 @@ def _forbid_the_teacher_when_cached(monkeypatch):
             attached.append(loader.outputs)
         return loader
     monkeypatch.setattr(train_student, "attach_teacher_cache", attach)
+    monkeypatch.setattr(train_student, "score_teachers", score_allowed)
     return attached
 
 
