@@ -43,7 +43,7 @@ from helper.trainer import build_data
 from models.base import fit_to_data
 
 
-def _architecture(checkpoint, path, model_name, fallback):
+def architecture_to_load(checkpoint, path, model_name, fallback):
     """The model name to pass to ``load_teacher``: ``model_name`` when given (``--model_t``),
     None when the file (or its path) names the architecture, else ``fallback`` (``--model``,
     ``--model_s``)."""
@@ -62,9 +62,8 @@ def load_for_evaluation(path, num_classes, model_name=None, fallback=None, flag=
     if checkpoint is None:
         checkpoint = load_file(path, "checkpoint to evaluate")
     try:
-        return load_teacher(path, num_classes,
-                            _architecture(checkpoint, path, model_name, fallback), checkpoint,
-                            dataset=dataset)
+        name = architecture_to_load(checkpoint, path, model_name, fallback)
+        return load_teacher(path, num_classes, name, checkpoint, dataset=dataset)
     except UserError as e:
         text = str(e).replace("teacher checkpoint", "checkpoint").replace("--model_t", flag)
         raise UserError(text) from None
@@ -127,7 +126,7 @@ def result_path(checkpoint_path, args, result):
     return beside, None
 
 
-def _normalization(model, dataset):
+def input_normalization_record(model, dataset):
     """The data's normalisation, and the checkpoint's own where the model re-normalises."""
     out = {"data": data_normalization(dataset).as_dict()}
     own = getattr(model, "input_normalization", None)
@@ -176,7 +175,7 @@ def evaluate(config, ctx, path, model_name=None, fallback=None, flag="--model",
         "acc": metrics["acc"], "acc_top5": metrics["acc_top5"], "loss": metrics["loss"],
         "images": images, "seconds": seconds, "images_per_s": rate,
         "world_size": ctx.world_size, "device": str(ctx.device),
-        "normalization": _normalization(model, args.dataset),
+        "normalization": input_normalization_record(model, args.dataset),
         "amp": precision.dtype is not None and str(precision.dtype).replace("torch.", ""),
         "recorded": {k: stored[k] for k in ("accuracy", "best_acc", "published_acc", "epoch",
                                             "distill")
@@ -190,12 +189,7 @@ def evaluate(config, ctx, path, model_name=None, fallback=None, flag="--model",
             out, moved = record_beside(path), None
         else:
             out, moved = result_path(path, args, result)
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(out, lambda f: f.write((json.dumps(result, indent=2) + "\n").encode()))
-        except OSError as e:
-            raise UserError(f"cannot write {out} ({e.strerror or e}); pass a writable "
-                            "--save_folder") from e
+        write_record(out, result)
         speed = f"{rate:.0f} img/s" if rate else "? img/s"
         own = getattr(model, "input_normalization", None)
         if own is not None:
@@ -212,6 +206,17 @@ def evaluate(config, ctx, path, model_name=None, fallback=None, flag="--model",
 
 # ---- a fetched teacher against its published accuracy ------------------------------------
 PUBLISHED_TOLERANCE = 0.5  # points of top-1 (issue 15)
+
+
+def write_record(out, result):
+    """Write the JSON record ``result`` of a scored checkpoint to ``out``, atomically; a failed
+    write is one line."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(out, lambda f: f.write((json.dumps(result, indent=2) + "\n").encode()))
+    except OSError as e:
+        raise UserError(f"cannot write {out} ({e.strerror or e}); pass a writable "
+                        "--save_folder") from e
 
 
 def data_missing(dataset, data_folder):

@@ -35,7 +35,6 @@ features, whose result depends on the checkpoint and the seed only. Top-1 is rep
 test split after the last epoch (DCD reports the last epoch too). Features are held in memory:
 N x D x 4 bytes per split (50,000 CIFAR images x 256 dimensions: 51 MB).
 """
-import json
 import os
 import time
 from datetime import datetime, timezone
@@ -47,8 +46,9 @@ import torch.nn.functional as F
 from dataset import AugmentConfig, build_loaders
 from helper.checkpoint import model_name_from_path
 from helper.errors import UserError
-from helper.evaluate import _architecture, _normalization, load_for_evaluation, save_folder_given
-from helper.files import atomic_write, load_file, state_dict_of
+from helper.evaluate import (architecture_to_load, input_normalization_record, load_for_evaluation,
+                             save_folder_given, write_record)
+from helper.files import load_file, state_dict_of
 from helper.normalization import stored_normalization
 from helper.precision import Precision, use_channels_last
 from helper.trainer import trial_seed
@@ -212,7 +212,7 @@ def linear_probe(config, ctx, path, model_name=None, fallback=None, flag="--mode
                         "(or torchrun)")
     checkpoint = load_file(path, "checkpoint to probe")  # fails before the data is built
     info = checkpoint if isinstance(checkpoint, dict) else {}
-    name = (_architecture(checkpoint, path, model_name, fallback) or info.get("model_name")
+    name = (architecture_to_load(checkpoint, path, model_name, fallback) or info.get("model_name")
             or model_name_from_path(path))
     classes = own_classes(checkpoint, path, name, flag)
     folder = args.probe_data_folder or args.data_folder
@@ -257,7 +257,7 @@ def linear_probe(config, ctx, path, model_name=None, fallback=None, flag="--mode
                          "input_size": list(data["input_size"]), "seed": seed,
                          "recipe": RECIPE,
                          "seconds": {"features": extracted, "fit": fitted}},
-        "device": str(ctx.device), "normalization": _normalization(model, dataset),
+        "device": str(ctx.device), "normalization": input_normalization_record(model, dataset),
         "amp": precision.dtype is not None and str(precision.dtype).replace("torch.", ""),
         "recorded": {k: stored[k] for k in ("accuracy", "best_acc", "epoch", "distill",
                                             "dataset")
@@ -266,12 +266,7 @@ def linear_probe(config, ctx, path, model_name=None, fallback=None, flag="--mode
     }
     if ctx.is_main:
         out, moved = record_path(path, args, dataset)
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(out, lambda f: f.write((json.dumps(result, indent=2) + "\n").encode()))
-        except OSError as e:
-            raise UserError(f"cannot write {out} ({e.strerror or e}); pass a writable "
-                            "--save_folder") from e
+        write_record(out, result)
         ctx.log(f"linear probe {path}: {model.model_name} features ({train_x.shape[1]}-d) on "
                 f"{dataset} ({len(train_x)} train, {len(test_x)} test images, {num_classes} "
                 f"classes): top-1 {acc:.2f} top-5 {acc5:.2f} (chance {100.0 / num_classes:.2f}; "
