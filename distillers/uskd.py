@@ -117,19 +117,10 @@ class USKD(Distiller):
     Defaults: the CIFAR-100 config (ResNet18) ``--uskd_alpha 0.1 --uskd_beta 0.1 --uskd_mu
     0.1``, as this toolbox's standard benchmark is CIFAR-100; every ImageNet config
     (ResNet18/50/101, MobileNet, ...) uses ``--uskd_alpha 1 --uskd_beta 0.1 --uskd_mu 0.005``.
-    The reference's CIFAR-100 recipe, ``configs/resnet/resnet18_8xb16_cifar100.py`` (e21ad37 on
-    branch 1.0; the same lines on master, ad4876f), which its distillation configs inherit:
-    lines 13-14 ``optimizer = SGD(lr 0.1, momentum 0.9, weight_decay 5e-4)`` and ``lr_config =
-    step [60, 120, 160], gamma 0.2``; 200 epochs and batch 16 per GPU x 8 GPUs (128) from its
-    bases (``_base_/schedules/cifar10_bs128.py``, ``_base_/datasets/cifar100_bs16.py``, which
-    normalises with CIFAR-100's ``(129.304, 124.070, 112.434) / (68.170, 65.392, 70.418)`` on
-    0-255, ``--cifar_normalization per_dataset``'s CIFAR-100 constants to four decimals;
-    RandomCrop(32, 4) + flip). Those two keys are mmcls 0.x's and are read on master;
-    branch 1.0 (mmcls 1.0.0rc6, the README's) reads only ``optim_wrapper`` and
-    ``param_scheduler``, so there the base's SGD lr 0.1, weight decay 1e-4, x0.1 at 100/150
-    would run instead. The written recipe, for a CIFAR model here:
-    ``--batch_size 128 --learning_rate 0.1 --weight_decay 5e-4 --epochs 200
-    --lr_decay_epochs 60,120,160 --lr_decay_rate 0.2 --cifar_normalization per_dataset``.
+    The reference's CIFAR-100 recipe is NKD's (the same repository and config,
+    ``configs/resnet/resnet18_8xb16_cifar100.py``; its sources and the branch caveat are in
+    ``distillers/nkd.py``): ``--batch_size 128 --learning_rate 0.1 --weight_decay 5e-4 --epochs
+    200 --lr_decay_epochs 60,120,160 --lr_decay_rate 0.2 --cifar_normalization per_dataset``.
 
     Where we follow the code, and where we differ:
       - The rank uses the student's log-probabilities (see ``rank_score``), as the code, where
