@@ -21,7 +21,7 @@ from distillers.combine import split_methods
 from distillers.registry import method_option_names
 from helper.errors import UserError
 from helper.published import TABLES
-from helper.run_folder import pid_alive
+from helper.run_folder import ForeignLock, pid_alive, read_lock
 
 # Which flags of summary.json's args make two runs one recipe. Every flag of the two entry
 # scripts is in one of the three sets below or is a method's option (recipe);
@@ -112,17 +112,15 @@ def _read_summary(path):
 
 def lock_held(folder):
     """Whether a run holds ``folder`` now: its lock's owner is alive, or on another host
-    (where it cannot be asked), or the lock is unreadable (RunFolder refuses it too)."""
+    (where it cannot be asked), or the lock is not a run's (RunFolder refuses it too)."""
     try:
-        owner = json.loads((Path(folder) / ".lock").read_text())
-    except FileNotFoundError:
+        owner = read_lock(Path(folder) / ".lock")
+    except ForeignLock:
+        return True
+    if owner is None:
         return False
-    except (OSError, ValueError):
-        return True
-    if not isinstance(owner, dict) or owner.get("host") != socket.gethostname():
-        return True
-    pid = owner.get("pid")
-    return not isinstance(pid, int) or pid_alive(pid)
+    pid, host, _ = owner
+    return host != socket.gethostname() or pid_alive(pid)
 
 
 def _without_summary(folders):

@@ -132,12 +132,7 @@ class RunFolder:
         if job is not None and job == os.environ.get("SLURM_JOB_ID") \
                 and host != socket.gethostname():
             # the same SLURM job, requeued onto another node: its earlier run is over
-            self.log(f"note: {self.path} was locked by SLURM job {job} on host {host}, "
-                     "requeued here; taking it over")
-            try:
-                self.lock.unlink(missing_ok=True)
-            except OSError as e:
-                raise self._cannot_write(e) from e
+            self._take_over(f"SLURM job {job} on host {host}, requeued here")
             return
         if host != socket.gethostname():
             raise UserError(f"{self.path} is in use by a run on host {host} (pid {pid}); if that "
@@ -146,38 +141,24 @@ class RunFolder:
             raise UserError(f"{self.path} is in use by another run (pid {pid} on {host}); wait "
                             "for it to end, or use another --trial or --save_folder (if pid "
                             f"{pid} is no training run, delete {self.lock})")
-        self.log(f"note: {self.path} was locked by pid {pid}, which is no longer running; "
-                 "taking it over")
+        self._take_over(f"pid {pid}, which is no longer running")
+
+    def _take_over(self, holder):
+        """Remove the lock of a run that is over (``holder`` says whose), to take the folder."""
+        self.log(f"note: {self.path} was locked by {holder}; taking it over")
         try:
             self.lock.unlink(missing_ok=True)
         except OSError as e:
             raise self._cannot_write(e) from e
 
     def _read_owner(self):
-        """The lock's ``(pid, host)``; None when it is gone. A lock this toolbox did not write
-        (or one a run died writing) is refused, never taken over: what holds it is unknown."""
-        if self.lock.is_dir():
-            raise self._foreign_lock("is a folder, not a lock file")
+        """The lock's ``(pid, host, SLURM job or None)``; None when it is gone. A lock this
+        toolbox did not write (or one a run died writing) is refused, never taken over: what
+        holds it is unknown."""
         try:
-            text = self.lock.read_bytes().decode("utf-8", errors="replace")
-        except FileNotFoundError:
-            return None
-        except OSError as e:
-            raise self._foreign_lock(f"cannot be read ({e.strerror or e})")
-        if not text.strip():
-            raise self._foreign_lock("is empty (a run stopped while taking it, or one is "
-                                     "taking it now)")
-        try:
-            owner = json.loads(text)
-        except (ValueError, RecursionError):  # not JSON, or nested too deep to parse
-            owner = None
-        if not (isinstance(owner, dict) and type(owner.get("pid")) is int
-                and isinstance(owner.get("host"), str)):
-            raise self._foreign_lock('holds no {"pid": ..., "host": ...} of a run')
-        if not 0 < owner["pid"] <= MAX_PID:
-            raise self._foreign_lock(f"holds pid {owner['pid']}, which no process can have")
-        job = owner.get("slurm_job")
-        return owner["pid"], owner["host"], job if isinstance(job, str) and job else None
+            return read_lock(self.lock)
+        except ForeignLock as e:
+            raise self._foreign_lock(str(e)) from None
 
     def _foreign_lock(self, what):
         return UserError(f"{self.path} is locked: its {self.lock.name} {what}; if no run uses "
@@ -257,6 +238,37 @@ class RunFolder:
 
 # Process ids are positive C ints; os.kill(0 or -1, ...) would signal a group of processes.
 MAX_PID = 2**31 - 1
+
+
+class ForeignLock(ValueError):
+    """A lock file this toolbox did not write (or one a run died writing); its text says why."""
+
+
+def read_lock(lock):
+    """A run folder's lock as ``(pid, host, SLURM job id or None)``; None when there is none.
+    ForeignLock for anything a run of this toolbox does not write."""
+    lock = Path(lock)
+    if lock.is_dir():
+        raise ForeignLock("is a folder, not a lock file")
+    try:
+        text = lock.read_bytes().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise ForeignLock(f"cannot be read ({e.strerror or e})") from None
+    if not text.strip():
+        raise ForeignLock("is empty (a run stopped while taking it, or one is taking it now)")
+    try:
+        owner = json.loads(text)
+    except (ValueError, RecursionError):  # not JSON, or nested too deep to parse
+        owner = None
+    if not (isinstance(owner, dict) and type(owner.get("pid")) is int
+            and isinstance(owner.get("host"), str)):
+        raise ForeignLock('holds no {"pid": ..., "host": ...} of a run')
+    if not 0 < owner["pid"] <= MAX_PID:
+        raise ForeignLock(f"holds pid {owner['pid']}, which no process can have")
+    job = owner.get("slurm_job")
+    return owner["pid"], owner["host"], job if isinstance(job, str) and job else None
 
 
 def pid_alive(pid):

@@ -126,13 +126,13 @@ def _last_line(path):
 
 def _local_owner(folder):
     """The pid holding a folder's lock on this machine, while it lives; else None."""
-    from helper.run_folder import pid_alive
+    from helper.run_folder import ForeignLock, pid_alive, read_lock
     try:
-        owner = json.loads((Path(folder) / ".lock").read_text())
-        if owner.get("host") == socket.gethostname() and pid_alive(int(owner["pid"])):
-            return int(owner["pid"])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        pass
+        owner = read_lock(Path(folder) / ".lock")
+    except ForeignLock:  # no run of this toolbox holds it
+        return None
+    if owner is not None and owner[1] == socket.gethostname() and pid_alive(owner[0]):
+        return owner[0]
     return None
 
 
