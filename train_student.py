@@ -27,18 +27,17 @@ def load_teachers(config, ctx, specs, train_loader):
     its fast forward (--teacher_forward); with --fkd none runs: the stored outputs stand in.
     Returns the training loader (FKD's replaces it), the teachers, and ``(path, teacher)`` of
     those loaded from a checkpoint (none with --fkd)."""
-    args, info = config.args, config.data
-    if args.fkd is not None:
+    teacher, info = config.teacher, config.data_info
+    if teacher.fkd is not None:
         train_loader, stored_teacher = fkd_labels.attach(train_loader, config, ctx)
         return train_loader, [stored_teacher], []
     teachers = []
     for path, name in specs:
-        teacher, _ = load_teacher(path, info["num_classes"], name, dataset=args.dataset)
-        fit_to_data(teacher.to(ctx.device), info["input_size"], "teacher")
-        teacher = wrap_teacher(teacher, args.teacher_forward, info["input_size"], ctx.device,
-                               args.teacher_compile, log=ctx.log)
-        teachers.append(teacher)
-    return train_loader, teachers, list(zip(as_list(args.path_t), teachers))
+        model, _ = load_teacher(path, info["num_classes"], name, dataset=config.data.dataset)
+        fit_to_data(model.to(ctx.device), info["input_size"], "teacher")
+        teachers.append(wrap_teacher(model, teacher.teacher_forward, info["input_size"],
+                                     ctx.device, teacher.teacher_compile, log=ctx.log))
+    return train_loader, teachers, list(zip(teacher.paths, teachers))
 
 
 def score_teachers(loaded, val_loader, num_classes, ctx):
@@ -61,18 +60,19 @@ def score_teachers(loaded, val_loader, num_classes, ctx):
 
 def run(config, ctx):
     with user_errors(ctx.rank):
-        args, method = config.args, config.method
-        if args.evaluate is not None:
-            if len(as_list(args.model_t)) > 1:
+        method, teacher_options, run = config.method, config.teacher, config.run
+        if run.evaluate is not None:
+            if len(as_list(teacher_options.model_t)) > 1:
                 raise UserError("--evaluate scores one checkpoint; give one --model_t")
-            score = linear_probe if args.linear_probe else evaluate  # helper/probe.py
-            score(config, ctx, args.evaluate, model_name=args.model_t, fallback=config.model,
-                  flag="--model_t")
+            score = linear_probe if run.linear_probe else evaluate  # helper/probe.py
+            score(config, ctx, run.evaluate, model_name=teacher_options.model_t,
+                  fallback=config.model, flag="--model_t")
             return
         needs_teacher = method.requires_teacher()
-        if needs_teacher and args.path_t is None:
+        if needs_teacher and teacher_options.path_t is None:
             raise UserError(f"--distill {method.name} needs a teacher; pass --path_t CHECKPOINT")
-        specs = teacher_specs(args.path_t, args.model_t) if needs_teacher else []
+        specs = (teacher_specs(teacher_options.path_t, teacher_options.model_t)
+                 if needs_teacher else [])
         if needs_teacher and len(specs) < method.min_teachers():
             raise UserError(f"--distill {method.name} weighs {method.min_teachers()} or more "
                             "teachers; pass several checkpoints: --path_t A B [C ...]")
@@ -81,24 +81,24 @@ def run(config, ctx):
                             "--path_t (several teachers: kd, dkd or another logit method, or "
                             "camkd)")
         config, train_loader, val_loader = build_data(config, ctx)
-        info = config.data
+        info = config.data_info
         train_loader, teachers, loaded = load_teachers(config, ctx, specs, train_loader)
         teacher = ensemble_of(teachers)
         teacher_name = teacher.model_name if teacher is not None else "none"  # several: a+b
-        student = fit_to_data(create_pretrained(config.model, info["num_classes"], args.pretrained),
+        student = fit_to_data(create_pretrained(config.model, info["num_classes"], run.pretrained),
                               info["input_size"], "student")
         distiller = method.build(student, teacher, config.run_info).to(ctx.device)
-        run_path = Path(args.save_folder) / "students" / student_run_name(
+        run_path = Path(run.save_folder) / "students" / student_run_name(
             config, [t.model_name for t in teachers] or teacher_name)
-        refuse_overwrite(args, run_path)  # before the teacher cache is built
-        train_loader = attach_teacher_cache(train_loader, distiller, args, ctx, args.dataset,
-                                            info["num_classes"])
+        refuse_overwrite(config, run_path)  # before the teacher cache is built
+        train_loader = attach_teacher_cache(train_loader, distiller, config, ctx)
         train_loader = add_batch_keys(train_loader, distiller.batch_requests(), method.name)
         # --resume compares the teacher files' SHA-256, not their paths: a file replaced at
         # its path is another teacher, one moved elsewhere the same
         meta = {"model_name": config.model, "num_classes": info["num_classes"],
-                "dataset": args.dataset, "distill": method.name, "teacher": teacher_name,
-                "path_t": args.path_t, "teacher_sha256": [file_sha256(p) for p, _ in specs]}
+                "dataset": config.data.dataset, "distill": method.name, "teacher": teacher_name,
+                "path_t": teacher_options.path_t,
+                "teacher_sha256": [file_sha256(p) for p, _ in specs]}
         train(config, distiller, train_loader, val_loader, run_path, meta, ctx,
               before_fit=lambda: score_teachers(loaded, val_loader, info["num_classes"], ctx))
 

@@ -16,18 +16,18 @@ from models.base import fit_to_data
 
 def run(config, ctx):
     with user_errors(ctx.rank):
-        if config.args.evaluate is not None:
-            score = linear_probe if config.args.linear_probe else evaluate  # helper/probe.py
-            score(config, ctx, config.args.evaluate, fallback=config.model, flag="--model")
+        if config.run.evaluate is not None:
+            score = linear_probe if config.run.linear_probe else evaluate  # helper/probe.py
+            score(config, ctx, config.run.evaluate, fallback=config.model, flag="--model")
             return
         config, train_loader, val_loader = build_data(config, ctx)
-        info = config.data
-        model = fit_to_data(create_pretrained(config.model, info["num_classes"], config.args.pretrained),
+        info = config.data_info
+        model = fit_to_data(create_pretrained(config.model, info["num_classes"], config.run.pretrained),
                             info["input_size"])
         distiller = config.method.build(model, None, config.run_info).to(ctx.device)
-        run_path = Path(config.args.save_folder) / "teachers" / teacher_run_name(config)
+        run_path = Path(config.run.save_folder) / "teachers" / teacher_run_name(config)
         meta = {"model_name": config.model, "num_classes": info["num_classes"],
-                "dataset": config.args.dataset, "distill": "vanilla", "teacher": None}
+                "dataset": config.data.dataset, "distill": "vanilla", "teacher": None}
         train(config, distiller, train_loader, val_loader, run_path, meta, ctx)
 
 

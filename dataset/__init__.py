@@ -16,12 +16,11 @@ from helper.errors import UserError
 from . import batch_keys, cifar, mnist
 from .augment import AugmentConfig, MixLoader, SampleAugment
 from .folder import FOLDER_DATASET_NAMES, build_folder_loaders
+from .options import DATASET_NAMES, DataOptions
 from .tensor_loader import RandomCropFlip, TensorLoader, crop_flip, epoch_seed, normalize
 
-DATASET_NAMES = ['cifar10', 'cifar100', 'mnist', 'fashion_mnist'] + FOLDER_DATASET_NAMES
-
 __all__ = ['DATASET_NAMES', 'build_loaders', 'load_arrays', 'TensorLoader', 'RandomCropFlip',
-           'crop_flip', 'normalize', 'epoch_seed', 'AugmentConfig']
+           'crop_flip', 'normalize', 'epoch_seed', 'AugmentConfig', 'DataOptions']
 
 
 def _canonical(name: str) -> str:
@@ -100,7 +99,7 @@ def build_loaders(name, data_folder, batch_size, device, *, seed=0, rank=0, worl
     if jitter < 0:
         raise UserError(f"--jitter must be >= 0 pixels, got {jitter}")
     augment = augment or AugmentConfig()
-    augment.check(name, name in FOLDER_DATASET_NAMES, dali)
+    augment.check_for(name, name in FOLDER_DATASET_NAMES, dali)
     if name in FOLDER_DATASET_NAMES:
         if jitter:
             raise UserError(f"--jitter applies to mnist and fashion_mnist only; {name} uses "

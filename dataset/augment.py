@@ -51,13 +51,14 @@ same way (``dataset/folder.py``); ``MixLoader`` seeds each batch from ``(seed, e
 and the batch's position. DALI's presets (``nvidia.dali.auto_aug``, ``fn.rotate``) follow
 DALI's own seeding (``dataset/dali.py``); ``--random_erasing`` is refused there.
 """
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
 from helper.argtypes import number
 from helper.errors import UserError
+from helper.option_groups import OptionGroup, option
 
 from .cifar import NORMALIZATIONS
 from .loader_wrapper import LoaderWrapper
@@ -68,21 +69,44 @@ NORMALIZATION_NAMES = tuple(NORMALIZATIONS)
 _MIX_SALT = 0x3A1  # keeps the mixing stream apart from the loader's own (same seed and epoch)
 
 
-@dataclass(frozen=True)
-class AugmentConfig:
-    """The augmentation flags of a run; the defaults add nothing to the standard path."""
-    aug: str = "standard"
-    random_erasing: float = 0.0
-    random_rotation: float = 0.0
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    input_size: Optional[int] = None
-    padding_mode: str = "constant"
-    cifar_normalization: str = "repdistiller"
+def _number(kind, low, high=None):
+    """An argparse type for a ``kind`` in ``[low, high]``."""
+    def parse(text):
+        rule = f"in [{low:g}, {high:g}]" if high is not None else f"{low:g} or more"
+        return number(kind, lambda v: v >= low and (high is None or v <= high), rule)(text)
+    parse.__name__ = kind.__name__
+    return parse
 
-    @classmethod
-    def from_args(cls, args) -> "AugmentConfig":
-        return cls(**{f.name: getattr(args, f.name, f.default) for f in fields(cls)})
+
+@dataclass(frozen=True)
+class AugmentConfig(OptionGroup):
+    """The augmentation flags of a run; the defaults add nothing to the standard path."""
+    title = "augmentation (dataset/augment.py)"
+    aug: str = option("standard", "on top of the standard crop and flip: autoaugment (CIFAR-10 "
+                      "policy in memory, ImageNet policy on folders), randaugment (2 ops, "
+                      "magnitude 9) or trivialaugment (wide), torchvision.transforms.v2's",
+                      choices=AUG_NAMES)
+    random_erasing: float = option(0.0, "RandomErasing with probability P (not with --dali)",
+                                   "--random-erasing", type=_number(float, 0, 1), metavar="P")
+    random_rotation: float = option(0.0, "RandomRotation of up to DEG degrees (Tf-KD's CIFAR "
+                                    "recipe: 15)", "--random-rotation",
+                                    type=_number(float, 0, 180), metavar="DEG")
+    mixup: float = option(0.0, "MixUp with Beta(A, A) on each training batch (soft targets for "
+                          "the CE)", type=_number(float, 0), metavar="A")
+    cutmix: float = option(0.0, "CutMix with Beta(A, A); with --mixup each batch takes one of "
+                           "the two", type=_number(float, 0), metavar="A")
+    input_size: Optional[int] = option(None, "folder data sets: train crop and evaluation crop "
+                                       "(default 224; e.g. 64 for Tiny-ImageNet)",
+                                       "--input-size", type=_number(int, 1), metavar="N")
+    padding_mode: str = option("constant", "CIFAR: pad the random crop with zeros (constant, "
+                               "RepDistiller) or with the image's reflection (reflect, "
+                               "hankyul2/KnowledgeDistillation)", "--padding-mode",
+                               choices=PADDING_MODES)
+    cifar_normalization: str = option(
+        "repdistiller", "CIFAR mean/std: repdistiller (CIFAR-100's for both), per_dataset (each "
+        "its own, hankyul2/KnowledgeDistillation), reviewkd (CIFAR-10's for both, ReviewKD's "
+        "CIFAR-100/train.py); a teacher must have been trained with the same",
+        "--cifar-normalization", choices=NORMALIZATION_NAMES)
 
     @property
     def per_sample(self) -> bool:
@@ -93,7 +117,14 @@ class AugmentConfig:
     def mixes(self) -> bool:
         return self.mixup > 0 or self.cutmix > 0
 
-    def check(self, dataset: str, folder: bool, dali: Optional[str] = None) -> None:
+    def changed_flags(self) -> list:
+        """The augmentation flags (presets, erasing, rotation, mixing) set away from their
+        defaults, as ``--flag``: what a store of teacher outputs on plain views cannot serve."""
+        names = ("aug", "random_erasing", "random_rotation", "mixup", "cutmix")
+        plain = AugmentConfig()
+        return [f"--{n}" for n in names if getattr(self, n) != getattr(plain, n)]
+
+    def check_for(self, dataset: str, folder: bool, dali: Optional[str] = None) -> None:
         """UserError for a setting the data path cannot take."""
         if self.aug not in AUG_NAMES:
             raise UserError(f"unknown --aug {self.aug!r}; choose one of: {', '.join(AUG_NAMES)}")
@@ -127,63 +158,6 @@ class AugmentConfig:
         if self.cifar_normalization != "repdistiller" and not cifar:
             raise UserError(f"--cifar_normalization applies to cifar10 and cifar100; {dataset} "
                             "keeps its own constants: drop --cifar_normalization")
-
-
-def _number(kind, low, high=None):
-    """An argparse type for a ``kind`` in ``[low, high]``."""
-    def parse(text):
-        rule = f"in [{low:g}, {high:g}]" if high is not None else f"{low:g} or more"
-        return number(kind, lambda v: v >= low and (high is None or v <= high), rule)(text)
-    parse.__name__ = kind.__name__
-    return parse
-
-
-def add_arguments(parser):
-    g = parser.add_argument_group("augmentation (dataset/augment.py)")
-    g.add_argument("--aug", default="standard", choices=AUG_NAMES,
-                   help="on top of the standard crop and flip: autoaugment (CIFAR-10 policy "
-                        "in memory, ImageNet policy on folders), randaugment (2 ops, "
-                        "magnitude 9) or trivialaugment (wide), torchvision.transforms.v2's")
-    g.add_argument("--random_erasing", "--random-erasing", type=_number(float, 0, 1), default=0.0,
-                   metavar="P", help="RandomErasing with probability P (not with --dali)")
-    g.add_argument("--random_rotation", "--random-rotation", type=_number(float, 0, 180),
-                   default=0.0, metavar="DEG",
-                   help="RandomRotation of up to DEG degrees (Tf-KD's CIFAR recipe: 15)")
-    g.add_argument("--mixup", type=_number(float, 0), default=0.0, metavar="A",
-                   help="MixUp with Beta(A, A) on each training batch (soft targets for the CE)")
-    g.add_argument("--cutmix", type=_number(float, 0), default=0.0, metavar="A",
-                   help="CutMix with Beta(A, A); with --mixup each batch takes one of the two")
-    g.add_argument("--input_size", "--input-size", type=_number(int, 1), default=None,
-                   metavar="N", help="folder data sets: train crop and evaluation crop "
-                                     "(default 224; e.g. 64 for Tiny-ImageNet)")
-    g.add_argument("--padding_mode", "--padding-mode", choices=PADDING_MODES, default="constant",
-                   help="CIFAR: pad the random crop with zeros (constant, RepDistiller) or with "
-                        "the image's reflection (reflect, hankyul2/KnowledgeDistillation)")
-    g.add_argument("--cifar_normalization", "--cifar-normalization", choices=NORMALIZATION_NAMES,
-                   default="repdistiller",
-                   help="CIFAR mean/std: repdistiller (CIFAR-100's for both), per_dataset (each "
-                        "its own, hankyul2/KnowledgeDistillation), reviewkd (CIFAR-10's for "
-                        "both, ReviewKD's CIFAR-100/train.py); a teacher must have been trained "
-                        "with the same")
-    d = parser.add_argument_group("data loading (dataset/augment.py)")
-    d.add_argument("--eval_drop_last", "--eval-drop-last", action="store_true",
-                   help="in-memory data sets: evaluate on the first floor(N/B)*B test images (B "
-                        "the run's batch), as a test DataLoader with drop_last=True "
-                        "(hankyul2/KnowledgeDistillation: 9984 of 10000 at batch 128)")
-
-
-def check_arguments(parser, args, folder: bool):
-    """The flags' combination with the data set (``folder``: a folder data set)."""
-    try:
-        AugmentConfig.from_args(args).check(args.dataset, folder, getattr(args, "dali", None))
-    except UserError as e:
-        parser.error(str(e))
-    if getattr(args, "eval_drop_last", False) and folder:
-        parser.error(f"--eval_drop_last applies to the in-memory data sets (cifar10, cifar100, "
-                     f"mnist, fashion_mnist); {args.dataset} evaluates every image: drop it")
-    if getattr(args, "padding_mode", "constant") != "constant" and getattr(args, "teacher_cache", None):
-        parser.error("--teacher_cache holds the views of the zero-padded crop only; drop "
-                     "--padding_mode reflect or --teacher_cache")
 
 
 # ----------------------------------------------------------------------------------------------

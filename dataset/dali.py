@@ -15,7 +15,7 @@ operations' ranges are symmetric, so the order does not change their distributio
 black fill and nearest-neighbour interpolation as torchvision's: ``--random_rotation`` as
 ``fn.rotate`` by a uniform angle, ``--aug`` as ``nvidia.dali.auto_aug``'s ``auto_augment``
 (``image_net`` policy), ``rand_augment`` (n 2, m 9, 31 bins) or ``trivial_augment_wide``
-(31 bins). ``--random_erasing`` is refused (``augment.AugmentConfig.check``); MixUp/CutMix
+(31 bins). ``--random_erasing`` is refused (``augment.AugmentConfig.check_for``); MixUp/CutMix
 wrap the loader as on every path.
 
 ``--dali gpu`` decodes with the ``mixed`` (nvJPEG) decoder and resizes on the GPU;

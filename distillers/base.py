@@ -29,10 +29,13 @@ class Stage:
 
 @dataclass(frozen=True)
 class Weights:
-    """The effective weights of SimKD's ``cls * CE + div * KD + beta * method``."""
+    """The effective weights of SimKD's ``cls * CE + div * KD + beta * method``, and the CE
+    term's ``--label_smoothing`` (the run's one value; ``MethodConfig.create`` puts it here, the
+    run folder's name shows only ``cls``, ``div`` and ``beta``)."""
     cls: float = 1.0
     div: float = 0.0
     beta: float = 0.0
+    label_smoothing: float = 0.0
 
 
 def parse_beta(text: str):
@@ -72,13 +75,17 @@ class WeightOptions(MethodOptions):
 
 @dataclass(frozen=True)
 class RunInfo:
-    """What a method may know of the run: its length, the batch of one process and the data."""
+    """What a method may know of the run: its length, the batch of one process, the data and
+    whether the teacher trains in training mode (``--teacher_train``)."""
     epochs: int = 1
     batch_size: int = 64
     num_classes: int = 100
     input_size: Optional[Tuple[int, ...]] = None  # (C, H, W); None: the model's own
     train_size: int = 0
     val_size: int = 0
+    # --teacher_train: the teacher in training mode (BatchNorm on batch statistics) during
+    # training epochs; it never learns either way (Distiller.train)
+    teacher_train: bool = False
 
 
 class Distiller(nn.Module):
@@ -112,10 +119,6 @@ class Distiller(nn.Module):
     # --teacher_cache (helper/teacher_cache.py): "logits" reads only the teacher's logits,
     # "pooled" only its pooled feature feats_t[-1] and its logits; None reads more
     cacheable = None
-    label_smoothing = 0.0  # of the cls CE term: --label_smoothing, set by helper/trainer.py
-    # the teacher in training mode during training epochs: --teacher_train, set by
-    # helper/trainer.py (teacher_trains() lets a method ask for it too)
-    teacher_train_mode = False
 
     def __init__(self, student: nn.Module, teacher: Optional[nn.Module], options=None, *,
                  weights: Optional[Weights] = None, kd=None, run: Optional[RunInfo] = None):
@@ -135,6 +138,8 @@ class Distiller(nn.Module):
         weights = weights or self.default_weights
         self.cls_weight, self.div_weight = float(weights.cls), float(weights.div)
         self.beta = float(weights.beta)
+        # of the cls CE term (cls_loss): --label_smoothing, with the weights
+        self.label_smoothing = float(weights.label_smoothing)
         # The KD term and its switches (kd.py); its learned temperature (--ctkd) is an extra.
         if kd is None and self.div_weight:
             raise ValueError("a KD term is needed for -d > 0: pass kd=KDTerm(T) (distillers.kd), "
@@ -186,14 +191,19 @@ class Distiller(nn.Module):
     def train(self, mode: bool = True):
         super().train(mode)
         if self.teacher is not None:
-            self.teacher.train(mode and (self.teacher_train_mode or self.teacher_trains()))
+            self.teacher.train(mode and (self.run_info.teacher_train or self.teacher_trains()))
         return self
+
+    @property
+    def teacher_train_mode(self) -> bool:
+        """``--teacher_train`` as this distiller's run has it (``run_info.teacher_train``)."""
+        return self.run_info.teacher_train
 
     def teacher_trains(self) -> bool:
         """Whether the teacher runs in training mode (BatchNorm on batch statistics) during
         training epochs; it never learns either way (its parameters have
         ``requires_grad=False`` and its forward runs without a graph). Every method takes
-        ``--teacher_train`` (``teacher_train_mode``); this hook is for a method that always
+        ``--teacher_train`` (``run_info.teacher_train``); this hook is for a method that always
         needs it."""
         return False
 

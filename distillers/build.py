@@ -23,8 +23,9 @@ class MethodConfig:
 
     @classmethod
     def create(cls, name: str, options: MethodOptions = None, weights: WeightOptions = None,
-               kd: KDOptions = None) -> "MethodConfig":
-        """The effective configuration of method ``name`` (an alias gives its method)."""
+               kd: KDOptions = None, label_smoothing: float = 0.0) -> "MethodConfig":
+        """The effective configuration of method ``name`` (an alias gives its method);
+        ``label_smoothing`` (``--label_smoothing``) of the CE term goes with the weights."""
         method = get_distiller(name)
         options = method.Options() if options is None else options
         kd = KDOptions() if kd is None else kd
@@ -32,15 +33,17 @@ class MethodConfig:
         if isinstance(weights.beta, dict):  # -b name=weight
             weights = dataclasses.replace(weights, beta=_named_beta(method.name, weights.beta))
         effective, kd_T = method.effective_weights(options, weights, kd.kd_T)
+        effective = dataclasses.replace(effective, label_smoothing=float(label_smoothing))
         return cls(method.name, options, effective, dataclasses.replace(kd, kd_T=kd_T))
 
     @classmethod
     def from_namespace(cls, name: str, namespace) -> "MethodConfig":
         """From parsed flags (or any object with those attributes): only the method's own
-        options, the weights and the KD term's are read."""
+        options, the weights, the KD term's and ``label_smoothing`` are read."""
         method = get_distiller(name)
         return cls.create(name, options_from(method.Options, namespace),
-                          options_from(WeightOptions, namespace), options_from(KDOptions, namespace))
+                          options_from(WeightOptions, namespace),
+                          options_from(KDOptions, namespace), label_smoothing_from(namespace))
 
     @property
     def method(self):
@@ -78,6 +81,12 @@ class MethodConfig:
                             f"KD term here (-d {distiller.div_weight:g}); drop --ctkd, or pass "
                             "-d > 0 to a method with a KD term")
         return distiller
+
+
+def label_smoothing_from(namespace) -> float:
+    """``--label_smoothing`` of parsed flags; 0 when the namespace has none."""
+    value = getattr(namespace, "label_smoothing", None)
+    return 0.0 if value is None else float(value)
 
 
 def _named_beta(name, betas):

@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from helper.errors import UserError
 from .base import Distiller, RunInfo, WeightOptions, Weights
-from .build import MethodConfig
+from .build import MethodConfig, label_smoothing_from
 from .kd import KDOptions, KDTerm
 from .options import MethodOptions, options_from
 from .registry import get_distiller
@@ -88,7 +88,7 @@ class CombinedConfig:
     ``MethodConfig``."""
     name: str
     parts: tuple
-    weights: Weights     # cls and div shared; beta unused (each part has its own)
+    weights: Weights     # cls, div, label_smoothing shared; beta unused (each part has its own)
     kd: KDOptions
 
     @classmethod
@@ -108,11 +108,12 @@ class CombinedConfig:
             weights, kd_T = method.effective_weights(options, one, kd.kd_T)
             cls_w[name], div_w[name], temps[name] = weights.cls, weights.div, kd_T
             parts.append((name, options, weights.beta))
-        shared = Weights(_shared(spec, "-c", cls_w), _shared(spec, "-d", div_w), 0.0)
+        shared = Weights(cls=_shared(spec, "-c", cls_w), div=_shared(spec, "-d", div_w),
+                         beta=0.0, label_smoothing=label_smoothing_from(namespace))
         kd = dataclasses.replace(kd, kd_T=_shared(spec, "--kd_T", temps))
-        # each method knows the run's -c and -d (for terms of its own such as MLKD's CE on its
-        # second view); the combination computes the CE and KD terms once
-        parts = tuple(MethodConfig(name, options, Weights(shared.cls, shared.div, beta), kd)
+        # each method knows the run's -c, -d and --label_smoothing (for terms of its own such
+        # as MLKD's CE on its second view); the combination computes the CE and KD terms once
+        parts = tuple(MethodConfig(name, options, dataclasses.replace(shared, beta=beta), kd)
                       for name, options, beta in parts)
         return cls(SEPARATOR.join(names), parts, shared, kd)
 

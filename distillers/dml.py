@@ -134,10 +134,8 @@ class DML(Distiller):
         mutual = [mutual_loss(z, nets[:k] + nets[k + 1:], self.T, self.mode)
                   for k, z in enumerate(nets)]
         losses = {"dml": self.beta * mutual[0]}
-        if self.cls_weight:  # the student's CE term's targets (MixUp/CutMix: soft ones)
-            labels = batch.get("soft_targets", targets)
-            ce = sum(F.cross_entropy(z, labels, label_smoothing=self.label_smoothing)
-                     for z in nets[1:])
+        if self.cls_weight:  # the peers see the student's images: its CE term, its targets
+            ce = sum(self.cls_loss(z, targets, batch) for z in nets[1:])  # (MixUp: soft ones)
             losses["peers_cls"] = self.cls_weight * ce
         losses["peers_dml"] = self.beta * sum(mutual[1:])
         return losses

@@ -217,9 +217,9 @@ class MLKD(Distiller):
             with torch.no_grad():
                 t_strong = self.teacher(strong)
             s_strong = self.student(strong)
-            if self.cls_weight:
-                losses["cls_strong"] = self.cls_weight * F.cross_entropy(
-                    s_strong, targets, label_smoothing=self.label_smoothing)
+            if self.cls_weight:  # the hard labels: the strong view is of the unmixed samples
+                # (soft targets are refused above), so cls_loss gets a batch without any
+                losses["cls_strong"] = self.cls_weight * self.cls_loss(s_strong, targets, {})
         standardize = self.kd.standardize if self.kd is not None else None
         kd, cc, bc = mlkd_terms(logits_s, logits_t, self.temps, self.mask_mode, s_strong,
                                 t_strong, self.strong_all, standardize)

@@ -2,6 +2,7 @@
 per GPU, or ``--nproc`` CPU processes, on each of ``--world-size`` nodes) and ``torchrun``
 (``env://``). NCCL on GPU, Gloo on CPU. Only rank 0 writes files and prints."""
 import logging
+import math
 import os
 import re
 import signal
@@ -12,13 +13,16 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Optional
 from urllib.parse import urlparse
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from helper.argtypes import non_negative
 from helper.errors import UserError
+from helper.option_groups import OptionGroup, option, require
 
 
 @dataclass(frozen=True)
@@ -41,44 +45,53 @@ class Context:
             print(*args, **kwargs, flush=True)
 
 
-def add_arguments(parser):
-    g = parser.add_argument_group("distributed")
-    g.add_argument("--multiprocessing-distributed", "--multiprocessing_distributed",
-                   dest="multiprocessing_distributed", action="store_true",
-                   help="spawn one process per GPU (or --nproc CPU processes) on this node")
-    g.add_argument("--world-size", "--world_size", dest="world_size", type=int, default=1,
-                   help="number of nodes taking part")
-    g.add_argument("--rank", type=int, default=0, help="rank of this node")
-    g.add_argument("--dist-url", "--dist_url", dest="dist_url", default="tcp://127.0.0.1:23451")
-    g.add_argument("--dist-backend", "--dist_backend", dest="dist_backend", default=None,
-                   choices=["nccl", "gloo"], help="default: nccl with CUDA, gloo on CPU")
-    g.add_argument("--nproc", type=int, default=None,
-                   help="processes per node (default: the GPU count, or 1 on CPU)")
-    g.add_argument("--dist-timeout", "--dist_timeout", dest="dist_timeout", type=float, default=30,
-                   help="minutes a collective may wait for a missing process before failing")
-    g.add_argument("--sync-bn", "--sync_bn", dest="sync_bn", action="store_true",
-                   help="synchronised BatchNorm in the student (GPU only)")
-    g.add_argument("--adjust_lr", "--adjust-lr", action="store_true",
-                   help="scale the learning rate by total batch / --batch_size (torchdistill)")
+@dataclass(frozen=True)
+class DistributedOptions(OptionGroup):
+    """Where a run's processes run: nodes, processes per node, their rendezvous."""
+    title = "distributed"
+    multiprocessing_distributed: bool = option(
+        False, "spawn one process per GPU (or --nproc CPU processes) on this node",
+        "--multiprocessing_distributed", flag="--multiprocessing-distributed")
+    world_size: int = option(1, "number of nodes taking part", "--world_size",
+                             flag="--world-size")
+    rank: int = option(0, "rank of this node")
+    dist_url: str = option("tcp://127.0.0.1:23451", None, "--dist_url", flag="--dist-url")
+    dist_backend: Optional[str] = option(None, "default: nccl with CUDA, gloo on CPU",
+                                         "--dist_backend", flag="--dist-backend",
+                                         choices=["nccl", "gloo"])
+    nproc: Optional[int] = option(None, "processes per node (default: the GPU count, or 1 on "
+                                  "CPU)", type=int)
+    dist_timeout: float = option(30.0, "minutes a collective may wait for a missing process "
+                                 "before failing", "--dist_timeout", flag="--dist-timeout")
+    sync_bn: bool = option(False, "synchronised BatchNorm in the student (GPU only)",
+                           "--sync_bn", flag="--sync-bn")
+    adjust_lr: bool = option(False, "scale the learning rate by total batch / --batch_size "
+                             "(torchdistill)", "--adjust-lr")
+    gpu_id: int = option(0, "CUDA device used when CUDA is present", "--gpu-id",
+                         type=non_negative(int))
 
+    def check(self):
+        require(self.world_size >= 1 and 0 <= self.rank < self.world_size,
+                f"--rank {self.rank} must be in 0..{self.world_size - 1} for --world-size "
+                f"{self.world_size}")
+        require(self.nproc is None or self.nproc >= 1,
+                f"--nproc must be positive, got {self.nproc}")
+        require(not self.sync_bn or torch.cuda.is_available(),
+                "--sync-bn needs CUDA (BatchNorm statistics are synchronised by NCCL); drop it "
+                "on CPU")
+        require(self.world_size == 1 or self.multiprocessing_distributed,
+                "--world-size > 1 needs --multiprocessing-distributed (or launch with torchrun)")
+        require(math.isfinite(self.dist_timeout) and self.dist_timeout > 0,
+                f"--dist-timeout must be a positive number of minutes, got {self.dist_timeout:g}")
 
-def check_arguments(parser, args):
-    if args.world_size < 1 or not 0 <= args.rank < args.world_size:
-        parser.error(f"--rank {args.rank} must be in 0..{args.world_size - 1} for --world-size {args.world_size}")
-    if args.nproc is not None and args.nproc < 1:
-        parser.error(f"--nproc must be positive, got {args.nproc}")
-    if args.sync_bn and not torch.cuda.is_available():
-        parser.error("--sync-bn needs CUDA (BatchNorm statistics are synchronised by NCCL); drop it on CPU")
-    if args.world_size > 1 and not args.multiprocessing_distributed:
-        parser.error("--world-size > 1 needs --multiprocessing-distributed (or launch with torchrun)")
-
-
-def _procs_per_node(args):
-    if args.nproc is not None:
-        if torch.cuda.is_available() and args.nproc > torch.cuda.device_count():
-            raise UserError(f"--nproc {args.nproc} exceeds the {torch.cuda.device_count()} GPUs here")
-        return args.nproc
-    return torch.cuda.device_count() if torch.cuda.is_available() else 1
+    def procs_per_node(self) -> int:
+        """Processes on this node: ``--nproc``, else the GPU count, else 1."""
+        if self.nproc is not None:
+            if torch.cuda.is_available() and self.nproc > torch.cuda.device_count():
+                raise UserError(f"--nproc {self.nproc} exceeds the {torch.cuda.device_count()} "
+                                "GPUs here")
+            return self.nproc
+        return torch.cuda.device_count() if torch.cuda.is_available() else 1
 
 
 def check_dist_url(url):
@@ -100,8 +113,8 @@ def check_dist_url(url):
 
 def launch(worker, config):
     """Run ``worker(config, ctx)`` in one process, in spawned processes, or under torchrun
-    (``config.args`` holds the distributed flags)."""
-    args = config.args
+    (``config.dist`` holds the distributed flags)."""
+    flags = config.dist
     try:
         if "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
             local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -109,15 +122,15 @@ def launch(worker, config):
             _run(local_rank, worker, config, "env://", int(os.environ["RANK"]),
                  int(os.environ["WORLD_SIZE"]), local_size)
             return
-        if not args.multiprocessing_distributed:
+        if not flags.multiprocessing_distributed:
             _run(0, worker, config, None, 0, 1, 1)
             return
-        nprocs = _procs_per_node(args)
-        world = nprocs * args.world_size
+        nprocs = flags.procs_per_node()
+        world = nprocs * flags.world_size
         if nprocs == 1 and world == 1:
             _run(0, worker, config, None, 0, 1, 1)
             return
-        check_dist_url(args.dist_url)
+        check_dist_url(flags.dist_url)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
@@ -157,8 +170,8 @@ def _die_with_parent(parent_pid):
 
 def _spawned(local_rank, worker, config, nprocs, world, parent_pid):
     _die_with_parent(parent_pid)
-    args = config.args
-    _run(local_rank, worker, config, args.dist_url, args.rank * nprocs + local_rank, world, nprocs)
+    flags = config.dist
+    _run(local_rank, worker, config, flags.dist_url, flags.rank * nprocs + local_rank, world, nprocs)
 
 
 # What torch's C++ layer prints while a TCP store client retries: one warning (with a C++
@@ -214,9 +227,9 @@ def _join_error(init_method, rank, world_size, minutes, error):
 
 
 def _run(local_rank, worker, config, init_method, rank, world_size, local_size):
-    args = config.args
+    flags = config.dist
     if torch.cuda.is_available():
-        gpu = local_rank if world_size > 1 else args.gpu_id
+        gpu = local_rank if world_size > 1 else flags.gpu_id
         if gpu >= torch.cuda.device_count():
             print(f"error: --gpu_id {gpu} does not exist: this machine has "
                   f"{torch.cuda.device_count()} CUDA devices", file=sys.stderr)
@@ -227,7 +240,7 @@ def _run(local_rank, worker, config, init_method, rank, world_size, local_size):
         device = torch.device("cpu")
     ctx = Context(rank, world_size, local_size, device)
     if world_size > 1:
-        backend = args.dist_backend or ("nccl" if device.type == "cuda" else "gloo")
+        backend = flags.dist_backend or ("nccl" if device.type == "cuda" else "gloo")
         error = None
         try:
             check_dist_url(init_method)
@@ -235,11 +248,11 @@ def _run(local_rank, worker, config, init_method, rank, world_size, local_size):
             # the other processes (its folder is checked above: a missing one would hang).
             with _quiet_rendezvous():
                 dist.init_process_group(backend, init_method=init_method, world_size=world_size,
-                                        rank=rank, timeout=timedelta(minutes=args.dist_timeout))
+                                        rank=rank, timeout=timedelta(minutes=flags.dist_timeout))
         except UserError as e:
             error = str(e)
         except (RuntimeError, ValueError) as e:  # torch's DistError and DistStoreError included
-            error = _join_error(init_method, rank, world_size, args.dist_timeout, e)
+            error = _join_error(init_method, rank, world_size, flags.dist_timeout, e)
         if error:  # out of the except block, the failed store is freed: the last process
             # to free a FileStore removes its file; one left behind would spoil the next try
             path = urlparse(init_method).path if init_method.startswith("file://") else None

@@ -37,7 +37,7 @@ from dataset.cifar import converted_from
 from helper.files import atomic_write, load_file
 from helper.loop import validate
 from helper.normalization import data_normalization
-from helper.options import parse_teacher_args, teacher_parser
+from helper.options import RunConfig, RunOptions
 from helper.precision import Precision, use_channels_last
 from helper.trainer import build_data
 from models.base import fit_to_data
@@ -84,9 +84,9 @@ def record_in(save_folder, checkpoint_path):
     return Path(save_folder) / (f"{folder.name}_{name}" if folder.name else name)
 
 
-def save_folder_given(args):
+def save_folder_given(run):
     """Whether ``--save_folder`` names a folder (its default, ./save, counts as not given)."""
-    return args.save_folder != teacher_parser().get_default("save_folder")
+    return run.save_folder != RunOptions().save_folder
 
 
 def kept_record(record, result):
@@ -111,18 +111,18 @@ def kept_record(record, result):
     return None
 
 
-def result_path(checkpoint_path, args, result):
+def result_path(checkpoint_path, run, result):
     """``(where --evaluate writes result, why not beside the checkpoint or None)``: into
     ``--save_folder`` when given, else beside the checkpoint unless its folder is not writable
     or the record there is kept (``kept_record``)."""
-    if save_folder_given(args):
-        return record_in(args.save_folder, checkpoint_path), None
+    if save_folder_given(run):
+        return record_in(run.save_folder, checkpoint_path), None
     beside = record_beside(checkpoint_path)
     if not os.access(beside.resolve().parent, os.W_OK | os.X_OK):
-        return record_in(args.save_folder, checkpoint_path), f"{beside.parent} is not writable"
+        return record_in(run.save_folder, checkpoint_path), f"{beside.parent} is not writable"
     kept = kept_record(beside, result)
     if kept:
-        return record_in(args.save_folder, checkpoint_path), f"{beside} is kept: {kept}"
+        return record_in(run.save_folder, checkpoint_path), f"{beside} is kept: {kept}"
     return beside, None
 
 
@@ -149,18 +149,18 @@ def evaluate(config, ctx, path, model_name=None, fallback=None, flag="--model",
     Returns the result dict (also written as JSON by rank 0: beside the checkpoint, marked as
     its registration record, with ``registration``; else where ``result_path`` says).
     """
-    args = config.args
+    dataset = config.data.dataset
     checkpoint = load_file(path, "checkpoint to evaluate")  # fails before the data is built
     config, _, val_loader = build_data(config, ctx)
-    info = config.data
+    info = config.data_info
     model, checkpoint = load_for_evaluation(path, info["num_classes"], model_name, fallback, flag,
-                                            checkpoint, dataset=args.dataset)
+                                            checkpoint, dataset=dataset)
     model = fit_to_data(model.to(ctx.device), info["input_size"], "model")
     model.eval()
-    channels_last = use_channels_last(args, model, ctx.device)
+    channels_last = use_channels_last(config.precision, model, ctx.device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    precision = Precision.from_args(args, ctx.device)
+    precision = Precision.from_options(config.precision, ctx.device)
     _synchronize(ctx.device)
     start = time.perf_counter()
     metrics = validate(model, val_loader, ctx.device, precision, channels_last)
@@ -171,11 +171,11 @@ def evaluate(config, ctx, path, model_name=None, fallback=None, flag="--model",
     stored = checkpoint if isinstance(checkpoint, dict) else {}
     result = {
         "checkpoint": str(Path(path).resolve()), "model_name": model.model_name,
-        "dataset": args.dataset, "num_classes": info["num_classes"],
+        "dataset": dataset, "num_classes": info["num_classes"],
         "acc": metrics["acc"], "acc_top5": metrics["acc_top5"], "loss": metrics["loss"],
         "images": images, "seconds": seconds, "images_per_s": rate,
         "world_size": ctx.world_size, "device": str(ctx.device),
-        "normalization": input_normalization_record(model, args.dataset),
+        "normalization": input_normalization_record(model, dataset),
         "amp": precision.dtype is not None and str(precision.dtype).replace("torch.", ""),
         "recorded": {k: stored[k] for k in ("accuracy", "best_acc", "published_acc", "epoch",
                                             "distill")
@@ -188,7 +188,7 @@ def evaluate(config, ctx, path, model_name=None, fallback=None, flag="--model",
         if registration:
             out, moved = record_beside(path), None
         else:
-            out, moved = result_path(path, args, result)
+            out, moved = result_path(path, config.run, result)
         write_record(out, result)
         speed = f"{rate:.0f} img/s" if rate else "? img/s"
         own = getattr(model, "input_normalization", None)
@@ -197,7 +197,7 @@ def evaluate(config, ctx, path, model_name=None, fallback=None, flag="--model",
         published = result["recorded"].get("published_acc")
         if isinstance(published, (int, float)):
             speed += f" (published top-1 {published:.2f})"
-        ctx.log(f"evaluate {path}: {model.model_name} on {args.dataset} test ({images} images): "
+        ctx.log(f"evaluate {path}: {model.model_name} on {dataset} test ({images} images): "
                 f"top-1 {metrics['acc']:.2f} top-5 {metrics['acc_top5']:.2f} "
                 f"loss {metrics['loss']:.4f} {speed}; written to {out}"
                 + (f" ({moved})" if moved else ""))
@@ -237,9 +237,9 @@ def check_published(path, dataset, data_folder, save_folder, log=print):
     and ``<file>.eval.json`` of ``--evaluate``) and compare its top-1 with the accuracy its
     source publishes (else the one the file records). Returns ``(top-1, reference or None,
     within PUBLISHED_TOLERANCE)``; a difference beyond it is reported, not an error."""
-    config = parse_teacher_args(["--evaluate", str(path), "--dataset", dataset,
-                                 "--data_folder", str(data_folder),
-                                 "--save_folder", str(save_folder), "--batch_size", "256"])
+    config = RunConfig.create(None, data={"dataset": dataset, "data_folder": str(data_folder),
+                                          "batch_size": 256},
+                              run={"evaluate": str(path), "save_folder": str(save_folder)})
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     result = evaluate(config, Context(device=device), path, registration=True)
     acc, recorded = result["acc"], result["recorded"]

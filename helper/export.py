@@ -129,16 +129,16 @@ def checking_loader(path, dataset, data_folder, batch_size):
     downloaded: missing data is refused)."""
     from helper.distributed import Context
     from helper.evaluate import data_missing
-    from helper.options import parse_teacher_args
+    from helper.options import RunConfig
     from helper.trainer import build_data
     missing = data_missing(dataset, data_folder)
     if missing:
         raise UserError(f"cannot check the export: {missing} (or pass --no_check)")
-    config = parse_teacher_args(["--evaluate", str(path), "--dataset", dataset,
-                                 "--data_folder", str(data_folder),
-                                 "--batch_size", str(batch_size), "--num_workers", "0"])
+    config = RunConfig.create(None, data={"dataset": dataset, "data_folder": str(data_folder),
+                                          "batch_size": batch_size, "num_workers": 0},
+                              run={"evaluate": str(path)})
     config, _, loader = build_data(config, Context(device=torch.device("cpu")))
-    return loader, config.data
+    return loader, config.data_info
 
 
 # ---- exporting ------------------------------------------------------------------------------

@@ -58,7 +58,9 @@ import hashlib
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -72,7 +74,8 @@ from dataset.tensor_loader import normalize
 from helper.argtypes import OneLineParser, non_negative, positive
 from helper import store as folder_store
 from helper.errors import UserError
-from helper.teacher_cache import AUG_FLAGS, file_sha256
+from helper.option_groups import OptionGroup, option, require
+from helper.teacher_cache import file_sha256
 
 FORMAT = 1
 DTYPES = ("float32", "float16")
@@ -321,58 +324,47 @@ def open_for_run(folder, path_t, dataset: str, train_folder, input_size, num_cla
 def attach(train_loader, config, ctx):
     """``(loader, teacher)`` of an ``--fkd`` run: the FKD loader over ``train_loader`` (a
     ``FolderLoader``) and the stand-in teacher; checks the method and the store."""
-    args, method = config.args, config.method
+    data, teacher, method = config.data, config.teacher, config.method
     readers = [p.name for p in method.parts
                if p.requires_teacher() and getattr(p.method, "cacheable", None) != "logits"]
     if readers:
         raise UserError(f"--fkd stores the teacher's outputs only, and --distill "
                         f"{', '.join(readers)} reads more of the teacher; use a logit method "
                         "(kd, dkd, ...) or drop --fkd")
-    dataset = canonical_folder_name(args.dataset)
+    dataset = canonical_folder_name(data.dataset)
     if dataset is None or not hasattr(train_loader, "dataset"):
         raise UserError(f"--fkd replays crops of folder data sets (imagenet, cub200, folder) "
-                        f"read by torchvision; {args.dataset}{' with --dali' if args.dali else ''}"
+                        f"read by torchvision; {data.dataset}{' with --dali' if data.dali else ''}"
                         " is not one: drop --fkd")
-    info = config.data
-    store = open_for_run(args.fkd, args.path_t, dataset, train_loader.dataset,
+    info = config.data_info
+    store = open_for_run(teacher.fkd, teacher.path_t, dataset, train_loader.dataset,
                          info["input_size"], info["num_classes"])
-    loader = FKDLoader(train_loader, store.open("r"), soft_ce=args.fkd_soft_ce)
+    loader = FKDLoader(train_loader, store.open("r"), soft_ce=teacher.fkd_soft_ce)
     m = store.manifest
     stored = "full logits" if store.topk == 0 else f"top-{store.topk} probabilities"
     ctx.log(f"fkd: teacher {m['teacher_model']}'s {stored} ({m['dtype']}) on {store.epochs} "
-            f"epochs x {store.crops} crops from {args.fkd}; batches of "
+            f"epochs x {store.crops} crops from {teacher.fkd}; batches of "
             f"{loader.images_per_batch} images x {store.crops} crops"
-            + (f"; epochs beyond {store.epochs} replay them again" if args.epochs > store.epochs
+            + (f"; epochs beyond {store.epochs} replay them again" if config.optim.epochs > store.epochs
                else ""))
     return loader, StoredTeacher(m["teacher_model"], m["num_classes"])
 
 
-def add_arguments(parser):
-    g = parser.add_argument_group("FKD soft labels (helper/fkd_labels.py)")
-    g.add_argument("--fkd", default=None, metavar="DIR",
-                   help="train on the crops and teacher outputs stored in DIR by python -m "
-                        "helper.fkd_labels (folder data sets; logit methods; no teacher runs)")
-    g.add_argument("--fkd_soft_ce", "--fkd-soft-ce", action="store_true",
-                   help="the CE term (-c) takes the stored teacher probabilities instead of "
-                        "the labels: with -d 0, FKD's own soft cross-entropy at T=1")
-    return g
+@dataclass(frozen=True)
+class FkdOptions(OptionGroup):
+    """``--fkd``: train on stored crops and teacher outputs."""
+    title = "FKD soft labels (helper/fkd_labels.py)"
+    fkd: Optional[str] = option(None, "train on the crops and teacher outputs stored in DIR by "
+                                "python -m helper.fkd_labels (folder data sets; logit methods; "
+                                "no teacher runs)", metavar="DIR")
+    fkd_soft_ce: bool = option(False, "the CE term (-c) takes the stored teacher probabilities "
+                               "instead of the labels: with -d 0, FKD's own soft cross-entropy "
+                               "at T=1", "--fkd-soft-ce")
 
-
-def check_arguments(parser, args):
-    if args.fkd == "":
-        parser.error("--fkd is empty; give the store's folder")
-    if args.fkd_soft_ce and args.fkd is None:
-        parser.error("--fkd_soft_ce needs --fkd DIR; add it, or drop --fkd_soft_ce")
-    if args.fkd is None:
-        return
-    changed = [f"--{flag}" for flag, plain in AUG_FLAGS if getattr(args, flag, plain) != plain]
-    for flag, on in (("--teacher_cache", args.teacher_cache is not None),
-                     ("--dali", args.dali is not None)):
-        if on:
-            changed.append(flag)
-    if changed:
-        parser.error(f"--fkd replays the stored crops and teacher outputs as they are; drop "
-                     f"{' '.join(changed)} or --fkd")
+    def check(self):
+        require(self.fkd != "", "--fkd is empty; give the store's folder")
+        require(self.fkd is not None or not self.fkd_soft_ce,
+                "--fkd_soft_ce needs --fkd DIR; add it, or drop --fkd_soft_ce")
 
 
 # ---- the builder's command line -------------------------------------------------------------

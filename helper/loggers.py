@@ -43,13 +43,12 @@ BEST_TAG = "test/best_acc"  # the best top-1 so far, a scalar beside test/acc (H
 _PACKAGES = {"wandb": "wandb", "mlflow": "mlflow (or the lighter mlflow-skinny)"}
 
 
-def check_arguments(parser, args):
+def check_installed(name):
     """``--logger NAME``: its package must be installed (found, not imported)."""
-    name = getattr(args, "logger", None)
     if (name is not None and sys.modules.get(name) is None
             and importlib.util.find_spec(name) is None):
-        parser.error(f"--logger {name} needs the {name} package, which is not installed; "
-                     f"pip install {_PACKAGES[name].split(' ')[0]}, or drop --logger")
+        raise UserError(f"--logger {name} needs the {name} package, which is not installed; "
+                        f"pip install {_PACKAGES[name].split(' ')[0]}, or drop --logger")
 
 
 # ---- train.log -------------------------------------------------------------------------------
@@ -148,7 +147,7 @@ class RunLoggers:
 
     def __init__(self, run, config, meta, log=print):
         self.run, self.log = run, log
-        self.name = getattr(config.args, "logger", None) if run.write else None
+        self.name = config.run.logger if run.write else None
         self.hparams = hparams(config, meta) if run.write else {}
         self.started = False
         self.backend = None

@@ -1,11 +1,16 @@
 """The command line of train_teacher.py and train_student.py (SimKD's flag names), and the
 read-only run configuration derived from it.
 
-Parsing returns a ``RunConfig``: the parsed flags as a read-only namespace, and what the run
-derives from them, computed once (the method's options and effective weights, the learning
-rate's default; per process, the batch and the ``--adjust_lr`` learning rate; after the data
-is built, its sizes). Nothing writes to the namespace after parsing. A method's flags are
-generated from its ``Options`` dataclass (``distillers/options.py``).
+Every flag is a field of a frozen dataclass declared beside the code that uses it
+(helper/option_groups.py), a method's (``distillers/``) as the run's: ``DataOptions``
+(dataset/options.py), ``AugmentConfig`` (dataset/augment.py), ``OptimOptions``
+(helper/schedule.py), ``PrecisionOptions`` (helper/precision.py), ``DistributedOptions``
+(helper/distributed.py), the teacher's (``TeacherOptions``: its files, forward, mode, cache and
+FKD labels) and ``RunOptions`` (seed, trial, run folder, logging, --evaluate). Parsing returns a
+``RunConfig`` holding the groups and what the run derives from them, computed once (the
+method's options and effective weights, the learning rate's default; per process, the batch
+and the ``--adjust_lr`` learning rate; after the data is built, its sizes). No module reads the
+parsed namespace; ``RunConfig.create`` builds a configuration in code, without argv.
 
 What a run records is scoped to it: ``option_names`` are the run-wide flags and the options of
 the methods it uses, not other methods' (config.yaml, summary.json, the --resume checks); an
@@ -20,20 +25,26 @@ import math
 import os
 import sys
 from dataclasses import dataclass
-from typing import Optional
+from typing import List, Optional, Union
 
 import torch
 
-from dataset import DATASET_NAMES, FOLDER_DATASET_NAMES, augment
-from helper import (config_file, distributed, fkd_labels, loggers, precision, schedule,
-                    teacher_cache, teacher_forward)
+from dataset import DATASET_NAMES, AugmentConfig, DataOptions
+from helper import config_file, loggers
 from helper.argtypes import OneLineParser as _Parser
-from helper.argtypes import non_negative as _non_negative, number as _number, positive as _positive
+from helper.argtypes import number as _number, positive as _positive
+from helper.distributed import DistributedOptions
 from helper.errors import UserError
+from helper.fkd_labels import FkdOptions
+from helper.option_groups import (OptionGroup, add_fields, add_options, group_titles, option,
+                                  options_from, require)
+from helper.precision import PrecisionOptions
+from helper.schedule import OptimOptions, epochs_list as _epochs_list  # noqa: F401
+from helper.teacher_cache import CacheOptions
+from helper.teacher_forward import ForwardOptions, TeacherModeOptions
 from distillers import (KDOptions, MethodConfig, RunInfo, get_distiller,
                         option_owners)
 from distillers.combine import configure, split_methods
-from distillers.options import add_options, group_titles
 from distillers.registry import method_option_names, renamed_options
 from models.registry import model_name as model_arg
 
@@ -56,19 +67,6 @@ PATH_OPTIONS = ("data_folder", "save_folder", "path_t", "teacher_cache", "fkd")
 MAX_SEED = 2**32 - 1
 
 
-def _epochs_list(text):
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated epochs such as 150,180,210, got {text!r}")
-    if any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"epochs must be positive (the lr decays after each), "
-                                         f"got {text!r}")
-    if any(b <= a for a, b in zip(values, values[1:])):
-        raise argparse.ArgumentTypeError(f"epochs must be increasing, got {text!r}")
-    return values
-
-
 def _method_spec(text):
     """``--distill``: one registered method, or several joined by ``+``."""
     try:
@@ -78,68 +76,128 @@ def _method_spec(text):
     return text
 
 
+def _check_trial(trial):
+    """The trial, the one free-text part of the run folder's name, is a plain name; a numeric
+    one is added to the seed."""
+    require(not (any(sep in trial for sep in ("/", "\\", os.sep)) or ".." in trial),
+            f"--trial {trial!r} must be a plain name without '/', '\\' or '..': it names the "
+            "run folder inside --save_folder")
+    require(not (trial.isdigit() and (not trial.isdecimal() or int(trial) > MAX_SEED)),
+            f"a numeric --trial is added to the seed and must be in 0..{MAX_SEED}, got {trial}")
+
+
+@dataclass(frozen=True)
+class RunOptions(OptionGroup):
+    """The run itself: its seed and trial, its folder, how it starts, what it logs."""
+    title = "run"
+    config: Optional[str] = option(None, "start from a config.yaml (a run folder's); flags "
+                                   "given override it", metavar="FILE")
+    trial: str = option("0", "trial id, part of the run folder name and the seed")
+    print_freq: int = option(100, None, "--print-freq", type=_positive(int))
+    deterministic: bool = option(False, "deterministic algorithms (bit-identical reruns on CPU)")
+    seed: int = option(12345, "base seed; the trial id is added to it",
+                       type=_number(int, lambda v: 0 <= v <= MAX_SEED, f"in 0..{MAX_SEED}"))
+    save_folder: str = option("./save", None, "--save-folder")
+    resume: Optional[str] = option(None, "continue from this run's last.pth, or from the given "
+                                   "checkpoint", nargs="?", const="auto")
+    pretrained: Optional[str] = option(
+        None, "start the trained model from a weight file, or torchvision's weights by name "
+        "(ImageNet models, e.g. IMAGENET1K_V1); a classifier of another class count starts "
+        "fresh (MGD's --use-pretrained)")
+    evaluate: Optional[str] = option(None, "score FILE on the test split; no training",
+                                     metavar="FILE")
+    linear_probe: Optional[str] = option(None, "with --evaluate: linear-probe top-1 on DATASET",
+                                         "--linear-probe", choices=DATASET_NAMES,
+                                         metavar="DATASET")
+    probe_data_folder: Optional[str] = option(None, "--linear_probe's data (default "
+                                              "--data_folder)", "--probe-data-folder",
+                                              metavar="DIR")
+    logger: Optional[str] = option(None, "mirror scalars and config (optional package)",
+                                   choices=loggers.LOGGERS)
+
+    def check(self):
+        for flag in ("save_folder", "resume", "pretrained", "probe_data_folder"):
+            require(getattr(self, flag) != "", f"--{flag} is empty; give a path")
+        _check_trial(self.trial)
+        require(self.linear_probe is None or self.evaluate is not None,
+                "--linear_probe probes a checkpoint: give --evaluate FILE with it")
+        require(self.probe_data_folder is None or self.linear_probe is not None,
+                "--probe_data_folder is the data of --linear_probe DATASET; give it too")
+        loggers.check_installed(self.logger)
+
+
+def _each(kind):
+    """An argparse type: comma-separated values, each converted by ``kind``; one value as it
+    is, several as a list (``--path_t``/``--model_t`` given in a config file)."""
+    def parse(text):
+        parts = [kind(v.strip()) if v.strip() else None for v in str(text).split(",")]
+        if None in parts:
+            raise argparse.ArgumentTypeError(f"empty name in {text!r}; separate values by single "
+                                             "commas or spaces")
+        return parts[0] if len(parts) == 1 else parts
+    parse.__name__ = getattr(kind, "__name__", "value")
+    return parse
+
+
+class _OneOrSeveral(argparse.Action):
+    """``nargs="+"`` kept as one string when one value is given, so that a run with one
+    teacher keeps its ``--path_t FILE`` in summary.json, config.yaml and the --resume checks."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        flat = [v for value in values for v in ([value] if isinstance(value, str) else value)]
+        setattr(namespace, self.dest, flat[0] if len(flat) == 1 else flat)
+
+
+@dataclass(frozen=True)
+class TeacherFiles(OptionGroup):
+    """The teachers' checkpoints and architectures (one value, or a list of several)."""
+    title = "distillation"
+    path_t: Optional[Union[str, List[str]]] = option(
+        None, "teacher checkpoint; several (space- or comma-separated) distil from their mean "
+        "logit, or with --distill camkd", "--path-t", nargs="+", type=_each(str),
+        action=_OneOrSeveral, metavar="CHECKPOINT")
+    model_t: Optional[Union[str, List[str]]] = option(
+        None, "teacher architecture, when the checkpoint does not name it (several: one per "
+        "--path_t, in order)", "--model-t", nargs="+", type=_each(model_arg),
+        action=_OneOrSeveral, metavar="MODEL")
+
+    def check(self):
+        require(self.path_t != "", "--path_t is empty; give a path")
+
+    @property
+    def paths(self) -> list:
+        """``--path_t`` as a list (empty without one)."""
+        return [] if self.path_t is None else (
+            [self.path_t] if isinstance(self.path_t, str) else list(self.path_t))
+
+
+# the teacher's groups after its files (which --help shows under "distillation")
+TEACHER_GROUPS = (ForwardOptions, TeacherModeOptions, CacheOptions, FkdOptions)
+
+
+@dataclass(frozen=True)
+class TeacherOptions(FkdOptions, CacheOptions, TeacherModeOptions, ForwardOptions, TeacherFiles):
+    """A student run's teacher: its files, forward, mode, cache and stored FKD labels."""
+
+    def check(self):
+        for group in (TeacherFiles,) + TEACHER_GROUPS:
+            group.check(self)
+        if self.teacher_train:
+            require(not self.teacher_cache, "--teacher_cache holds the outputs of the teacher "
+                    "in eval mode; drop --teacher_train or --teacher_cache")
+            require(not self.fkd, "--fkd trains on stored teacher outputs (no teacher runs); "
+                    "drop --teacher_train or --fkd")
+
+
+# The groups every run has, by RunConfig attribute, in --help_all's order after the method's.
+RUN_GROUPS = (("data", DataOptions), ("optim", OptimOptions), ("augment", AugmentConfig),
+              ("precision", PrecisionOptions), ("dist", DistributedOptions),
+              ("run", RunOptions))
+
+
 def _common(parser):
-    g = parser.add_argument_group("data and optimisation")
-    g.add_argument("--dataset", default="cifar100", choices=DATASET_NAMES)
-    g.add_argument("--data_folder", "--data-folder", default="./data",
-                   help="folder holding the data set (downloaded there when missing and online)")
-    g.add_argument("--batch_size", "--batch-size", type=_positive(int), default=64)
-    g.add_argument("--num_workers", "--num-workers", type=_non_negative(int), default=8,
-                   help="loader workers for folder data sets (in-memory data sets need none)")
-    g.add_argument("--epochs", type=_positive(int), default=240)
-    g.add_argument("--learning_rate", "--learning-rate", "--lr", type=_positive(float), default=None,
-                   help="default 0.05, or 0.01 for MobileNet/ShuffleNet as in SimKD")
-    g.add_argument("--lr_decay_epochs", "--lr-decay-epochs", type=_epochs_list, default=[150, 180, 210])
-    g.add_argument("--lr_decay_rate", "--lr-decay-rate", type=_positive(float), default=0.1)
-    g.add_argument("--optimizer", choices=schedule.OPTIMIZERS, default="sgd",
-                   help="sgd (momentum, fused where available) or adamw (torch's defaults)")
-    g.add_argument("--nesterov", action="store_true", help="Nesterov momentum (SGD)")
-    g.add_argument("--lr_scheduler", "--lr-scheduler", choices=schedule.SCHEDULERS,
-                   default="multistep",
-                   help="per-epoch schedule: multistep (decay after --lr_decay_epochs), step "
-                        "(every --lr_decay_step epochs), cosine or linear (to 0 over the epochs)")
-    g.add_argument("--lr_decay_step", "--lr-decay-step", type=_positive(int), default=None,
-                   help="--lr_scheduler step: decay by --lr_decay_rate every this many epochs")
-    g.add_argument("--warmup_epochs", "--warmup-epochs", type=_non_negative(int), default=0,
-                   help="linear warm-up epochs before the schedule (epoch k at lr*k/(N+1))")
-    g.add_argument("--label_smoothing", "--label-smoothing",
-                   type=_number(float, lambda v: 0 <= v < 1, "in [0, 1)"), default=0.0,
-                   help="label smoothing of the cross-entropy term")
-    g.add_argument("--weight_decay", "--weight-decay", type=_non_negative(float), default=5e-4)
-    g.add_argument("--momentum", type=_number(float, lambda v: 0 <= v < 1, "in [0, 1)"),
-                   default=0.9)
-    g.add_argument("--dali", choices=["cpu", "gpu"], default=None,
-                   help="DALI pipelines for folder data sets (imagenet, cub200, folder): decode on cpu or gpu")
-    g.add_argument("--pretrained", default=None,
-                   help="start the trained model from a weight file, or torchvision's weights by name "
-                        "(ImageNet models, e.g. IMAGENET1K_V1); a classifier of another class count "
-                        "starts fresh (MGD's --use-pretrained)")
-    g.add_argument("--jitter", type=int, default=0,
-                   help="MNIST only: random translation of up to this many pixels (Hinton et al.: 2)")
-    r = parser.add_argument_group("run")
-    r.add_argument("--config", default=None, metavar="FILE",
-                   help="start from a config.yaml (a run folder's); flags given override it")
-    r.add_argument("--trial", default="0", help="trial id, part of the run folder name and the seed")
-    r.add_argument("--print_freq", "--print-freq", type=_positive(int), default=100)
-    r.add_argument("--gpu_id", "--gpu-id", type=_non_negative(int), default=0,
-                   help="CUDA device used when CUDA is present")
-    r.add_argument("--deterministic", action="store_true",
-                   help="deterministic algorithms (bit-identical reruns on CPU)")
-    r.add_argument("--seed", type=_number(int, lambda v: 0 <= v <= MAX_SEED, f"in 0..{MAX_SEED}"),
-                   default=12345, help="base seed; the trial id is added to it")
-    r.add_argument("--save_folder", "--save-folder", default="./save")
-    r.add_argument("--resume", nargs="?", const="auto", default=None,
-                   help="continue from this run's last.pth, or from the given checkpoint")
-    r.add_argument("--evaluate", metavar="FILE", help="score FILE on the test split; no training")
-    r.add_argument("--linear_probe", "--linear-probe", choices=DATASET_NAMES, metavar="DATASET",
-                   help="with --evaluate: linear-probe top-1 on DATASET")
-    r.add_argument("--probe_data_folder", "--probe-data-folder", metavar="DIR",
-                   help="--linear_probe's data (default --data_folder)")
-    r.add_argument("--logger", choices=loggers.LOGGERS, default=None,
-                   help="mirror scalars and config (optional package)")
-    distributed.add_arguments(parser)
-    precision.add_arguments(parser)
-    augment.add_arguments(parser)
+    for _, group in RUN_GROUPS:
+        add_options(parser, [(group.title, group)])
 
 
 class _BriefFormatter(argparse.HelpFormatter):
@@ -238,28 +296,6 @@ def teacher_parser():
     return parser
 
 
-def _each(kind):
-    """An argparse type: comma-separated values, each converted by ``kind``; one value as it
-    is, several as a list (``--path_t``/``--model_t`` given in a config file)."""
-    def parse(text):
-        parts = [kind(v.strip()) if v.strip() else None for v in str(text).split(",")]
-        if None in parts:
-            raise argparse.ArgumentTypeError(f"empty name in {text!r}; separate values by single "
-                                             "commas or spaces")
-        return parts[0] if len(parts) == 1 else parts
-    parse.__name__ = getattr(kind, "__name__", "value")
-    return parse
-
-
-class _OneOrSeveral(argparse.Action):
-    """``nargs="+"`` kept as one string when one value is given, so that a run with one
-    teacher keeps its ``--path_t FILE`` in summary.json, config.yaml and the --resume checks."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        flat = [v for value in values for v in ([value] if isinstance(value, str) else value)]
-        setattr(namespace, self.dest, flat[0] if len(flat) == 1 else flat)
-
-
 def student_parser():
     parser = _Parser(description="Distil a student from a trained teacher.", add_help=False,
                      usage="%(prog)s [--path_t CHECKPOINT] [--distill METHOD] [--model_s MODEL] "
@@ -267,22 +303,13 @@ def student_parser():
     _add_help(parser)
     g = parser.add_argument_group("distillation")
     g.add_argument("--model_s", "--model-s", default="resnet8x4", type=model_arg)
-    g.add_argument("--path_t", "--path-t", default=None, nargs="+", type=_each(str),
-                   action=_OneOrSeveral, metavar="CHECKPOINT",
-                   help="teacher checkpoint; several (space- or comma-separated) distil from "
-                        "their mean logit, or with --distill camkd")
-    g.add_argument("--model_t", "--model-t", default=None, nargs="+", type=_each(model_arg),
-                   action=_OneOrSeveral, metavar="MODEL",
-                   help="teacher architecture, when the checkpoint does not name it (several: "
-                        "one per --path_t, in order)")
+    add_fields(g, TeacherFiles)
     g.add_argument("--distill", default="kd", type=_method_spec, metavar="METHOD[+METHOD...]",
                    help="the method, or several joined by '+' (e.g. dkd+reviewkd, each with "
                         "its own -b NAME=B); python -m distillers lists them")
     add_options(parser, option_owners())
     _common(parser)
-    teacher_forward.add_arguments(parser)
-    teacher_cache.add_arguments(parser)
-    fkd_labels.add_arguments(parser)
+    add_options(parser, [(None, group) for group in TEACHER_GROUPS])
     return parser
 
 
@@ -302,43 +329,84 @@ class FrozenNamespace(argparse.Namespace):
 
 @dataclass(frozen=True)
 class RunConfig:
-    """One run's configuration: the flags as given (``args``) and what is derived from them."""
-    args: FrozenNamespace
+    """One run's configuration: the model, the method, the option groups, and what is derived
+    from them. ``batch_per_process`` is one process's batch; ``data.batch_size`` (the flag)
+    is one machine's."""
     model: str                      # the model this run trains (--model or --model_s)
     method: MethodConfig            # the method, its options, effective weights and KD term
     learning_rate: float            # --learning_rate, its default by model, --adjust_lr scaled
-    batch_size: int                 # the batch of one process (--batch_size is one machine's)
-    data: Optional[dict] = None     # num_classes, input_size, train_size, val_size
+    batch_per_process: int          # the batch of one process (--batch_size split over them)
+    data: DataOptions = DataOptions()
+    optim: OptimOptions = OptimOptions()
+    augment: AugmentConfig = AugmentConfig()
+    precision: PrecisionOptions = PrecisionOptions()
+    dist: DistributedOptions = DistributedOptions()
+    run: RunOptions = RunOptions()
+    teacher: Optional[TeacherOptions] = None   # a student run's teacher; None for a teacher's
+    data_info: Optional[dict] = None  # num_classes, input_size, train_size, val_size
     flag_learning_rate: Optional[float] = None  # the learning rate before --adjust_lr
     option_names: tuple = ()        # the options this run uses (config.yaml's keys)
+    args: Optional[FrozenNamespace] = None  # the flags as parsed (None when built in code)
+
+    @classmethod
+    def create(cls, model: str, method: MethodConfig = None, *, teacher=None, **groups):
+        """A configuration built in code, without argv: ``groups`` by attribute (``data=``,
+        ``optim=``, ...; each an options object, or a dict of its fields), the rest defaults."""
+        kinds = dict(RUN_GROUPS)
+        values = {}
+        for name, value in groups.items():
+            if name not in kinds:
+                raise TypeError(f"RunConfig has no option group {name!r}")
+            values[name] = options_from(kinds[name], **value) if isinstance(value, dict) else value
+        if isinstance(teacher, dict):
+            teacher = options_from(TeacherOptions, **teacher)
+        optim = values.get("optim", OptimOptions())
+        data = values.get("data", DataOptions())
+        lr = default_learning_rate(model, optim.learning_rate)
+        method = method or MethodConfig.create("vanilla", label_smoothing=optim.label_smoothing)
+        return cls(model, method, lr, data.batch_size,
+                   teacher=teacher, flag_learning_rate=lr, **values)
 
     def for_process(self, local_size: int, world_size: int) -> "RunConfig":
         """Split ``--batch_size`` over this machine's ``local_size`` processes; with
         ``--adjust_lr``, scale the learning rate with the total batch (torchdistill)."""
-        total = self.args.batch_size
+        total = self.data.batch_size
         if total % local_size:
             raise UserError(f"--batch_size {total} does not split evenly over {local_size} "
                             f"processes per node; use a multiple of {local_size}")
         batch = total // local_size
-        lr = self.learning_rate * batch * world_size / total if self.args.adjust_lr else self.learning_rate
-        return dataclasses.replace(self, batch_size=batch, learning_rate=lr)
+        lr = self.learning_rate
+        if self.dist.adjust_lr:
+            lr = lr * batch * world_size / total
+        return dataclasses.replace(self, batch_per_process=batch, learning_rate=lr)
 
     def with_data(self, info: dict) -> "RunConfig":
-        return dataclasses.replace(self, data=dict(info))
+        return dataclasses.replace(self, data_info=dict(info))
 
     @property
     def run_info(self) -> RunInfo:
         """What the method may know of the run."""
-        data = self.data or {}
-        return RunInfo(epochs=self.args.epochs, batch_size=self.batch_size,
+        data = self.data_info or {}
+        return RunInfo(epochs=self.optim.epochs, batch_size=self.batch_per_process,
+                       teacher_train=bool(self.teacher and self.teacher.teacher_train),
                        **{k: data[k] for k in ("num_classes", "input_size", "train_size",
                                                "val_size") if k in data})
+
+    def groups(self) -> list:
+        """The option groups of this run (the teacher's last, for a student)."""
+        return [getattr(self, name) for name, _ in RUN_GROUPS] + (
+            [self.teacher] if self.teacher is not None else [])
 
     def effective_args(self) -> dict:
         """The flags as this run uses them (summary.json's ``args``): defaults that depend on
         the model or the method filled in; other methods' options left out."""
         w = self.method.weights
-        own = {k: v for k, v in vars(self.args).items()
+        values = dict(vars(self.args)) if self.args is not None else {}
+        for group in self.groups():
+            values.update({k: list(v) if isinstance(v, tuple) else v
+                           for k, v in dataclasses.asdict(group).items()})
+        values["model_s" if self.teacher is not None else "model"] = self.model
+        own = {k: v for k, v in values.items()
                if not self.option_names or k in self.option_names}
         return {**own, "learning_rate": self.learning_rate, "cls": w.cls,
                 "div": w.div, "beta": self.method.beta_value(), "kd_T": self.method.kd.kd_T,
@@ -360,7 +428,15 @@ class RunConfig:
 
     def summary(self) -> dict:
         """Derived values summary.json records beside the flags."""
-        return {"batch_size_per_process": self.batch_size, "learning_rate": self.learning_rate}
+        return {"batch_size_per_process": self.batch_per_process,
+                "learning_rate": self.learning_rate}
+
+
+def default_learning_rate(model: str, given: Optional[float]) -> float:
+    """``--learning_rate``, or its default: 0.01 for MobileNet/ShuffleNet, else 0.05 (SimKD)."""
+    if given is not None:
+        return given
+    return 0.01 if model in SMALL_LR_MODELS else 0.05
 
 
 def _resolved(value):
@@ -426,7 +502,8 @@ def _parse(parser, argv):
 def parse_teacher_args(argv=None) -> RunConfig:
     parser = teacher_parser()
     args = _parse(parser, argv)
-    return _config(parser, args, args.model, MethodConfig.create("vanilla"))
+    method = MethodConfig.create("vanilla", label_smoothing=args.label_smoothing)
+    return _config(parser, args, args.model, method)
 
 
 def parse_student_args(argv=None) -> RunConfig:
@@ -436,88 +513,50 @@ def parse_student_args(argv=None) -> RunConfig:
         method = configure(args.distill, args)
     except UserError as e:
         parser.error(str(e))
-    teacher_forward.check_arguments(parser, args)
-    teacher_cache.check_arguments(parser, args)
-    fkd_labels.check_arguments(parser, args)
-    return _config(parser, args, args.model_s, method)
+    return _config(parser, args, args.model_s, method, teacher=True)
 
 
-def _config(parser, args, model_name, method) -> RunConfig:
-    """Check combinations and derive the run configuration (for one process per machine)."""
-    distributed.check_arguments(parser, args)
-    precision.check_arguments(parser, args)
-    if args.linear_probe is not None and args.evaluate is None:
-        parser.error("--linear_probe probes a checkpoint: give --evaluate FILE with it")
-    if args.probe_data_folder is not None and args.linear_probe is None:
-        parser.error("--probe_data_folder is the data of --linear_probe DATASET; give it too")
-    loggers.check_arguments(parser, args)
-    augment.check_arguments(parser, args,  # --linear_probe: --input_size is the probe data's
-                            (args.linear_probe or args.dataset) in FOLDER_DATASET_NAMES)
-    if args.jitter < 0:
-        parser.error(f"--jitter must be 0 or more, got {args.jitter}")
-    if not (math.isfinite(args.dist_timeout) and args.dist_timeout > 0):
-        parser.error(f"--dist-timeout must be a positive number of minutes, "
-                     f"got {args.dist_timeout:g}")
-    _check_paths(parser, args)
-    _check_schedule(parser, args)
-    _check_batch_split(parser, args)
+def _config(parser, args, model_name, method, teacher=False) -> RunConfig:
+    """The groups of the parsed flags, checked alone and together, and the run configuration
+    derived from them (for one process per machine)."""
+    try:
+        groups = {name: options_from(kind, args) for name, kind in RUN_GROUPS}
+        if teacher:
+            groups["teacher"] = options_from(TeacherOptions, args)
+        _check_together(**groups)
+    except UserError as e:
+        parser.error(str(e))
     _check_weights(parser, method)
-    lr = args.learning_rate
-    if lr is None:
-        lr = 0.01 if model_name in SMALL_LR_MODELS else 0.05
+    lr = default_learning_rate(model_name, groups["optim"].learning_rate)
     others = _others_options(method.name)
     names = tuple(a.dest for a in parser._actions if a.dest != "help" and a.dest not in others)
-    return RunConfig(args, model_name, method, lr, args.batch_size, flag_learning_rate=lr,
-                     option_names=names)
+    return RunConfig(model_name, method, lr, groups["data"].batch_size, **groups,
+                     flag_learning_rate=lr, option_names=names, args=args)
 
 
-def _check_schedule(parser, args):
-    """The optimizer and schedule flags' combinations."""
-    if args.warmup_epochs >= args.epochs:
-        parser.error(f"--warmup_epochs {args.warmup_epochs} must be less than --epochs "
-                     f"{args.epochs}")
-    if args.nesterov and args.optimizer != "sgd":
-        parser.error("--nesterov is SGD's; drop it, or use --optimizer sgd")
-    if args.nesterov and args.momentum == 0:
-        parser.error("--nesterov needs momentum; give --momentum > 0 (e.g. 0.9)")
-    if args.lr_scheduler == "step" and args.lr_decay_step is None:
-        parser.error("--lr_scheduler step needs --lr_decay_step N (decay every N epochs)")
-    if args.lr_scheduler == "multistep" and args.warmup_epochs:
-        early = [m for m in args.lr_decay_epochs if m <= args.warmup_epochs]
-        if early:
-            parser.error(f"--lr_decay_epochs {','.join(map(str, early))} fall within the "
-                         f"--warmup_epochs {args.warmup_epochs}; decay after the warm-up")
-
-
-def _check_paths(parser, args):
-    """No empty paths; the run folder stays inside --save_folder."""
-    for flag in ("save_folder", "data_folder", "path_t", "resume", "pretrained",
-                 "probe_data_folder"):
-        if getattr(args, flag, None) == "":
-            parser.error(f"--{flag} is empty; give a path")
-    _check_trial(parser, args.trial)
-
-
-def _check_trial(parser, trial):
-    """The trial, the one free-text part of the run folder's name, is a plain name; a numeric
-    one is added to the seed."""
-    if any(sep in trial for sep in ("/", "\\", os.sep)) or ".." in trial:
-        parser.error(f"--trial {trial!r} must be a plain name without '/', '\\' or '..': it names "
-                     "the run folder inside --save_folder")
-    if trial.isdigit() and (not trial.isdecimal() or int(trial) > MAX_SEED):
-        parser.error(f"a numeric --trial is added to the seed and must be in 0..{MAX_SEED}, "
-                     f"got {trial}")
-
-
-def _check_batch_split(parser, args):
-    """--batch_size splits over the processes of a node, when their count is known here
-    (``RunConfig.for_process`` checks torchrun's)."""
-    if not args.multiprocessing_distributed:
+def _check_together(data, optim, augment, precision, dist, run, teacher=None):
+    """The combinations of flags from several groups."""
+    # --linear_probe: --input_size is the probe data's
+    probed = DataOptions(dataset=run.linear_probe) if run.linear_probe else data
+    augment.check_for(data.dataset, probed.folder, data.dali)
+    if dist.multiprocessing_distributed:  # torchrun's count is checked by RunConfig.for_process
+        procs = dist.nproc or (torch.cuda.device_count() if torch.cuda.is_available() else 1)
+        require(data.batch_size % procs == 0,
+                f"--batch_size {data.batch_size} does not split evenly over {procs} processes "
+                f"per node; use a multiple of {procs}")
+    if teacher is None:
         return
-    procs = args.nproc or (torch.cuda.device_count() if torch.cuda.is_available() else 1)
-    if args.batch_size % procs:
-        parser.error(f"--batch_size {args.batch_size} does not split evenly over {procs} "
-                     f"processes per node; use a multiple of {procs}")
+    require(not (teacher.teacher_compile and precision.compile),
+            "--compile already compiles the teacher; drop --teacher_compile")
+    require(not (augment.padding_mode != "constant" and teacher.teacher_cache),
+            "--teacher_cache holds the views of the zero-padded crop only; drop --padding_mode "
+            "reflect or --teacher_cache")
+    if teacher.fkd is not None:
+        changed = augment.changed_flags() + [flag for flag, on in (
+            ("--teacher_cache", teacher.teacher_cache is not None),
+            ("--dali", data.dali is not None)) if on]
+        require(not changed, f"--fkd replays the stored crops and teacher outputs as they are; "
+                             f"drop {' '.join(changed)} or --fkd")
 
 
 def _check_weights(parser, method):

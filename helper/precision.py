@@ -5,10 +5,13 @@ import functools
 import os
 import shutil
 from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
 from helper.errors import UserError
+from helper.option_groups import OptionGroup, option, require
 
 
 @functools.lru_cache(maxsize=None)
@@ -41,8 +44,8 @@ class Precision:
         self.scaler = torch.amp.GradScaler(self.device_type) if self.dtype == torch.float16 else None
 
     @classmethod
-    def from_args(cls, args, device):
-        return cls(args.amp, args.amp_dtype, device)
+    def from_options(cls, options, device):
+        return cls(options.amp, options.amp_dtype, device)
 
     def autocast(self):
         if self.dtype is None:
@@ -103,7 +106,7 @@ def compile_models(distiller):
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 
 
-def use_channels_last(args, model: torch.nn.Module, device) -> bool:
+def use_channels_last(options, model: torch.nn.Module, device) -> bool:
     """Whether the run trains (or scores) in channels-last format: ``--channels_last`` or
     ``--memory_format channels_last``; under ``auto``, on the CPU for a model with 2-D
     convolutions. There oneDNN runs them faster in channels-last: a student's training step
@@ -111,37 +114,34 @@ def use_channels_last(args, model: torch.nn.Module, device) -> bool:
     and every method's iteration 0.67-0.95x of its contiguous time with the same teacher
     (AMD EPYC, scripts/benchmark.py; README, Speed). Not measured on a GPU here, where fp32
     convolutions are usually fastest contiguous."""
-    setting = "channels_last" if args.channels_last else args.memory_format
+    setting = "channels_last" if options.channels_last else options.memory_format
     if setting == "auto":
         return (torch.device(device).type == "cpu"
                 and any(isinstance(m, torch.nn.Conv2d) for m in model.modules()))
     return setting == "channels_last"
 
 
-def add_arguments(parser):
-    g = parser.add_argument_group("speed")
-    g.add_argument("--amp", action="store_true",
-                   help="mixed precision: bf16 on CPU, fp16 with a gradient scaler on CUDA")
-    g.add_argument("--amp_dtype", "--amp-dtype", choices=["bf16", "fp16"], default=None,
-                   help="override the --amp data type")
-    g.add_argument("--memory_format", "--memory-format", choices=MEMORY_FORMATS, default="auto",
-                   help="memory format of the models and images: auto (the default) is "
-                        "channels_last on the CPU for convolutional models, where every student "
-                        "measured trained faster (README, Speed), and contiguous on CUDA")
-    g.add_argument("--channels_last", "--channels-last", action="store_true",
-                   help="--memory_format channels_last (also faster convolutions on recent GPUs "
-                        "under --amp)")
-    g.add_argument("--compile", action="store_true",
-                   help="torch.compile the student and teacher (Inductor; on the CPU it needs a "
-                        "C++ compiler); the first iterations are slow while it compiles")
+@dataclass(frozen=True)
+class PrecisionOptions(OptionGroup):
+    """The speed flags of a run."""
+    title = "speed"
+    amp: bool = option(False, "mixed precision: bf16 on CPU, fp16 with a gradient scaler on CUDA")
+    amp_dtype: Optional[str] = option(None, "override the --amp data type", "--amp-dtype",
+                                      choices=["bf16", "fp16"])
+    memory_format: str = option(
+        "auto", "memory format of the models and images: auto (the default) is channels_last on "
+        "the CPU for convolutional models, where every student measured trained faster "
+        "(results/benchmark), and contiguous on CUDA", "--memory-format", choices=MEMORY_FORMATS)
+    channels_last: bool = option(False, "--memory_format channels_last (also faster "
+                                 "convolutions on recent GPUs under --amp)", "--channels-last")
+    compile: bool = option(False, "torch.compile the student and teacher (Inductor; on the CPU "
+                           "it needs a C++ compiler); the first iterations are slow while it "
+                           "compiles")
 
-
-def check_arguments(parser, args):
-    """The speed flags' combinations, at parse time."""
-    if args.channels_last and args.memory_format == "contiguous":
-        parser.error("--channels_last and --memory_format contiguous contradict each other; "
-                     "drop one")
-    if args.amp_dtype is not None and not args.amp:
-        parser.error(f"--amp_dtype needs --amp; add --amp, or drop --amp_dtype {args.amp_dtype}")
-    if args.amp and args.amp_dtype == "fp16" and not torch.cuda.is_available():
-        parser.error("--amp_dtype fp16 needs CUDA; use --amp_dtype bf16 on the CPU")
+    def check(self):
+        require(not (self.channels_last and self.memory_format == "contiguous"),
+                "--channels_last and --memory_format contiguous contradict each other; drop one")
+        require(self.amp_dtype is None or self.amp,
+                f"--amp_dtype needs --amp; add --amp, or drop --amp_dtype {self.amp_dtype}")
+        require(not (self.amp and self.amp_dtype == "fp16" and not torch.cuda.is_available()),
+                "--amp_dtype fp16 needs CUDA; use --amp_dtype bf16 on the CPU")

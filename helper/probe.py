@@ -187,15 +187,15 @@ def score(layer, x, y, device, batch=4096):
     return 100.0 * top1 / len(x), 100.0 * top5 / len(x)
 
 
-def record_path(checkpoint_path, args, dataset):
+def record_path(checkpoint_path, run, dataset):
     """``<file>.probe_<dataset>.json`` beside the checkpoint, or in ``--save_folder`` (when
     given, or when the checkpoint's folder is not writable) as ``<folder>_<file>...``; returns
     ``(path, why not beside it or None)``."""
     path = Path(checkpoint_path)
     name = f"{path.name}.probe_{dataset}.json"
     folder = path.resolve().parent
-    elsewhere = Path(args.save_folder) / (f"{folder.name}_{name}" if folder.name else name)
-    if save_folder_given(args):
+    elsewhere = Path(run.save_folder) / (f"{folder.name}_{name}" if folder.name else name)
+    if save_folder_given(run):
         return elsewhere, None
     if not os.access(folder, os.W_OK | os.X_OK):
         return elsewhere, f"{path.parent} is not writable"
@@ -205,8 +205,8 @@ def record_path(checkpoint_path, args, dataset):
 def linear_probe(config, ctx, path, model_name=None, fallback=None, flag="--model"):
     """Probe ``path`` on ``--linear_probe``'s data (see the module docstring); the
     architecture as ``--evaluate`` finds it. Returns the record (written by rank 0)."""
-    args = config.args
-    dataset = args.linear_probe
+    data, run = config.data, config.run
+    dataset = run.linear_probe
     if ctx.distributed:
         raise UserError("--linear_probe runs in one process; drop --multiprocessing-distributed "
                         "(or torchrun)")
@@ -215,24 +215,24 @@ def linear_probe(config, ctx, path, model_name=None, fallback=None, flag="--mode
     name = (architecture_to_load(checkpoint, path, model_name, fallback) or info.get("model_name")
             or model_name_from_path(path))
     classes = own_classes(checkpoint, path, name, flag)
-    folder = args.probe_data_folder or args.data_folder
+    folder = run.probe_data_folder or data.data_folder
     if dataset in TRAINED_SHAPES:  # its shape is known: refuse before loading it
         check_shape(checkpoint, path, name or Path(path).name, dataset, TRAINED_SHAPES[dataset])
-    seed = trial_seed(args)
-    train_loader, test_loader, data = build_loaders(
-        dataset, folder, args.batch_size, ctx.device, seed=seed, num_workers=args.num_workers,
-        augment=AugmentConfig(input_size=getattr(args, "input_size", None)))
-    check_shape(checkpoint, path, name or Path(path).name, dataset, data["input_size"])
+    seed = trial_seed(run)
+    train_loader, test_loader, sizes = build_loaders(
+        dataset, folder, data.batch_size, ctx.device, seed=seed, num_workers=data.num_workers,
+        augment=AugmentConfig(input_size=config.augment.input_size))
+    check_shape(checkpoint, path, name or Path(path).name, dataset, sizes["input_size"])
     model, checkpoint = load_for_evaluation(path, classes, model_name, fallback, flag,
                                             checkpoint, dataset=dataset)
-    model = fit_to_data(model.to(ctx.device), data["input_size"], "model")
+    model = fit_to_data(model.to(ctx.device), sizes["input_size"], "model")
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    channels_last = use_channels_last(args, model, ctx.device)
+    channels_last = use_channels_last(config.precision, model, ctx.device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    precision = Precision.from_args(args, ctx.device)
+    precision = Precision.from_options(config.precision, ctx.device)
     start = time.perf_counter()
     try:
         train_x, train_y = extract(model, train_loader.unaugmented(), channels_last, precision)
@@ -241,7 +241,7 @@ def linear_probe(config, ctx, path, model_name=None, fallback=None, flag="--mode
         raise UserError(f"{model.model_name} gives no pooled feature (model(x, is_feat=True): "
                         f"{e}); a linear probe needs the toolbox's model API") from e
     extracted = time.perf_counter() - start
-    num_classes = data["num_classes"]
+    num_classes = sizes["num_classes"]
     layer = train_linear(train_x, train_y, num_classes, seed, ctx.device)
     fitted = time.perf_counter() - start - extracted
     acc, acc5 = score(layer, test_x, test_y, ctx.device)
@@ -254,7 +254,7 @@ def linear_probe(config, ctx, path, model_name=None, fallback=None, flag="--mode
         "linear_probe": {"acc": acc, "acc_top5": acc5, "train_acc": train_acc,
                          "chance": 100.0 / num_classes, "train_images": len(train_x),
                          "test_images": len(test_x), "feature_dim": int(train_x.shape[1]),
-                         "input_size": list(data["input_size"]), "seed": seed,
+                         "input_size": list(sizes["input_size"]), "seed": seed,
                          "recipe": RECIPE,
                          "seconds": {"features": extracted, "fit": fitted}},
         "device": str(ctx.device), "normalization": input_normalization_record(model, dataset),
@@ -265,7 +265,7 @@ def linear_probe(config, ctx, path, model_name=None, fallback=None, flag="--mode
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     if ctx.is_main:
-        out, moved = record_path(path, args, dataset)
+        out, moved = record_path(path, run, dataset)
         write_record(out, result)
         ctx.log(f"linear probe {path}: {model.model_name} features ({train_x.shape[1]}-d) on "
                 f"{dataset} ({len(train_x)} train, {len(test_x)} test images, {num_classes} "

@@ -45,13 +45,13 @@ def resume_checkpoint(config, run_path, meta):
     Without ``--resume`` an existing run in ``run_path`` is an error rather than being
     silently overwritten.
     """
-    args = config.args
+    resume = config.run.resume
     last = run_path / "last.pth"
-    refuse_overwrite(args, run_path)
-    if args.resume is None:
+    refuse_overwrite(config, run_path)
+    if resume is None:
         return None
-    path = last if args.resume == "auto" else args.resume
-    if args.resume == "auto" and not last.exists():
+    path = last if resume == "auto" else resume
+    if resume == "auto" and not last.exists():
         raise UserError(f"nothing to resume: {last} does not exist; drop --resume to start the run")
     checkpoint = load_file(path, "checkpoint to resume")
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT or "optimizer" not in checkpoint:
@@ -65,9 +65,9 @@ def resume_checkpoint(config, run_path, meta):
     return checkpoint
 
 
-def refuse_overwrite(args, run_path):
+def refuse_overwrite(config, run_path):
     """Without --resume, a run folder that holds a run is an error, never overwritten."""
-    if args.resume is None and (run_path / "last.pth").exists():
+    if config.run.resume is None and (run_path / "last.pth").exists():
         raise UserError(f"{run_path} already holds a run; pass --resume to continue it, "
                         "or another --trial or --save_folder to start a new one")
 

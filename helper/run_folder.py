@@ -21,20 +21,21 @@ SEP = "~" if sys.platform.startswith("win") else ":"
 
 def teacher_run_name(config):
     """SimKD's teacher folder name: ``<model>_vanilla_<dataset>_trial_<trial>``."""
-    return f"{folder_name(config.model)}_vanilla_{config.args.dataset}_trial_{config.args.trial}"
+    return f"{folder_name(config.model)}_vanilla_{config.data.dataset}_trial_{config.run.trial}"
 
 
 def student_run_name(config, teacher_name):
     """SimKD's student folder name: ``S:<s>_T:<t>_<dataset>_<method>_r:<c>_a:<d>_b:<b>_<trial>``,
     with the method's canonical name (``_fkd`` after it for ``--fkd``) and its effective
     weights."""
-    s, args, w = SEP, config.args, config.method.weights
+    s, w = SEP, config.method.weights
     model = folder_name(config.model)
     teacher = "+".join(folder_name(t) for t in  # several teachers: --path_t A B
                        ([teacher_name] if isinstance(teacher_name, str) else teacher_name))
-    fkd = "_fkd" if getattr(args, "fkd", None) else ""  # FKD's stored crops: another training
-    return (f"S{s}{model}_T{s}{teacher}_{args.dataset}_{config.method.name}{fkd}_"
-            f"r{s}{w.cls:g}_a{s}{w.div:g}_b{s}{config.method.beta_label()}_{args.trial}")
+    # FKD's stored crops: another training
+    fkd = "_fkd" if config.teacher is not None and config.teacher.fkd else ""
+    return (f"S{s}{model}_T{s}{teacher}_{config.data.dataset}_{config.method.name}{fkd}_"
+            f"r{s}{w.cls:g}_a{s}{w.div:g}_b{s}{config.method.beta_label()}_{config.run.trial}")
 
 
 @contextmanager

@@ -21,10 +21,79 @@ warm-up epoch ``k`` (1..W) trains at ``lr * k / (W + 1)``, the schedule starts a
 ``W + 1`` with the full lr; ``multistep``'s decay epochs still count from the stage's start.
 A stage of W epochs or fewer warms up for all but its last epoch.
 """
+import argparse
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
 import torch
+
+from helper.argtypes import non_negative, number, positive
+from helper.option_groups import OptionGroup, option, require
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("multistep", "step", "cosine", "linear")
+
+
+def epochs_list(text):
+    """``--lr_decay_epochs``: increasing positive epochs, comma-separated (150,180,210)."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated epochs such as 150,180,210, "
+                                         f"got {text!r}")
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"epochs must be positive (the lr decays after each), "
+                                         f"got {text!r}")
+    if any(b <= a for a, b in zip(values, values[1:])):
+        raise argparse.ArgumentTypeError(f"epochs must be increasing, got {text!r}")
+    return values
+
+
+def _fraction(text):
+    return number(float, lambda v: 0 <= v < 1, "in [0, 1)")(text)
+
+
+@dataclass(frozen=True)
+class OptimOptions(OptionGroup):
+    """How the model learns: the optimizer, the learning-rate schedule, the epochs."""
+    title = "optimisation"
+    epochs: int = option(240, None, type=positive(int))
+    learning_rate: Optional[float] = option(
+        None, "default 0.05, or 0.01 for MobileNet/ShuffleNet as in SimKD", "--learning-rate",
+        "--lr", type=positive(float))
+    lr_decay_epochs: Tuple[int, ...] = option([150, 180, 210], None, "--lr-decay-epochs",
+                                              type=epochs_list)
+    lr_decay_rate: float = option(0.1, None, "--lr-decay-rate", type=positive(float))
+    optimizer: str = option("sgd", "sgd (momentum, fused where available) or adamw (torch's "
+                            "defaults)", choices=OPTIMIZERS)
+    nesterov: bool = option(False, "Nesterov momentum (SGD)")
+    lr_scheduler: str = option(
+        "multistep", "per-epoch schedule: multistep (decay after --lr_decay_epochs), step "
+        "(every --lr_decay_step epochs), cosine or linear (to 0 over the epochs)",
+        "--lr-scheduler", choices=SCHEDULERS)
+    lr_decay_step: Optional[int] = option(
+        None, "--lr_scheduler step: decay by --lr_decay_rate every this many epochs",
+        "--lr-decay-step", type=positive(int))
+    warmup_epochs: int = option(0, "linear warm-up epochs before the schedule (epoch k at "
+                                "lr*k/(N+1))", "--warmup-epochs", type=non_negative(int))
+    label_smoothing: float = option(0.0, "label smoothing of the cross-entropy term",
+                                    "--label-smoothing", type=_fraction)
+    weight_decay: float = option(5e-4, None, "--weight-decay", type=non_negative(float))
+    momentum: float = option(0.9, None, type=_fraction)
+
+    def check(self):
+        require(self.warmup_epochs < self.epochs,
+                f"--warmup_epochs {self.warmup_epochs} must be less than --epochs {self.epochs}")
+        require(not self.nesterov or self.optimizer == "sgd",
+                "--nesterov is SGD's; drop it, or use --optimizer sgd")
+        require(not self.nesterov or self.momentum != 0,
+                "--nesterov needs momentum; give --momentum > 0 (e.g. 0.9)")
+        require(self.lr_scheduler != "step" or self.lr_decay_step is not None,
+                "--lr_scheduler step needs --lr_decay_step N (decay every N epochs)")
+        if self.lr_scheduler == "multistep" and self.warmup_epochs:
+            early = [m for m in self.lr_decay_epochs if m <= self.warmup_epochs]
+            require(not early, f"--lr_decay_epochs {','.join(map(str, early))} fall within the "
+                               f"--warmup_epochs {self.warmup_epochs}; decay after the warm-up")
 
 
 def make_optimizer(params, *, name="sgd", lr, momentum=0.9, weight_decay=0.0, nesterov=False):

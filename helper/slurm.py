@@ -142,6 +142,7 @@ def batch_script(row, options):
     lines += [
         "child=$!",
         "requeue() {",
+        "  trap '' USR1 TERM  # once: SLURM's own TERM after the requeue must not requeue again",
         '  echo "# slurm: job ${SLURM_JOB_ID} told to stop; requeueing it"',
         f'  kill -{stop} "$child" 2>/dev/null; wait "$child"',
         '  scontrol requeue "$SLURM_JOB_ID"',

@@ -34,13 +34,13 @@ def _script_args(argv):
     raise ValueError(f"not a training command: {shlex.join(argv)}")
 
 
-def _teacher_names(args):
+def _teacher_names(teacher):
     """The teachers' architectures for the student folder name, without building them:
     --model_t, else the toolbox's folder convention, else the checkpoint's stored name."""
     from helper.checkpoint import model_name_from_path
     from models.teachers import teacher_specs
     names = []
-    for path, name in teacher_specs(args.path_t, args.model_t):
+    for path, name in teacher_specs(teacher.path_t, teacher.model_t):
         name = name or model_name_from_path(path)
         if name is None and Path(path).is_file():
             import torch
@@ -57,10 +57,10 @@ def run_folder(argv):
     script, args = _script_args(argv)
     if script == "train_teacher.py":
         config = parse_teacher_args(args)
-        return Path(config.args.save_folder) / "teachers" / teacher_run_name(config)
+        return Path(config.run.save_folder) / "teachers" / teacher_run_name(config)
     config = parse_student_args(args)
-    names = _teacher_names(config.args) if config.method.requires_teacher() else []
-    return Path(config.args.save_folder) / "students" / student_run_name(config, names or "none")
+    names = _teacher_names(config.teacher) if config.method.requires_teacher() else []
+    return Path(config.run.save_folder) / "students" / student_run_name(config, names or "none")
 
 
 def summary(folder):

@@ -51,7 +51,9 @@ standard`` (the crop and flip above) can be cached.
 """
 import hashlib
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -60,6 +62,7 @@ from dataset.loader_wrapper import LoaderWrapper
 from dataset.tensor_loader import RandomCropFlip, TensorLoader, crop_flip, normalize
 from helper import store
 from helper.errors import UserError
+from helper.option_groups import OptionGroup, option, require
 
 FORMAT = 2  # 2: "outputs" and "pooled_dim"; 1 (logits only) is read as outputs ["logits"]
 KIND = "teacher_cache"
@@ -71,9 +74,6 @@ OUTPUTS = {"logits": ("logits",), "pooled": ("logits", "pooled")}
 BUILD_BATCH = {"cpu": 64, "cuda": 512}
 # the batch entries Distiller.forward_train reads
 KEYS = {"logits": "teacher_logits", "pooled": "teacher_pooled"}
-# the augmentation flags (dataset/augment.py) and their values under --aug standard
-AUG_FLAGS = (("aug", "standard"), ("random_erasing", 0.0), ("random_rotation", 0.0),
-             ("mixup", 0.0), ("cutmix", 0.0))
 INFORMATIONAL = ("teacher_file", "teacher_forward")  # recorded, not required to match
 # compared apart (a cache may hold more than a run reads); pooled_dim follows from the
 # teacher file and the input size, which are compared
@@ -342,11 +342,12 @@ class CachedTeacherLoader(LoaderWrapper):
             yield batch
 
 
-def attach(loader, distiller, args, ctx, dataset: str, num_classes: int):
+def attach(loader, distiller, config, ctx):
     """``loader`` with the cached teacher outputs the method reads (``distiller.cacheable``:
     its logits, or its logits and pooled feature), building the cache first where needed; or
     ``loader`` itself when ``--teacher_cache`` is off or the method reads more."""
-    folder = args.teacher_cache
+    teacher, dataset = config.teacher, config.data.dataset
+    folder = teacher.teacher_cache
     if folder is None:
         return loader
     name = getattr(distiller, "name", "?")
@@ -360,7 +361,7 @@ def attach(loader, distiller, args, ctx, dataset: str, num_classes: int):
                 "fly")
         return loader
     outputs = OUTPUTS[kind]
-    changed = [f"--{flag}" for flag, plain in AUG_FLAGS if getattr(args, flag, plain) != plain]
+    changed = config.augment.changed_flags()
     if changed:
         raise UserError(f"--teacher_cache holds the views of the standard crop and flip only "
                         f"(--aug standard); drop {' '.join(changed)} or --teacher_cache")
@@ -370,9 +371,11 @@ def attach(loader, distiller, args, ctx, dataset: str, num_classes: int):
                         f"fashion_mnist) with its finite crop/flip views; {dataset} is not one: "
                         "drop --teacher_cache")
     dim = pooled_dim(distiller.teacher) if "pooled" in outputs else None
-    wanted = manifest_for(loader, teacher_file=args.path_t, dataset=dataset,
-                          num_classes=num_classes, dtype=args.teacher_cache_dtype,
-                          teacher_forward=args.teacher_forward, outputs=outputs, pooled_dim=dim)
+    wanted = manifest_for(loader, teacher_file=teacher.path_t, dataset=dataset,
+                          num_classes=config.data_info["num_classes"],
+                          dtype=teacher.teacher_cache_dtype,
+                          teacher_forward=teacher.teacher_forward, outputs=outputs,
+                          pooled_dim=dim)
     cache = open_cache(folder, wanted, ctx.rank)
     _barrier(ctx)
     spent = build(cache, distiller.teacher, loader, rank=ctx.rank, world_size=ctx.world_size,
@@ -392,21 +395,21 @@ def _barrier(ctx):
         dist.barrier()
 
 
-def add_arguments(parser):
-    g = parser.add_argument_group("teacher cache")
-    g.add_argument("--teacher_cache", "--teacher-cache", default=None, metavar="DIR",
-                   help="teacher logits (and pooled feature) of every augmented view, "
-                        "computed once into DIR and reused (logit methods; crd, rkd, pkt, cc, "
-                        "l2, pad_l2; CIFAR/MNIST, --aug standard)")
-    g.add_argument("--teacher_cache_dtype", "--teacher-cache-dtype", choices=DTYPES,
-                   default="float32", help="storage of the cache (float16: half the size, "
-                                           "values to about 5e-4 relative)")
-    return g
+@dataclass(frozen=True)
+class CacheOptions(OptionGroup):
+    """``--teacher_cache``: the teacher's outputs computed once and reused."""
+    title = "teacher cache"
+    teacher_cache: Optional[str] = option(
+        None, "teacher logits (and pooled feature) of every augmented view, computed once into "
+        "DIR and reused (logit methods; crd, rkd, pkt, cc, l2, pad_l2; CIFAR/MNIST, --aug "
+        "standard)", "--teacher-cache", metavar="DIR")
+    teacher_cache_dtype: str = option("float32", "storage of the cache (float16: half the size, "
+                                      "values to about 5e-4 relative)", "--teacher-cache-dtype",
+                                      choices=DTYPES)
 
+    def check(self):
+        require(self.teacher_cache != "", "--teacher_cache is empty; give a folder")
+        require(self.teacher_cache_dtype == "float32" or self.teacher_cache is not None,
+                "--teacher_cache_dtype needs --teacher_cache DIR; add it, or drop "
+                "--teacher_cache_dtype")
 
-def check_arguments(parser, args):
-    if args.teacher_cache == "":
-        parser.error("--teacher_cache is empty; give a folder")
-    if args.teacher_cache_dtype != "float32" and args.teacher_cache is None:
-        parser.error("--teacher_cache_dtype needs --teacher_cache DIR; add it, or drop "
-                     "--teacher_cache_dtype")

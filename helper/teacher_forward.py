@@ -38,6 +38,7 @@ choose explicitly; ``eager`` runs the teacher as loaded, under ``torch.no_grad``
 """
 import copy
 from collections import Counter
+from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 import torch
@@ -45,6 +46,7 @@ import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
 from helper.errors import UserError
+from helper.option_groups import OptionGroup, option
 
 MODES = ("auto", "eager", "fold", "fold_cl")
 TOLERANCE = 1e-4  # relative to the largest magnitude of the eager output (the issue's bound)
@@ -334,32 +336,26 @@ TEACHER_TRAIN_ALIASES = ("--reviewkd_teacher_train", "--reviewkd-teacher-train",
                          "--ofd_teacher_train", "--ofd-teacher-train")
 
 
-def add_arguments(parser):
-    g = parser.add_argument_group("teacher speed")
-    g.add_argument("--teacher_forward", "--teacher-forward", choices=MODES, default="auto",
-                   help="auto (BN folded into convs; channels-last on the CPU), fold, fold_cl, "
-                        "or eager (the teacher as loaded)")
-    g.add_argument("--teacher_compile", "--teacher-compile", action="store_true",
-                   help="torch.compile the teacher alone (its folded copy)")
-    m = parser.add_argument_group("teacher mode (distillers/base.py)")
-    m.add_argument("--teacher_train", "--teacher-train", *TEACHER_TRAIN_ALIASES,
-                   dest="teacher_train", action="store_true",
-                   help="keep the teacher in training mode during training epochs: its "
-                        "BatchNorms normalise with each batch's statistics (and update their "
-                        "running ones); it still gets no gradient and never learns. The "
-                        "setting of references that never call teacher.eval() (ReviewKD's "
-                        "CIFAR train.py, OFD's code, hankyul2/KnowledgeDistillation); "
-                        "--reviewkd_teacher_train and --ofd_teacher_train are its old names")
-    return g
+@dataclass(frozen=True)
+class ForwardOptions(OptionGroup):
+    """How the teacher's forward runs."""
+    title = "teacher speed"
+    teacher_forward: str = option("auto", "auto (BN folded into convs; channels-last on the "
+                                  "CPU), fold, fold_cl, or eager (the teacher as loaded)",
+                                  "--teacher-forward", choices=MODES)
+    teacher_compile: bool = option(False, "torch.compile the teacher alone (its folded copy)",
+                                   "--teacher-compile")
 
 
-def check_arguments(parser, args):
-    if args.teacher_compile and args.compile:
-        parser.error("--compile already compiles the teacher; drop --teacher_compile")
-    if getattr(args, "teacher_train", False):
-        if getattr(args, "teacher_cache", None):
-            parser.error("--teacher_cache holds the outputs of the teacher in eval mode; drop "
-                         "--teacher_train or --teacher_cache")
-        if getattr(args, "fkd", None):
-            parser.error("--fkd trains on stored teacher outputs (no teacher runs); drop "
-                         "--teacher_train or --fkd")
+@dataclass(frozen=True)
+class TeacherModeOptions(OptionGroup):
+    """The teacher's BatchNorm mode while the student trains."""
+    title = "teacher mode (distillers/base.py)"
+    teacher_train: bool = option(
+        False, "keep the teacher in training mode during training epochs: its BatchNorms "
+        "normalise with each batch's statistics (and update their running ones); it still gets "
+        "no gradient and never learns. The setting of references that never call "
+        "teacher.eval() (ReviewKD's CIFAR train.py, OFD's code, hankyul2/KnowledgeDistillation); "
+        "--reviewkd_teacher_train and --ofd_teacher_train are its old names", "--teacher-train",
+        *TEACHER_TRAIN_ALIASES)
+

@@ -46,21 +46,22 @@ def user_errors(rank=0):
         raise Interrupted(130) from None
 
 
-def trial_seed(args):
-    """``--seed`` plus the trial id, so that trials differ and reruns repeat."""
-    trial = str(args.trial)
+def trial_seed(run):
+    """``--seed`` plus the trial id, so that trials differ and reruns repeat (``run``: the
+    ``RunOptions``)."""
+    trial = str(run.trial)
     offset = int(trial) if trial.isdigit() else zlib.crc32(trial.encode()) % 100003
-    return args.seed + offset
+    return run.seed + offset
 
 
-def seed_everything(args, rank=0):
+def seed_everything(run, rank=0):
     """Seed the global RNGs (each process its own stream) and return the seed shared by all
     processes, which drives the data order."""
-    seed = trial_seed(args)
+    seed = trial_seed(run)
     random.seed(seed + rank)
     np.random.seed((seed + rank) % 2**32)
     torch.manual_seed(seed + rank)
-    if args.deterministic:
+    if run.deterministic:
         # CUDA has no deterministic backward for adaptive pooling: warn there instead of failing.
         torch.use_deterministic_algorithms(True, warn_only=torch.cuda.is_available())
         torch.backends.cudnn.deterministic = True
@@ -79,14 +80,15 @@ def build_data(config, ctx):
 
     The returned configuration has the per-process batch and learning rate and the data sizes.
     """
-    from dataset import AugmentConfig, build_loaders
+    from dataset import build_loaders
     config = config.for_process(ctx.local_size, ctx.world_size)
-    args = config.args
-    seed = seed_everything(args, ctx.rank)
+    data = config.data
+    seed = seed_everything(config.run, ctx.rank)
     train_loader, val_loader, info = build_loaders(
-        args.dataset, args.data_folder, config.batch_size, ctx.device, seed=seed, rank=ctx.rank,
-        world_size=ctx.world_size, jitter=args.jitter, num_workers=args.num_workers, dali=args.dali,
-        augment=AugmentConfig.from_args(args), eval_drop_last=getattr(args, "eval_drop_last", False))
+        data.dataset, data.data_folder, config.batch_per_process, ctx.device, seed=seed,
+        rank=ctx.rank, world_size=ctx.world_size, jitter=data.jitter,
+        num_workers=data.num_workers, dali=data.dali, augment=config.augment,
+        eval_drop_last=data.eval_drop_last)
     return config.with_data(info), train_loader, val_loader
 
 
@@ -119,20 +121,20 @@ def stage_lr(config, stage):
 
 def stage_optimizer(config, distiller, stage):
     """The fresh optimizer a stage starts with, over its parameters (``--optimizer``)."""
-    args = config.args
-    return make_optimizer(distiller.stage_parameters(stage), name=args.optimizer,
-                          lr=stage_lr(config, stage), momentum=args.momentum,
-                          weight_decay=args.weight_decay, nesterov=args.nesterov)
+    optim = config.optim
+    return make_optimizer(distiller.stage_parameters(stage), name=optim.optimizer,
+                          lr=stage_lr(config, stage), momentum=optim.momentum,
+                          weight_decay=optim.weight_decay, nesterov=optim.nesterov)
 
 
 def stage_scheduler(config, optimizer, stage):
     """The per-epoch lr scheduler of a stage (``--lr_scheduler``, helper/schedule.py), over
     its epochs, with its own decay epochs when it has them; created with its optimizer."""
-    args = config.args
-    decay = args.lr_decay_epochs if stage.lr_decay_epochs is None else stage.lr_decay_epochs
-    return make_scheduler(optimizer, name=args.lr_scheduler, epochs=stage.epochs,
-                          decay_epochs=decay, decay_rate=args.lr_decay_rate,
-                          decay_step=args.lr_decay_step, warmup_epochs=args.warmup_epochs)
+    optim = config.optim
+    decay = optim.lr_decay_epochs if stage.lr_decay_epochs is None else stage.lr_decay_epochs
+    return make_scheduler(optimizer, name=optim.lr_scheduler, epochs=stage.epochs,
+                          decay_epochs=decay, decay_rate=optim.lr_decay_rate,
+                          decay_step=optim.lr_decay_step, warmup_epochs=optim.warmup_epochs)
 
 
 @dataclass
@@ -153,29 +155,25 @@ class Fit:
     """One run of every stage of a distiller: the steps of ``fit``."""
 
     def __init__(self, config, distiller, train_loader, val_loader, run_path, meta, ctx, log):
-        self.config, self.args = config, config.args
+        self.config = config
         self.distiller, self.train_loader, self.val_loader = distiller, train_loader, val_loader
         self.run_path, self.meta, self.ctx, self.log = run_path, meta, ctx, log
-        self.precision = Precision.from_args(self.args, ctx.device)
-        self.channels_last = use_channels_last(self.args, distiller.student, ctx.device)
+        self.precision = Precision.from_options(config.precision, ctx.device)
+        self.channels_last = use_channels_last(config.precision, distiller.student, ctx.device)
         if self.channels_last:
             distiller.to(memory_format=torch.channels_last)
-        if self.args.compile:
+        if config.precision.compile:
             compile_models(distiller)
         self.stages = distiller.stages()
         self.total = sum(stage.epochs for stage in self.stages)
         self.progress = Progress()
         self.stored_args = plain(config.effective_args())
-        # the CE term's label smoothing (distillers/base.py, simkd.py, sskd.py read it)
-        distiller.label_smoothing = float(getattr(self.args, "label_smoothing", 0.0))
-        # --teacher_train (helper/teacher_forward.py): the teacher's BNs on batch statistics
-        distiller.teacher_train_mode = bool(getattr(self.args, "teacher_train", False))
 
     def restore(self, checkpoint):
         """Continue from a last.pth: weights, extras, RNG, optimizer, scaler and progress."""
         d, p = self.distiller, self.progress
         if checkpoint["epoch"] > self.total:
-            done = checkpoint["epoch"] - (self.total - self.args.epochs)  # less other stages'
+            done = checkpoint["epoch"] - (self.total - self.config.optim.epochs)  # less other stages'
             raise UserError(f"this run already has {done} epochs; pass --epochs > {done} to "
                             "continue it")
         d.student.load_state_dict(checkpoint["model"], strict=True)
@@ -189,8 +187,9 @@ class Fit:
         d.stage = stage.name
         p.optimizer = stage_optimizer(self.config, self.distiller, stage)
         p.scheduler = stage_scheduler(self.config, p.optimizer, stage)
-        stored_epochs = (checkpoint.get("args") or {}).get("epochs", self.args.epochs)
-        if checkpoint.get("scheduler") is not None and stored_epochs == self.args.epochs:
+        epochs = self.config.optim.epochs
+        stored_epochs = (checkpoint.get("args") or {}).get("epochs", epochs)
+        if checkpoint.get("scheduler") is not None and stored_epochs == epochs:
             p.optimizer.load_state_dict(checkpoint["optimizer"])
             p.scheduler.load_state_dict(checkpoint["scheduler"])
         else:  # a last.pth from before the schedulers, or --epochs grown (a cosine or linear
@@ -205,7 +204,7 @@ class Fit:
                 group["lr"], group["initial_lr"] = lr, initial
         self.precision.load_state_dict(checkpoint.get("scaler", {}))
         if self.ctx.rank:  # every process continues its own random stream, not rank 0's
-            torch.manual_seed(trial_seed(self.args) + checkpoint["epoch"] * self.ctx.world_size
+            torch.manual_seed(trial_seed(self.config.run) + checkpoint["epoch"] * self.ctx.world_size
                               + self.ctx.rank)
         self.log(f"resumed from epoch {checkpoint['epoch']} (best top-1 {p.best_acc:.2f})")
 
@@ -220,13 +219,13 @@ class Fit:
 
     def one_epoch(self, model, epoch, stage, stage_epoch):
         """Train one epoch and validate: ``(lr, train metrics, validation metrics)``."""
-        args, d, p = self.args, self.distiller, self.progress
+        d, p = self.distiller, self.progress
         lr = current_lr(p.optimizer)  # the scheduler's, stepped once after each epoch
         self.train_loader.set_epoch(epoch)
         d.on_epoch_start(stage_epoch, self.train_loader, stage)
         t0 = time.time()
         train = train_one_epoch(model, self.train_loader, p.optimizer, epoch,
-                                print_freq=args.print_freq, log=self.log,
+                                print_freq=self.config.run.print_freq, log=self.log,
                                 world_size=self.ctx.world_size, precision=self.precision,
                                 channels_last=self.channels_last)
         sync_buffers(d)
@@ -322,7 +321,7 @@ class Fit:
         if resume is not None:
             self.restore(resume)
         distiller = self.distiller
-        if self.args.sync_bn:
+        if self.config.dist.sync_bn:
             distiller = torch.nn.SyncBatchNorm.convert_sync_batchnorm(distiller)
         model = wrap(distiller, self.ctx, find_unused_parameters=len(self.stages) > 1)
         self.progress.summary = self.first_summary()

@@ -235,8 +235,8 @@ def data_info(opts):
 
 
 def build(method, opts, device):
-    """``(model, optimizer, args, record)``, ``args`` the parsed flags; raises UserError when
-    the method cannot be built."""
+    """``(model, optimizer, precision options, record)``; raises UserError when the method
+    cannot be built."""
     torch.manual_seed(0)
     teacher = create_model(opts.teacher, num_classes=NUM_CLASSES)
     student = create_model(opts.student, num_classes=NUM_CLASSES)
@@ -248,8 +248,9 @@ def build(method, opts, device):
         if opts.compile:
             compile_models(model)
         optimizer = make_sgd(student.parameters(), lr=config.learning_rate,
-                             momentum=config.args.momentum, weight_decay=config.args.weight_decay)
-        return model, optimizer, config.args, {"stage": "main", "stages": ["main"],
+                             momentum=config.optim.momentum,
+                             weight_decay=config.optim.weight_decay)
+        return model, optimizer, config.precision, {"stage": "main", "stages": ["main"],
                                                 "channels_last": False}  # today's floor
     config = method_config(cached_method(method) or method, opts)
     if not config.method.requires_teacher():
@@ -264,13 +265,13 @@ def build(method, opts, device):
     # the middle of the main stage: past every warm-up (ReviewKD, DKD), no re-matching (MGD)
     model.on_epoch_start(max(1, stage.epochs // 2 + 1), None, stage)
     model.stage = stage.name
-    channels_last = use_channels_last(config.args, student, device)
+    channels_last = use_channels_last(config.precision, student, device)
     if channels_last:  # as helper/trainer.py: every module of the distiller
         model.to(memory_format=torch.channels_last)
     if opts.compile:
         compile_models(model)
     optimizer = stage_optimizer(config, model, stage)
-    return model, optimizer, config.args, {"stage": stage.name, "stages": [s.name for s in stages],
+    return model, optimizer, config.precision, {"stage": stage.name, "stages": [s.name for s in stages],
                                            "channels_last": channels_last}
 
 
@@ -436,11 +437,11 @@ class Phase:
     """One kind of iteration (a model on synthetic or real batches), timed in chunks: each
     chunk is one call of the toolbox's ``train_one_epoch`` over ``n`` batches."""
 
-    def __init__(self, model, optimizer, args, batches, device, include_data,
+    def __init__(self, model, optimizer, precision, batches, device, include_data,
                  channels_last=False):
         self.model, self.optimizer, self.batches = model, optimizer, batches
         self.channels_last = channels_last
-        self.precision = Precision.from_args(args, device)
+        self.precision = Precision.from_options(precision, device)
         self.device, self.include_data = device, include_data
         self.times, self.terms = [], None
 

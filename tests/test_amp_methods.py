@@ -32,7 +32,7 @@ def test_one_amp_step(bench, method):
         torch.manual_seed(0)
         stats = train_one_epoch(model, [batch], stage_optimizer(config, model, stage), 1,
                                 print_freq=10**9, log=lambda *a: None,
-                                precision=Precision.from_args(args, device))
+                                precision=Precision.from_options(args, device))
         assert stats["terms"], stage.name
         assert all(torch.isfinite(p).all() and p.dtype == torch.float32
                    for p in model.parameters()), stage.name

@@ -173,9 +173,8 @@ def test_dominant_targets():
 
 def test_ce_term_takes_soft_targets_with_label_smoothing():
     torch.manual_seed(0)
-    distiller = MethodConfig.create("vanilla").build(create_model("mlp_800", 10), None,
-                                                     RunInfo(epochs=1))
-    distiller.label_smoothing = 0.1
+    distiller = MethodConfig.create("vanilla", label_smoothing=0.1).build(
+        create_model("mlp_800", 10), None, RunInfo(epochs=1))
     x, y = torch.randn(4, 1, 28, 28), torch.tensor([1, 2, 3, 4])
     soft = torch.zeros(4, 10, dtype=torch.float64)
     for i in range(4):

@@ -110,12 +110,30 @@ def test_the_teacher_cache_serves_a_combination_only_of_logit_methods():
     assert _combined("dkd+reviewkd")[2].cacheable is None
 
 
+def test_label_smoothing_reaches_each_methods_own_ce_terms():
+    """--label_smoothing goes with the weights to the combination and to each method: DML's
+    peers' CE beside KD is smoothed as the shared CE term."""
+    student, teacher, combined = _combined("kd+dml", div=1.0, beta={"dml": 1.0},
+                                           label_smoothing=0.1)
+    assert combined.label_smoothing == 0.1
+    assert [p.label_smoothing for p in combined.methods.values()] == [0.1, 0.1]
+    combined.train()
+    images, targets = _batch()
+    logits, losses = combined.forward_train(images, targets)
+    with torch.no_grad():  # train-mode BN: the same batch statistics, so the same logits
+        peer = combined.methods["dml"].peers[0](images)
+    F = torch.nn.functional
+    torch.testing.assert_close(losses["cls"], F.cross_entropy(logits, targets, label_smoothing=0.1))
+    torch.testing.assert_close(losses["peers_cls"],
+                               F.cross_entropy(peer, targets, label_smoothing=0.1))
+
+
 def test_teacher_mode_follows_the_teacher_train_switch():
     student, teacher = _models()
     for spec in ("dkd+reviewkd", "reviewkd+dkd"):
         config = configure(spec, Namespace())
-        combined = config.build(student, teacher, RunInfo(epochs=1, batch_size=8))
-        combined.teacher_train_mode = True  # --teacher_train, as helper/trainer.py sets it
+        combined = config.build(student, teacher,  # --teacher_train
+                                RunInfo(epochs=1, batch_size=8, teacher_train=True))
         combined.train()
         assert teacher.training, spec  # whatever the order of the methods
         combined.eval()

@@ -98,6 +98,33 @@ def test_losses_are_each_networks_ce_and_mutual_term():
     assert losses["cls"].item() == pytest.approx(0.5 * F.cross_entropy(z[0], y).item(), rel=1e-5)
 
 
+def test_label_smoothing_reaches_every_networks_ce_term():
+    """--label_smoothing 0.1 (with the weights): the student's and the peers' CE terms are
+    F.cross_entropy(..., label_smoothing=0.1) of their logits, as before DML called cls_loss;
+    MixUp/CutMix soft targets smoothed the same way."""
+    student, d = _dml(dml_peers="resnet8,wrn_16_1", cls=0.5, label_smoothing=0.1)
+    assert d.label_smoothing == 0.1
+    d.train()
+    torch.manual_seed(1)
+    x, y = torch.randn(6, 3, 32, 32), torch.randint(0, 10, (6,))
+    _, losses = d.forward_train(x, y)
+    with torch.no_grad():  # train-mode BN: the same batch statistics, so the same logits
+        z = [student(x), *(p(x) for p in d.peers)]
+    ce = sum(F.cross_entropy(zk, y, label_smoothing=0.1).item() for zk in z[1:])
+    assert losses["peers_cls"].item() == pytest.approx(0.5 * ce, rel=1e-5)
+    assert losses["peers_cls"].item() != pytest.approx(
+        0.5 * sum(F.cross_entropy(zk, y).item() for zk in z[1:]), rel=1e-4)
+    own = F.cross_entropy(z[0], y, label_smoothing=0.1).item()
+    assert losses["cls"].item() == pytest.approx(0.5 * own, rel=1e-5)
+    # soft (mixed) targets: every network's CE takes them, smoothed
+    soft = 0.7 * F.one_hot(y, 10).float() + 0.3 * F.one_hot(y.roll(1), 10).float()
+    _, losses = d.forward_train(x, y, soft_targets=soft)
+    ce = sum(F.cross_entropy(zk, soft, label_smoothing=0.1).item() for zk in z[1:])
+    assert losses["peers_cls"].item() == pytest.approx(0.5 * ce, rel=1e-5)
+    own = F.cross_entropy(z[0], soft, label_smoothing=0.1).item()
+    assert losses["cls"].item() == pytest.approx(0.5 * own, rel=1e-5)
+
+
 def _grads(module):
     return [p.grad for p in module.parameters()]
 

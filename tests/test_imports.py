@@ -26,6 +26,7 @@ LEAVES = {
     "helper.errors": "UserError, raised wherever a user's input is wrong",
     "helper.files": "reading and writing weight files: models/ loads pretrained weights",
     "helper.argtypes": "argparse number types: dataset/augment.py declares its flags",
+    "helper.option_groups": "options as frozen dataclasses: every layer declares its flags",
 }
 
 

@@ -269,6 +269,26 @@ def test_forward_terms_gradients_and_no_extras():
     assert_no_extras(d, student)
 
 
+def test_label_smoothing_reaches_both_views_ce_terms():
+    """--label_smoothing 0.1 (with the weights): the weak view's CE and the strong view's (on
+    the hard labels) are F.cross_entropy(..., label_smoothing=0.1), as before MLKD called
+    cls_loss."""
+    student, teacher, d = make_distiller("mlkd", _args(label_smoothing=0.1))
+    assert d.label_smoothing == 0.1
+    d.train()
+    torch.manual_seed(1)
+    x, xs, y = torch.randn(6, 3, 32, 32), torch.randn(6, 3, 32, 32), torch.randint(0, 100, (6,))
+    _, losses = d.forward_train(x, y, strong_images=xs)
+    with torch.no_grad():  # the same train-mode forwards, in the same order
+        s, ss = student(x), student(xs)
+    ce = torch.nn.functional.cross_entropy
+    assert losses["cls"].item() == pytest.approx(0.1 * ce(s, y, label_smoothing=0.1).item(),
+                                                 rel=1e-5)
+    assert losses["cls_strong"].item() == pytest.approx(
+        0.1 * ce(ss, y, label_smoothing=0.1).item(), rel=1e-5)
+    assert losses["cls_strong"].item() != pytest.approx(0.1 * ce(ss, y).item(), rel=1e-4)
+
+
 def test_weak_only_needs_no_strong_view_and_mixed_labels_are_refused():
     _, _, d = make_distiller("mlkd", _args(mlkd_weak_only=True))
     assert d.batch_requests() == {}

@@ -18,7 +18,7 @@ def _args(**kw):
     return SimpleNamespace(**{"cls": 1.0, "div": 0.0, "beta": 1e-3, "kd_T": 4.0, **kw})
 
 
-def _pair(teacher="wrn_16_2", student="resnet8", seed=0, **kw):
+def _pair(teacher="wrn_16_2", student="resnet8", seed=0, teacher_train=False, **kw):
     """``(student, teacher, distiller)``; the teacher's BN affine parameters are random, so
     that the margins differ per channel (a fresh BN has weight 1, bias 0 everywhere)."""
     torch.manual_seed(seed)
@@ -28,7 +28,7 @@ def _pair(teacher="wrn_16_2", student="resnet8", seed=0, **kw):
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.weight.uniform_(-1.5, 1.5)
                 m.bias.uniform_(-1.0, 2.0)
-    return s, t, build("ofd", s, t, _args(**kw))
+    return s, t, build("ofd", s, t, _args(**kw), teacher_train=teacher_train)
 
 
 def test_margins_are_the_reference_formula_of_each_stage_bn():
@@ -117,8 +117,7 @@ def test_teacher_in_eval_mode_unless_asked_as_the_references():
     _, teacher, d = _pair()
     d.train()
     assert not teacher.training
-    _, teacher, d = _pair()
-    d.teacher_train_mode = True  # --teacher_train (old name --ofd_teacher_train)
+    _, teacher, d = _pair(teacher_train=True)  # --teacher_train (old name --ofd_teacher_train)
     d.train()
     assert teacher.training
     d.eval()

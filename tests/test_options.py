@@ -70,8 +70,9 @@ def test_parsing_gives_a_read_only_namespace_and_derives_into_the_config():
     assert config.method.kd.kd_T == 1.5 and config.args.kd_T == 4.0
     # per process: the batch of one of two processes, the lr scaled to the total batch (4 x 32)
     two = config.for_process(local_size=2, world_size=4)
-    assert (two.batch_size, two.learning_rate) == (32, 0.01 * 32 * 4 / 64)
-    assert two.run_info.batch_size == 32 and config.batch_size == 64
+    assert (two.batch_per_process, two.learning_rate) == (32, 0.01 * 32 * 4 / 64)
+    assert two.run_info.batch_size == 32 and config.batch_per_process == 64
+    assert two.data.batch_size == 64  # the flag: one machine's batch
     assert dict(vars(config.args)) == before
     with pytest.raises(UserError, match="does not split evenly"):
         config.for_process(local_size=3, world_size=3)
@@ -158,3 +159,84 @@ def test_semckd_attention_is_sized_for_the_batch_of_one_process(cifar100_tiny, t
     assert query_inputs == {32}
     summary = json.loads((run / "summary.json").read_text())
     assert summary["config"]["batch_size_per_process"] == 32 and summary["args"]["batch_size"] == 64
+
+
+# ---- the run's own option groups -------------------------------------------------------------
+
+def test_every_run_flag_lives_in_one_typed_group():
+    from helper.options import RUN_GROUPS, TeacherOptions
+    config = parse_student_args(["--distill", "kd", "--path_t", "t.pth", "--epochs", "12",
+                                 "--lr_decay_epochs", "5,9", "--nesterov", "--batch_size", "32",
+                                 "--amp_dtype", "bf16", "--amp", "--trial", "x", "--aug",
+                                 "randaugment", "--teacher_forward", "eager", "--nproc", "2"])
+    assert config.optim.epochs == 12 and config.optim.lr_decay_epochs == (5, 9)
+    assert config.optim.nesterov and config.data.batch_size == 32
+    assert config.precision.amp and config.precision.amp_dtype == "bf16"
+    assert config.run.trial == "x" and config.augment.aug == "randaugment"
+    assert config.teacher.path_t == "t.pth" and config.teacher.teacher_forward == "eager"
+    assert config.dist.nproc == 2
+    # every flag but the student, the method and the method's options belongs to one group
+    owners = {}
+    for _, group in RUN_GROUPS + (("teacher", TeacherOptions),):
+        for field in dataclasses.fields(group):
+            assert field.name not in owners, f"--{field.name} in {owners.get(field.name)} too"
+            owners[field.name] = group.__name__
+    method_flags = {f.name for _, options in option_owners() for f in dataclasses.fields(options)}
+    for action in student_parser()._actions:
+        if action.dest not in ("help", "model_s", "distill") and action.dest not in method_flags:
+            assert action.dest in owners, f"--{action.dest} belongs to no option group"
+
+
+def test_a_run_configuration_is_built_in_code_without_argv():
+    from helper.options import RunConfig
+    config = RunConfig.create("ShuffleV2", data={"dataset": "cifar10", "batch_size": 32},
+                              optim={"epochs": 3, "lr_decay_epochs": [2]})
+    assert config.learning_rate == 0.01  # the default by model, as parsing derives it
+    assert (config.batch_per_process, config.data.batch_size) == (32, 32)
+    assert config.method.name == "vanilla" and config.args is None
+    assert config.file_args()["dataset"] == "cifar10"
+    assert config.file_args()["lr_decay_epochs"] == [2]
+    # the same checks as the command line, with the same line
+    with pytest.raises(UserError, match="--warmup_epochs 5 must be less than --epochs 3"):
+        RunConfig.create("resnet8", optim={"epochs": 3, "warmup_epochs": 5})
+    with pytest.raises(TypeError, match="no option group 'optimizer'"):
+        RunConfig.create("resnet8", optimizer={})
+    # equal to the parsed configuration of the same flags
+    parsed = parse_teacher_args(["--model", "ShuffleV2", "--dataset", "cifar10", "--batch_size",
+                                 "32", "--epochs", "3", "--lr_decay_epochs", "2"])
+    for name in ("data", "optim", "augment", "precision", "dist", "run"):
+        assert getattr(parsed, name) == getattr(config, name), name
+    assert parsed.learning_rate == config.learning_rate
+
+
+def test_label_smoothing_reaches_a_teachers_cross_entropy():
+    config = parse_teacher_args(["--label_smoothing", "0.1"])
+    assert config.method.weights.label_smoothing == 0.1
+    built = config.method.build(create_model("resnet8", 10), None)
+    assert built.label_smoothing == 0.1
+
+
+def test_no_module_reads_the_parsed_namespace():
+    """After parsing, the run's options are read from their groups: ``config.args.X`` and
+    ``getattr(args, ...)`` appear only where the command line is parsed and written."""
+    import ast
+    allowed = {os.path.join("helper", "options.py"), os.path.join("helper", "config_file.py")}
+    found = []
+    for folder in ("helper", "dataset", "distillers", "models"):
+        for root, _, files in os.walk(os.path.join(REPO, folder)):
+            for name in files:
+                path = os.path.join(root, name)
+                rel = os.path.relpath(path, REPO)
+                if not name.endswith(".py") or rel in allowed:
+                    continue
+                for node in ast.walk(ast.parse(open(path).read())):
+                    if (isinstance(node, ast.Attribute) and node.attr == "args"
+                            and isinstance(node.value, ast.Name) and node.value.id == "config"):
+                        found.append(f"{rel}:{node.lineno} config.args")
+                    if (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "getattr"
+                            and node.args and getattr(node.args[0], "id", None) == "args"):
+                        found.append(f"{rel}:{node.lineno} getattr(args, ...)")
+    for script in ("train_teacher.py", "train_student.py"):
+        if "config.args" in open(os.path.join(REPO, script)).read():
+            found.append(f"{script} config.args")
+    assert not found, found

@@ -13,10 +13,12 @@ import torch.nn.functional as F
 
 from dataset import AugmentConfig, build_loaders, cifar
 from dataset.tensor_loader import RandomCropFlip, crop_flip
+from distillers import MethodConfig, RunInfo
 from distillers.fsp import fsp_loss
 from distillers.kdsvd import kdsvd_loss
 from helper.options import parse_student_args, parse_teacher_args
 from helpers import make_distiller, run_student
+from models import create_model
 
 
 def write_cifar10(root, n_train=50, n_test=10000, seed=0):
@@ -97,10 +99,9 @@ def test_reflect_padding_gives_the_mirrored_pixels():
 
 
 def test_reflect_padding_through_the_loader(cifar100_micro):
-    config = parse_teacher_args(["--padding_mode", "reflect"]).args
-    assert config.padding_mode == "reflect"
-    train, _, _ = build_loaders("cifar100", cifar100_micro, 10, "cpu",
-                                augment=AugmentConfig.from_args(config))
+    augment = parse_teacher_args(["--padding_mode", "reflect"]).augment
+    assert augment.padding_mode == "reflect"
+    train, _, _ = build_loaders("cifar100", cifar100_micro, 10, "cpu", augment=augment)
     assert train.transform.padding_mode == "reflect"
     train.set_epoch(3)
     indices, params = train.epoch_plan()
@@ -163,19 +164,22 @@ def test_teacher_train_and_its_old_spellings(spelling):
 
 
 def test_teacher_in_train_mode_uses_batch_statistics_and_never_learns():
-    _, teacher, d = make_distiller("kd", Namespace(cls=1.0, div=1.0, beta=0.0, kd_T=4.0),
-                                   student="resnet8", teacher="resnet14")
+    flags = Namespace(cls=1.0, div=1.0, beta=0.0, kd_T=4.0)
+    _, teacher, d = make_distiller("kd", flags, student="resnet8", teacher="resnet14")
     bn = next(m for m in teacher.modules() if isinstance(m, torch.nn.BatchNorm2d))
     images, targets = torch.randn(8, 3, 32, 32), torch.randint(0, 100, (8,))
     d.train()
-    assert not teacher.training  # the default: eval mode, running statistics
+    assert not teacher.training and not d.teacher_train_mode  # the default: eval mode
     before = bn.running_mean.clone()
     d.forward_train(images, targets)
-    assert torch.equal(bn.running_mean, before)
+    assert torch.equal(bn.running_mean, before)  # running statistics
 
-    d.teacher_train_mode = True
+    _, teacher, d = make_distiller("kd", flags, student="resnet8", teacher="resnet14",
+                                   teacher_train=True)  # RunInfo(teacher_train=True)
+    bn = next(m for m in teacher.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert torch.equal(bn.running_mean, before)  # the same fresh teacher (seed 0)
     d.train()
-    assert teacher.training
+    assert teacher.training and d.teacher_train_mode
     seen = {}
 
     def keep(module, inputs, output):
@@ -210,6 +214,31 @@ def test_teacher_train_reaches_the_run(cifar100_micro, tmp_path, teacher_ckpt, m
     modes.clear()
     run_student("kd", "resnet8", cifar100_micro, tmp_path / "b", teacher=teacher_ckpt("resnet14"))
     assert modes and not any(modes)
+
+
+def test_teacher_train_arrives_with_the_run():
+    """``RunInfo(teacher_train=True)`` (``--teacher_train``): the teacher in training mode after
+    ``train()``, in eval mode after ``eval()``, and never a gradient."""
+    torch.manual_seed(0)
+    student, teacher = create_model("resnet8", 10), create_model("resnet14", 10)
+    d = MethodConfig.create("kd").build(student, teacher, RunInfo(epochs=1, teacher_train=True))
+    assert d.run_info.teacher_train and d.teacher_train_mode
+    assert not teacher.training  # built in eval mode; train() switches it
+    d.train()
+    assert teacher.training and student.training
+    _, losses = d.forward_train(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,)))
+    assert set(losses) == {"cls", "kd"}
+    sum(losses.values()).backward()
+    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+    assert all(p.grad is not None for p in student.parameters())
+    d.eval()
+    assert not teacher.training
+    d.train()
+    assert teacher.training  # every training epoch
+    plain = MethodConfig.create("kd").build(student, teacher, RunInfo(epochs=1))
+    assert not plain.run_info.teacher_train and not plain.teacher_train_mode
+    plain.train()
+    assert not teacher.training
 
 
 # ---- FSP at hankyul2/KnowledgeDistillation's scale ------------------------------------------

@@ -1,6 +1,7 @@
 """Recipes (issue 17, parts 1 and 4): optimizers and schedules from torch.optim, label
 smoothing, config.yaml in every run folder and ``--config FILE``."""
 import math
+from argparse import Namespace
 from pathlib import Path
 
 import pytest
@@ -12,9 +13,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import helper.trainer
 import train_teacher
 from distillers import MethodConfig, RunInfo, Stage, distiller_names
+from distillers.combine import configure
 from helper import config_file
 from helper.loop import step_lr
 from helper.options import parse_student_args, parse_teacher_args
+from helper.run_folder import student_run_name
 from helper.schedule import current_lr, make_optimizer, make_scheduler
 from helper.trainer import stage_optimizer, stage_scheduler
 from models import create_model
@@ -124,15 +127,63 @@ def test_optimizers():
 
 def test_label_smoothing_applies_to_the_ce_term():
     torch.manual_seed(0)
-    distiller = MethodConfig.create("vanilla").build(create_model("mlp_800", 10), None,
-                                                     RunInfo(epochs=1))
+    student = create_model("mlp_800", 10)
     x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    distiller = MethodConfig.create("vanilla").build(student, None, RunInfo(epochs=1))
+    assert distiller.label_smoothing == 0.0
     logits, losses = distiller(x, y)
     assert torch.allclose(losses["cls"], F.cross_entropy(logits, y))
-    distiller.label_smoothing = 0.1
+    distiller = MethodConfig.create("vanilla", label_smoothing=0.1).build(student, None,
+                                                                          RunInfo(epochs=1))
     logits, losses = distiller(x, y)
     assert torch.allclose(losses["cls"], F.cross_entropy(logits, y, label_smoothing=0.1))
     assert not torch.allclose(losses["cls"], F.cross_entropy(logits, y))
+
+
+def _smoothed_ce_by_hand(logits, targets, eps):
+    """Mean over rows of -sum_k q_k log p_k, q = (1 - eps) one_hot + eps / classes."""
+    total = 0.0
+    for row, label in zip(logits.double().tolist(), targets.tolist()):
+        log_z = math.log(sum(math.exp(v) for v in row))
+        q = [(1 - eps) * (k == label) + eps / len(row) for k in range(len(row))]
+        total -= sum(qk * (v - log_z) for qk, v in zip(q, row))
+    return total / len(targets)
+
+
+def test_label_smoothing_arrives_with_the_weights():
+    config = MethodConfig.create("kd", label_smoothing=0.1)
+    assert config.weights.label_smoothing == 0.1
+    assert (config.weights.cls, config.weights.div, config.weights.beta) == (1.0, 1.0, 0.0)
+    torch.manual_seed(0)
+    student, teacher = create_model("mlp_800", 10), create_model("mlp_800", 10)
+    distiller = config.build(student, teacher, RunInfo(epochs=1))
+    assert distiller.label_smoothing == 0.1
+    distiller.train()
+    x, y = torch.randn(4, 1, 28, 28), torch.tensor([0, 3, 7, 9])
+    logits, losses = distiller(x, y)
+    assert set(losses) == {"cls", "kd"}
+    expected = F.cross_entropy(logits.detach(), y, label_smoothing=0.1)
+    assert losses["cls"].item() == pytest.approx(expected.item(), rel=1e-6)
+    assert losses["cls"].item() == pytest.approx(_smoothed_ce_by_hand(logits, y, 0.1), rel=1e-5)
+    with torch.no_grad():  # the KD term does not smooth
+        kd = MethodConfig.create("kd").build(student, teacher, RunInfo(epochs=1))
+        assert kd.label_smoothing == 0.0
+        assert kd(x, y)[1]["kd"].item() == pytest.approx(losses["kd"].item(), rel=1e-6)
+
+
+def test_label_smoothing_from_the_flags():
+    for flags, value in ((Namespace(), 0.0), (Namespace(label_smoothing=0.2), 0.2)):
+        assert MethodConfig.from_namespace("kd", flags).weights.label_smoothing == value
+    combined = configure("kd+dml", Namespace(label_smoothing=0.1, div=1.0, beta={"dml": 1.0}))
+    assert combined.weights.label_smoothing == 0.1
+    assert [p.weights.label_smoothing for p in combined.parts] == [0.1, 0.1]
+    assert [p.weights.beta for p in combined.parts] == [0.0, 1.0]
+    config = parse_student_args(["--distill", "kd", "--label_smoothing", "0.1"])
+    assert config.method.weights.label_smoothing == 0.1
+    plain = parse_student_args(["--distill", "kd"])
+    assert plain.method.weights.label_smoothing == 0.0
+    # the run folder's name keeps -c, -d and -b only
+    assert student_run_name(config, "resnet32x4") == student_run_name(plain, "resnet32x4")
 
 
 # --- bad input: one line, exit 2, no run folder ---------------------------------------------------

@@ -73,8 +73,9 @@ def test_abf_fuses_with_the_upsampled_residual_and_resizes_to_the_teacher():
         assert torch.allclose(out, _conv_bn(abf.conv2, expected_fused))
 
 
-def _distiller(**kw):
-    student, teacher, d = make_distiller("reviewkd", _args(**kw), "resnet8", "resnet14")
+def _distiller(teacher_train=False, **kw):
+    student, teacher, d = make_distiller("reviewkd", _args(**kw), "resnet8", "resnet14",
+                                         teacher_train=teacher_train)
     return d, student, teacher
 
 
@@ -166,8 +167,7 @@ def test_teacher_mode_follows_the_switch():
     distiller, _, teacher = _distiller()
     distiller.train()
     assert not teacher.training
-    distiller, _, teacher = _distiller()
-    distiller.teacher_train_mode = True  # what helper/trainer.py sets for --teacher_train
+    distiller, _, teacher = _distiller(teacher_train=True)  # RunInfo(teacher_train=True)
     distiller.train()
     assert teacher.training
     bn = next(m for m in teacher.modules() if isinstance(m, torch.nn.BatchNorm2d))

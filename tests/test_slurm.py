@@ -218,11 +218,14 @@ def test_tiny_table_through_slurm_with_a_requeue(cluster, mnist_30k, tmp_path):
         assert time.time() - start < TIMEOUT, _status(cluster, save)
         time.sleep(0.2)
     cluster.run("scancel", "--signal=USR1", "--batch", victim["job"])
-    while True:  # requeued jobs wait ~2 minutes (BeginTime); start it at once
+    while True:  # requeued jobs wait ~2 minutes (BeginTime); start it in a few seconds
         state = cluster.run("squeue", "-h", "-r", "-j", victim["job"], "-o", "%T %r",
                             check=False).stdout.split()
         if state[:1] == ["PENDING"]:
-            cluster.run("scontrol", "update", f"JobId={victim['job']}", "StartTime=now")
+            # not at once: slurmd refuses a job whose credential is no newer, to the second,
+            # than the revocation of its previous run's; the job then ends without running
+            # (CI saw it once). BeginTime's wait is SLURM's own guard against that.
+            cluster.run("scontrol", "update", f"JobId={victim['job']}", "StartTime=now+3")
             break
         assert time.time() - start < TIMEOUT, f"{victim['job']} not requeued: {state}"
         time.sleep(0.2)
@@ -234,7 +237,10 @@ def test_tiny_table_through_slurm_with_a_requeue(cluster, mnist_30k, tmp_path):
             break
         assert time.time() - start < TIMEOUT, status
         time.sleep(1)
-    assert "6 done" in status, status + Path(victim["log"]).read_text()
+    assert "6 done" in status, (status + Path(victim["log"]).read_text() + cluster.run(
+        "squeue", "-r", "--states=all", check=False).stdout
+        + (cluster.root / "slurmctld.log").read_text()[-4000:]
+        + (cluster.root / "slurmd.log").read_text()[-3000:])
     log = Path(victim["log"]).read_text()
     assert "requeueing it" in log and "continuing" in log and "--resume" in log, log
     assert any(w in middle for w in ("queued", "running")), middle

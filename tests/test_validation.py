@@ -79,7 +79,7 @@ def test_edge_values_are_accepted():
     assert config.args.momentum == 0 and config.args.lr_decay_epochs == [1]
     config = parse_teacher_args(["--seed", str(MAX_SEED), "--amp", "--amp_dtype", "bf16"])
     assert config.args.seed == MAX_SEED
-    assert parse_teacher_args(["--multiprocessing-distributed", "--nproc", "4"]).batch_size == 64
+    assert parse_teacher_args(["--multiprocessing-distributed", "--nproc", "4"]).batch_per_process == 64
 
 
 @pytest.mark.parametrize("flags,message", [
