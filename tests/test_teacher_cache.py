@@ -199,12 +199,19 @@ def test_refusals(tmp_path, data, teacher_file):
     kd = SimpleNamespace(name="kd", teacher=object(), div_weight=1.0, cacheable="logits",
                          uses_teacher_output=lambda: False)
     ctx = SimpleNamespace(rank=0, world_size=1, log=print)
-    args = SimpleNamespace(teacher_cache=str(tmp_path / "y"), aug="standard", mixup=0.0)
+    config = _run_config("imagenet", 1000, teacher_cache=str(tmp_path / "y"))
     with pytest.raises(UserError, match="needs an in-memory data set"):
-        tc.attach(iter([]), kd, args, ctx, "imagenet", 1000)
-    args = SimpleNamespace(teacher_cache=str(tmp_path / "y"), aug="standard", mixup=0.2)
+        tc.attach(iter([]), kd, config, ctx)
+    config = _run_config("cifar100", 100, {"mixup": 0.2}, teacher_cache=str(tmp_path / "y"))
     with pytest.raises(UserError, match="drop --mixup or --teacher_cache"):
-        tc.attach(loader, kd, args, ctx, "cifar100", 100)
+        tc.attach(loader, kd, config, ctx)
+
+
+def _run_config(dataset, num_classes, augment=None, **teacher):
+    """A student run's configuration built in code, with the data's sizes."""
+    from helper.options import RunConfig
+    return RunConfig.create("resnet8", teacher=teacher, data={"dataset": dataset},
+                            augment=augment or {}).with_data({"num_classes": num_classes})
 
 
 def test_one_epoch_cached_equals_on_the_fly(cifar100_tiny, tmp_path, teacher_ckpt, capsys):
@@ -416,8 +423,8 @@ def test_a_combination_uses_the_cache_when_every_method_can(tmp_path, data, teac
     assert merged_cacheable(["logits", "pooled"]) == merged_cacheable(["pooled"]) == "pooled"
     assert merged_cacheable(["pooled", None]) is merged_cacheable(["logits", None]) is None
     loader, teacher = loader_of(data), teacher_of(teacher_file)
-    args = SimpleNamespace(teacher_cache=str(tmp_path / "c"), path_t=str(teacher_file),
-                           teacher_cache_dtype="float32", teacher_forward="auto")
+    config = _run_config("cifar100", 100, teacher_cache=str(tmp_path / "c"),
+                         path_t=str(teacher_file))
     ctx = SimpleNamespace(rank=0, world_size=1, log=print)
 
     def combined(spec, beta):
@@ -426,11 +433,11 @@ def test_a_combination_uses_the_cache_when_every_method_can(tmp_path, data, teac
                                             RunInfo(train_size=N))
     kd_crd = combined("kd+crd", {"crd": 0.8})
     assert kd_crd.cacheable == "pooled"
-    batch = next(iter(tc.attach(loader, kd_crd, args, ctx, "cifar100", 100)))
+    batch = next(iter(tc.attach(loader, kd_crd, config, ctx)))
     assert batch["teacher_logits"].shape == (5, 100) and batch["teacher_pooled"].shape == (5, 64)
     crd_at = combined("crd+at", {"crd": 0.8, "at": 1000.0})
     assert crd_at.cacheable is None
-    assert tc.attach(loader, crd_at, args, ctx, "cifar100", 100) is loader
+    assert tc.attach(loader, crd_at, config, ctx) is loader
     assert ("--teacher_cache: --distill crd+at reads more of the teacher than its logits and "
             "pooled feature; the cache is not used") in capsys.readouterr().out
 
