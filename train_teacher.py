@@ -6,9 +6,8 @@ from pathlib import Path
 
 from helper.checkpoint import create_pretrained
 from helper.distributed import launch
-from helper.evaluate import evaluate
+from helper.evaluate import score_checkpoint
 from helper.options import parse_teacher_args
-from helper.probe import linear_probe
 from helper.run_folder import teacher_run_name
 from helper.trainer import build_data, train, user_errors
 from models.base import fit_to_data
@@ -17,8 +16,7 @@ from models.base import fit_to_data
 def run(config, ctx):
     with user_errors(ctx.rank):
         if config.run.evaluate is not None:
-            score = linear_probe if config.run.linear_probe else evaluate  # helper/probe.py
-            score(config, ctx, config.run.evaluate, fallback=config.model, flag="--model")
+            score_checkpoint(config, ctx, "--model")
             return
         config, train_loader, val_loader = build_data(config, ctx)
         info = config.data_info

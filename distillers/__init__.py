@@ -1,5 +1,5 @@
 """Distillation methods, one file each, created by name through the registry."""
-from .base import Distiller, RunInfo, Stage, WeightOptions, Weights  # noqa: F401
+from .base import Distiller, Reads, RunInfo, Stage, WeightOptions, Weights  # noqa: F401
 from .kd import KDOptions, KDTerm, kd_loss  # noqa: F401
 from .options import MethodOptions, option, options_from  # noqa: F401
 from .registry import distiller_classes, distiller_names, get_distiller, register_distiller  # noqa: F401

@@ -8,7 +8,7 @@ import torch.nn as nn
 
 from helper.errors import UserError
 
-from .base import Weights
+from .base import Reads, Weights
 from .common import InitStageDistiller, InitStageOptions, model_name, parameters_except, stage_maps
 from .options import option
 from .registry import Reference, register_distiller
@@ -99,7 +99,7 @@ class AB(InitStageDistiller):
         notes="AB only in the init stage, as RepDistiller",
     )
 
-    preact = True
+    reads = Reads(preact=True)
     default_weights = Weights(cls=1.0, div=0.0, beta=1.0)
 
     @dataclass(frozen=True)

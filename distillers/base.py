@@ -88,6 +88,46 @@ class RunInfo:
     teacher_train: bool = False
 
 
+LEVELS = ("none", "logits", "pooled", "maps")  # each reads what the one before reads, and more
+BEYOND = (None, "views", "hooks")
+
+
+@dataclass(frozen=True)
+class Reads:
+    """What a method reads of the networks, the one declaration from which the rest derives:
+    the features computed (``feature_mode``), what a cache of the teacher's outputs serves
+    (``cacheable``), whether several teachers' mean logit can stand in (``accepts_ensemble``),
+    and which methods combine (those reading stage maps must agree on ``preact``).
+
+    ``teacher`` / ``student``: of the network's forward on the batch, "none", "logits",
+    "pooled" (the pooled feature ``feats[-1]`` and the logits) or "maps" (every stage's maps
+    too); ``preact``: the maps taken before each stage's last ReLU; ``teacher_beyond``: the
+    teacher read beyond that forward, on other views of the images ("views": MLKD) or
+    through hooks on its layers ("hooks": CAT-KD), which no cache serves."""
+    teacher: str = "maps"
+    student: str = "maps"
+    preact: bool = False
+    teacher_beyond: Optional[str] = None
+
+    def __post_init__(self):
+        for who in ("teacher", "student"):
+            if getattr(self, who) not in LEVELS:
+                raise ValueError(f"Reads.{who} is one of {LEVELS}, got {getattr(self, who)!r}")
+        if self.teacher_beyond not in BEYOND:
+            raise ValueError(f"Reads.teacher_beyond is one of {BEYOND}, "
+                             f"got {self.teacher_beyond!r}")
+
+    def derived(self) -> dict:
+        """The class attributes the distiller's code reads, derived from this declaration."""
+        cacheable = (self.teacher if self.teacher in ("logits", "pooled")
+                     and self.teacher_beyond is None else None)
+        return {"teacher_feats": self.teacher in ("pooled", "maps"),
+                "student_feats": self.student in ("pooled", "maps"),
+                "preact": self.preact,
+                "stage_maps": "maps" in (self.teacher, self.student),
+                "cacheable": cacheable}
+
+
 class Distiller(nn.Module):
     """Holds the student, the frozen teacher and the method's trainable extras.
 
@@ -102,23 +142,26 @@ class Distiller(nn.Module):
     A method declares its flags as ``Options`` (a frozen ``MethodOptions`` dataclass) and
     receives only an instance of it, with the effective ``Weights``, the KD term and
     ``RunInfo``. Class attributes a method may set:
-      - ``teacher_feats`` / ``student_feats``: whether the method needs the feature lists
-        (False: only logits are computed, which is cheaper for the teacher).
-      - ``preact``: features taken before the last ReLU of each stage.
+      - ``reads``: what it reads of the teacher and the student (``Reads``); the attributes
+        derived from it (``teacher_feats``, ``student_feats``, ``preact``, ``stage_maps``,
+        ``cacheable``) are set from it, never by hand.
       - ``default_weights``: ``-c``, ``-d``, ``-b`` when not given.
     """
 
     Options = MethodOptions
-    teacher_feats = True
-    student_feats = True
-    preact = False
+    reads = Reads()
     default_weights = Weights(cls=1.0, div=1.0, beta=0.0)
     combinable = True  # False: replaces the training step or test model (distillers/combine.py)
-    stage_maps = True  # reads the stage maps, which differ with preact (not only the pooled one)
     min_teachers = 1  # teachers (--path_t) a run needs at least, when it needs one (CA-MKD: 2)
-    # --teacher_cache (helper/teacher_cache.py): "logits" reads only the teacher's logits,
-    # "pooled" only its pooled feature feats_t[-1] and its logits; None reads more
-    cacheable = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        by_hand = sorted(set(Reads().derived()) & set(vars(cls)))
+        if by_hand:
+            raise TypeError(f"{cls.__qualname__} sets {', '.join(by_hand)} by hand; declare "
+                            "what it reads instead: reads = Reads(...)")
+        for name, value in cls.reads.derived().items():
+            setattr(cls, name, value)
 
     def __init__(self, student: nn.Module, teacher: Optional[nn.Module], options=None, *,
                  weights: Optional[Weights] = None, kd=None, run: Optional[RunInfo] = None):
@@ -157,9 +200,9 @@ class Distiller(nn.Module):
     def accepts_ensemble(cls, options) -> bool:
         """Whether the method works with several teachers (``--path_t A B ...``, a
         ``models.teachers.TeacherEnsemble`` whose output is their mean logit): by default the
-        methods that read only the teacher's logits; one that reads the members itself
-        (CA-MKD) says True."""
-        return not cls.teacher_feats
+        methods that read only the teacher's logits (not through hooks on its layers); one
+        that reads the members itself (CA-MKD) says True."""
+        return cls.reads.teacher == "logits" and cls.reads.teacher_beyond != "hooks"
 
     @classmethod
     def effective_weights(cls, options, given: WeightOptions,
@@ -331,3 +374,7 @@ class Distiller(nn.Module):
 
     def trainable_parameters(self):
         return [p for p in self.parameters() if p.requires_grad]
+
+
+for _name, _value in Reads().derived().items():  # the base reads everything
+    setattr(Distiller, _name, _value)

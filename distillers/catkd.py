@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from helper.errors import UserError
 from models.base import FeatureModel
 
-from .base import Distiller, Weights
+from .base import Distiller, Reads, Weights
 from .common import model_name
 from .options import MethodOptions, option, require
 from .registry import Reference, register_distiller
@@ -112,8 +112,7 @@ class CATKD(Distiller):
               "(`--catkd_fc_bias` keeps it); per-pair settings below",
     )
 
-    teacher_feats = False
-    student_feats = False
+    reads = Reads("logits", "logits", teacher_beyond="hooks")  # the maps through hooks
     default_weights = Weights(cls=1.0, div=0.0, beta=15.0)
 
     @dataclass(frozen=True)
@@ -131,10 +130,6 @@ class CATKD(Distiller):
         def check(self):
             require(self.catkd_resolution >= 1,
                     f"--catkd_resolution must be 1 or more, got {self.catkd_resolution}")
-
-    @classmethod
-    def accepts_ensemble(cls, options):
-        return False  # the CAMs of one teacher's map
 
     def __init__(self, student, teacher, options=None, **kw):
         super().__init__(student, teacher, options, **kw)

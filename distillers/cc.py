@@ -7,7 +7,7 @@ import torch.nn as nn
 
 from helper.errors import UserError
 
-from .base import Distiller, Weights
+from .base import Distiller, Reads, Weights
 from .options import MethodOptions, option
 from .registry import Reference, register_distiller
 
@@ -72,11 +72,9 @@ class CC(Distiller):
         notes="RepDistiller's kernel; `--cc_kernel gaussian` for the paper's",
     )
 
-    stage_maps = False  # reads only the pooled feature
-    cacheable = "pooled"  # --teacher_cache: feats_t[-1] and, for -d > 0, the logits
+    # the pooled feature only: --teacher_cache serves feats_t[-1] and, for -d > 0, the logits
+    reads = Reads("pooled", "pooled")
 
-    teacher_feats = True
-    student_feats = True
     default_weights = Weights(cls=1.0, div=0.0, beta=0.02)
 
     @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import torch.nn as nn
 import dataset.crd  # noqa: F401  (registers the 'contrast_index' batch key)
 from helper.errors import UserError
 
-from .base import Distiller, Weights
+from .base import Distiller, Reads, Weights
 from .options import MethodOptions, option, require
 from .registry import Reference, register_distiller
 
@@ -140,8 +140,8 @@ class CRD(Distiller):
         notes="banks and Z are checkpointed",
     )
 
-    stage_maps = False  # reads only the pooled feature
-    cacheable = "pooled"  # --teacher_cache: feats_t[-1] and, for -d > 0, the logits
+    # the pooled feature only: --teacher_cache serves feats_t[-1] and, for -d > 0, the logits
+    reads = Reads("pooled", "pooled")
 
     default_weights = Weights(cls=1.0, div=1.0, beta=0.8)
 

@@ -3,7 +3,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import Distiller, Weights
+from .base import Distiller, Reads, Weights
 from .options import MethodOptions, option
 from .registry import Reference, register_distiller
 
@@ -60,9 +60,7 @@ class DIST(Distiller):
         notes="`dist_cifar.yaml`; ImageNet: `-b 2 --dist_tau 1`",
     )
 
-    teacher_feats = False
-    student_feats = False
-    cacheable = "logits"  # --teacher_cache (helper/teacher_cache.py)
+    reads = Reads("logits", "logits")  # the logits only: --teacher_cache serves them
     default_weights = Weights(cls=1.0, div=0.0, beta=2.0)
 
     @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .base import Distiller, Weights
+from .base import Distiller, Reads, Weights
 from .options import MethodOptions, option
 from .registry import Reference, register_distiller
 
@@ -69,9 +69,7 @@ class DKD(Distiller):
         notes="per-pair beta below",
     )
 
-    teacher_feats = False
-    student_feats = False
-    cacheable = "logits"  # --teacher_cache (helper/teacher_cache.py)
+    reads = Reads("logits", "logits")  # the logits only: --teacher_cache serves them
     default_weights = Weights(cls=1.0, div=0.0, beta=1.0)
 
     @dataclass(frozen=True)

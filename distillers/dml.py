@@ -10,7 +10,7 @@ from helper.errors import UserError
 from models import create_model
 from models.base import fit_to_data
 from models.registry import unknown_model
-from .base import Distiller, Weights
+from .base import Distiller, Reads, Weights
 from .kd import kd_loss
 from .options import MethodOptions, option, require
 from .registry import Reference, register_distiller
@@ -76,8 +76,7 @@ class DML(Distiller):
         usage="[--dml_peers MODEL,...]",
     )
 
-    teacher_feats = False
-    student_feats = False
+    reads = Reads("none", "logits")  # no teacher: its peers
     default_weights = Weights(cls=1.0, div=0.0, beta=1.0)
 
     @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .base import Distiller
+from .base import Distiller, Reads
 from .ctkd import CTKDOptions, CurriculumTemperature
 from .logit_std import maybe_standardize
 from .options import option, require
@@ -83,9 +83,7 @@ class KD(Distiller):
         notes="RepDistiller's table: `-r 0.1 -a 0.9`",
     )
 
-    teacher_feats = False
-    student_feats = False
-    cacheable = "logits"  # --teacher_cache (helper/teacher_cache.py)
+    reads = Reads("logits", "logits")  # the logits only: --teacher_cache serves them
 
     def uses_teacher_output(self):
         return False

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from helper.errors import UserError
 
-from .base import Distiller, Stage, Weights
+from .base import Distiller, Reads, Stage, Weights
 from .options import MethodOptions, option, require
 from .registry import Reference, register_distiller
 
@@ -86,11 +86,9 @@ class L2(Distiller):
         notes="torchdistill's ImageNet row: `-b 15`",
     )
 
-    stage_maps = False  # reads only the pooled feature
-    cacheable = "pooled"  # --teacher_cache: feats_t[-1] and, for -d > 0, the logits
+    # the pooled feature only: --teacher_cache serves feats_t[-1] and, for -d > 0, the logits
+    reads = Reads("pooled", "pooled")
 
-    teacher_feats = True
-    student_feats = True
     default_weights = Weights(cls=1.0, div=0.0, beta=1.0)
 
     def __init__(self, student, teacher, options=None, **kw):

@@ -2,7 +2,7 @@
 import torch
 import torch.nn.functional as F
 
-from .base import Distiller, Weights
+from .base import Distiller, Reads, Weights
 from .registry import Reference, register_distiller
 
 
@@ -38,9 +38,7 @@ class Logits(Distiller):
         code="AberHu/Knowledge-Distillation-Zoo `kd_losses/logits.py`",
     )
 
-    teacher_feats = False
-    student_feats = False
-    cacheable = "logits"  # --teacher_cache (helper/teacher_cache.py)
+    reads = Reads("logits", "logits")  # the logits only: --teacher_cache serves them
     default_weights = Weights(cls=1.0, div=0.0, beta=0.1)
 
     def method_losses(self, *, feats_s, logits_s, feats_t, logits_t, targets, **batch):

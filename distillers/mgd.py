@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from helper.errors import UserError
 
-from .base import Distiller, Weights
+from .base import Distiller, Reads, Weights
 from .common import model_name
 from .options import MethodOptions, option, require
 from .registry import Reference, register_distiller
@@ -161,7 +161,7 @@ class MGD(Distiller):
               "`--mgd_amp_signed` the largest signed one; `--mgd_with_kd 1`",
     )
 
-    preact = True
+    reads = Reads(preact=True)
     default_weights = Weights(cls=1.0, div=0.0, beta=1.0)
 
     @dataclass(frozen=True)

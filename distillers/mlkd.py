@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import dataset.strong_view  # noqa: F401  (registers the 'strong_images' batch key)
 from helper.errors import UserError
 
-from .base import Distiller, Weights
+from .base import Distiller, Reads, Weights
 from .options import MethodOptions, option, require
 from .registry import Reference, register_distiller
 
@@ -167,8 +167,7 @@ class MLKD(Distiller):
               "`--mlkd_weak_only` without the strong view",
     )
 
-    teacher_feats = False
-    student_feats = False
+    reads = Reads("logits", "logits", teacher_beyond="views")  # the strong view too
     default_weights = Weights(cls=0.1, div=0.0, beta=0.9)
 
     @dataclass(frozen=True)

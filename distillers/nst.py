@@ -103,8 +103,6 @@ class NST(Distiller):
         code="RepDistiller `distiller_zoo/NST.py`",
     )
 
-    teacher_feats = True
-    student_feats = True
     default_weights = Weights(cls=1.0, div=0.0, beta=50.0)
 
     def __init__(self, student, teacher, options=None, **kw):

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from helper.errors import UserError
 
-from .base import Distiller, Weights
+from .base import Distiller, Reads, Weights
 from .common import conv_maps_or_error, model_name
 from .mgd import bn_margin, partial_l2
 from .options import MethodOptions, option, require
@@ -93,7 +93,7 @@ class OFD(Distiller):
     )
     # config.yaml files written before --teacher_train replaced this method's own switch
     renamed_options = {"ofd_teacher_train": "teacher_train"}
-    preact = True
+    reads = Reads(preact=True)
     default_weights = Weights(cls=1.0, div=0.0, beta=1e-3)
 
     @dataclass(frozen=True)

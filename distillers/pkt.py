@@ -1,7 +1,7 @@
 """Passalis & Tefas 2018, "Learning Deep Representations with Probabilistic Knowledge Transfer"."""
 import torch
 
-from .base import Distiller, Weights
+from .base import Distiller, Reads, Weights
 from .registry import Reference, register_distiller
 
 
@@ -45,11 +45,9 @@ class PKT(Distiller):
         code="RepDistiller `distiller_zoo/PKT.py`",
     )
 
-    stage_maps = False  # reads only the pooled feature
-    cacheable = "pooled"  # --teacher_cache: feats_t[-1] and, for -d > 0, the logits
+    # the pooled feature only: --teacher_cache serves feats_t[-1] and, for -d > 0, the logits
+    reads = Reads("pooled", "pooled")
 
-    teacher_feats = True
-    student_feats = True
     default_weights = Weights(cls=1.0, div=0.0, beta=30000.0)
 
     def method_losses(self, *, feats_s, logits_s, feats_t, logits_t, targets, **batch):

@@ -6,7 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from helper.errors import UserError
-from .base import Distiller, Weights
+from .base import Distiller, Reads, Weights
 from .common import conv_maps_or_error
 from .options import MethodOptions, option
 from .registry import Reference, register_distiller
@@ -125,7 +125,7 @@ class ReviewKD(Distiller):
 
     # config.yaml files written before --teacher_train replaced this method's own switch
     renamed_options = {"reviewkd_teacher_train": "teacher_train"}
-    preact = True  # the teacher's features; the student's follow --reviewkd_student_preact
+    reads = Reads(preact=True)  # the teacher's maps; the student's follow --reviewkd_student_preact
     default_weights = Weights(cls=1.0, div=0.0, beta=5.0)
 
     @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .base import Distiller, Weights
+from .base import Distiller, Reads, Weights
 from .options import MethodOptions, option
 from .registry import Reference, register_distiller
 
@@ -63,11 +63,9 @@ class RKD(Distiller):
         shown=("rkd_w_d", "rkd_w_a"),
     )
 
-    stage_maps = False  # reads only the pooled feature
-    cacheable = "pooled"  # --teacher_cache: feats_t[-1] and, for -d > 0, the logits
+    # the pooled feature only: --teacher_cache serves feats_t[-1] and, for -d > 0, the logits
+    reads = Reads("pooled", "pooled")
 
-    teacher_feats = True
-    student_feats = True
     default_weights = Weights(cls=1.0, div=0.0, beta=1.0)
 
     @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .base import Distiller, Weights
+from .base import Distiller, Reads, Weights
 from .options import MethodOptions, option, require
 from .registry import Reference, register_distiller
 
@@ -117,9 +117,7 @@ class TfKD(Distiller):
         usage="[--tfkd_mode virtual]",
     )
 
-    teacher_feats = False
-    student_feats = False
-    cacheable = "logits"  # --teacher_cache (helper/teacher_cache.py)
+    reads = Reads("logits", "logits")  # the logits only: --teacher_cache serves them
     default_weights = Weights(cls=0.05, div=0.0, beta=0.95)
 
     @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from helper.errors import UserError
 
-from .base import Distiller, Weights
+from .base import Distiller, Reads, Weights
 from .common import model_name
 from .nkd import drop_labels
 from .options import MethodOptions, option, require
@@ -144,7 +144,7 @@ class USKD(Distiller):
               "by probabilities (the code: log-probabilities); CIFAR-100 schedule as NKD's",
     )
 
-    teacher_feats = False
+    reads = Reads("none", "maps")  # no teacher: its own weak classifier
     default_weights = Weights(cls=1.0, div=0.0, beta=1.0)
 
     @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """Plain cross-entropy training: teachers, and the student-alone baseline."""
-from .base import Distiller, Weights
+from .base import Distiller, Reads, Weights
 from .registry import Reference, register_distiller
 
 
@@ -13,7 +13,7 @@ class Vanilla(Distiller):
         notes="no teacher needed",
     )
 
-    student_feats = False
+    reads = Reads("none", "logits")
     default_weights = Weights(cls=1.0, div=0.0, beta=0.0)
 
     @classmethod

@@ -231,6 +231,7 @@ def test_errors(cifar100_tiny, tmp_path, teacher_ckpt, capsys):
     line = one_line_user_error(capsys, "fitnet", "resnet8", cifar100_tiny, tmp_path,
                                "--path_t", a, b)
     assert "--distill fitnet reads one teacher's features" in line
+    assert "distil several with camkd, dist, dkd, kd," in line  # generated from their reads
     line = one_line_user_error(capsys, "kd", "resnet8", cifar100_tiny, tmp_path,
                                "--path_t", a, b, "--model_t", "resnet8x4")
     assert "--model_t names 1 architectures for 2" in line

@@ -240,3 +240,23 @@ def test_no_module_reads_the_parsed_namespace():
         if "config.args" in open(os.path.join(REPO, script)).read():
             found.append(f"{script} config.args")
     assert not found, found
+
+
+def test_what_a_method_reads_is_one_declaration():
+    from distillers import Distiller, Reads
+    from distillers.registry import get_distiller
+    # the attributes the code reads follow from the declaration
+    assert get_distiller("kd").cacheable == "logits" and not get_distiller("kd").teacher_feats
+    assert get_distiller("crd").cacheable == "pooled" and not get_distiller("crd").stage_maps
+    assert get_distiller("mlkd").cacheable is None  # its strong view runs the teacher too
+    assert get_distiller("mlkd").accepts_ensemble(None)  # ... on the ensemble's mean logit
+    catkd = get_distiller("catkd")
+    assert catkd.cacheable is None and not catkd.accepts_ensemble(None)  # hooks: one teacher
+    assert get_distiller("reviewkd").preact and get_distiller("reviewkd").stage_maps
+    # never by hand
+    with pytest.raises(TypeError, match="sets cacheable by hand; declare what it reads"):
+        type("Mine", (Distiller,), {"cacheable": "logits"})
+    with pytest.raises(ValueError, match="Reads.teacher is one of"):
+        Reads(teacher="features")
+    mine = type("Mine", (Distiller,), {"reads": Reads("pooled", "logits")})
+    assert (mine.teacher_feats, mine.student_feats, mine.cacheable) == (True, False, "pooled")

@@ -465,12 +465,13 @@ def test_float16_pooled_storage_error(tmp_path, data, teacher_file):
 
 
 def _forbid_the_teacher_when_cached(monkeypatch):
-    """train_student's cache attach, after which the teacher of a cached run fails when called
-    but for its start-up score on the test split (the cache's build comes before); the loaders
-    attached, listed."""
+    """The student run's cache attach (helper/teacher_setup.py), after which the teacher of a
+    cached run fails when called but for its start-up score on the test split (the cache's
+    build comes before); the loaders attached, listed."""
     import train_student
+    from helper import teacher_setup
     attached = []
-    score = train_student.score_teachers
+    score = teacher_setup.score_teachers
 
     def score_allowed(loaded, *args):
         forbidden = [(t, t.__dict__.pop("forward")) for _, t in loaded if "forward" in t.__dict__]
@@ -486,7 +487,7 @@ def _forbid_the_teacher_when_cached(monkeypatch):
             distiller.teacher.forward = _forbidden
             attached.append(loader.outputs)
         return loader
-    monkeypatch.setattr(train_student, "attach_teacher_cache", attach)
+    monkeypatch.setattr(teacher_setup, "attach_teacher_cache", attach)
     monkeypatch.setattr(train_student, "score_teachers", score_allowed)
     return attached
 
