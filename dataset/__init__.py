@@ -16,6 +16,7 @@ from helper.errors import UserError
 from . import batch_keys, cifar, mnist
 from .augment import AugmentConfig, MixLoader, SampleAugment
 from .folder import FOLDER_DATASET_NAMES, build_folder_loaders
+from .loader import check_batch_and_rank
 from .options import DATASET_NAMES, DataOptions
 from .tensor_loader import RandomCropFlip, TensorLoader, crop_flip, epoch_seed, normalize
 
@@ -91,11 +92,7 @@ def build_loaders(name, data_folder, batch_size, device, *, seed=0, rank=0, worl
     """
     name = _canonical(name)
     jitter = int(jitter or 0)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise UserError(f"--batch_size must be a positive integer, got {batch_size!r}")
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise UserError(f"rank {rank} is not in 0..world_size-1 with world_size {world_size}; "
-                        f"check --rank and --world-size")
+    check_batch_and_rank(batch_size, rank, world_size)
     if jitter < 0:
         raise UserError(f"--jitter must be >= 0 pixels, got {jitter}")
     augment = augment or AugmentConfig()

@@ -19,13 +19,14 @@ constants are offered by ``--cifar_normalization`` (``NORMALIZATIONS``, ``normal
 """
 import os
 import pickle
-import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from helper.errors import UserError
+
+from .torchvision_download import download_missing, one_line
 
 MEAN = (0.5071, 0.4867, 0.4408)
 STD = (0.2675, 0.2565, 0.2761)
@@ -63,11 +64,6 @@ _SPECS = {
 }
 
 
-def _one_line(exc: BaseException) -> str:
-    text = ' '.join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 # What a CIFAR pickle may name: numpy's array and dtype reconstruction, as numpy 1 and 2 and
 # Python 2's cPickle (the published files, protocol 2) write them, and the builtins with which
 # Python 3's protocols 0-2 spell bytes. Nothing else is looked up, so nothing else can run.
@@ -101,7 +97,7 @@ def _unpickle(path: Path) -> dict:
                         f"(unsafe): a CIFAR file holds only arrays, lists and strings; delete it "
                         f"and download the data set again") from None
     except Exception as e:  # truncated or not a pickle
-        raise UserError(f"cannot read CIFAR file {path} ({_one_line(e)}); it is corrupt or "
+        raise UserError(f"cannot read CIFAR file {path} ({one_line(e)}); it is corrupt or "
                         f"incomplete: delete it and download the data set again") from None
     if not isinstance(obj, dict):
         raise UserError(f"CIFAR file {path} holds a {type(obj).__name__}, not a dict as in "
@@ -134,13 +130,6 @@ def _read_split(folder: Path, files, label_key: str, num_classes: int):
     return x, y
 
 
-def _download(name: str, root: Path) -> None:
-    import torchvision.datasets
-    cls = getattr(torchvision.datasets, _SPECS[name]['tv_class'])
-    cls(root=str(root), train=True, download=True)
-    cls(root=str(root), train=False, download=True)
-
-
 def converted_from(name: str, data_folder):
     """What ``scripts/image_folder_to_cifar.py`` recorded that the data folder was made from
     (e.g. "image files (.jpg) by ..."), or None for torchvision's files (or none at all)."""
@@ -162,25 +151,14 @@ def load_cifar(name: str, data_folder, download: bool = True):
     required = spec['train'] + spec['test'] + [spec['meta']]
     expected = (f"expected {', '.join(required)} as in torchvision's layout")
 
-    missing = [f for f in required if not (folder / f).is_file()]
-    if missing:
-        if not download:
-            raise UserError(f"{spec['title']} not found in {folder} ({expected}); download it "
-                            f"or pass --data_folder")
-        existed = root.exists()
-        try:
-            _download(name, root)
-            reason = None
-        except Exception as e:  # offline, permission, corrupt archive, ...
-            reason = _one_line(e)
-            if not existed:  # leave nothing half-downloaded behind in a folder we created
-                shutil.rmtree(root, ignore_errors=True)
+    def still_missing():
         missing = [f for f in required if not (folder / f).is_file()]
-        if reason is None and missing:
-            reason = f"{', '.join(missing)} still missing after it"
-        if reason is not None:
-            raise UserError(f"{spec['title']} not found in {folder} ({expected}) and the "
-                            f"download failed: {reason}; download it or pass --data_folder")
+        return f"{', '.join(missing)} still missing after it" if missing else None
+
+    if still_missing():
+        download_missing(spec['tv_class'], root, download, title=spec['title'], where=folder,
+                         expected=expected, hint="; download it or pass --data_folder",
+                         still_missing=still_missing)
 
     _unpickle(folder / spec['meta'])  # verify the whole folder loads, meta included
     n = spec['num_classes']

@@ -54,7 +54,7 @@ from helper.errors import UserError
 
 from .dali import DaliLoader, check_dali
 from .imagenet_transforms import CROP, IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
-from .loader import batches_per_epoch, shard
+from .loader import batches_per_epoch, check_batch_and_rank, shard
 from .tensor_loader import epoch_seed, normalize
 
 # name: title, sub-folders tried below --data_folder, validation folder names in order
@@ -309,11 +309,7 @@ def build_folder_loaders(name, data_folder, batch_size, device, *, seed=0, rank=
     key = canonical_folder_name(name)
     if key is None:
         raise UserError(f"unknown folder data set {name!r}; choose one of: {', '.join(_SPECS)}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise UserError(f"--batch_size must be a positive integer, got {batch_size!r}")
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise UserError(f"rank {rank} is not in 0..world_size-1 with world_size {world_size}; "
-                        f"check --rank and --world-size")
+    check_batch_and_rank(batch_size, rank, world_size)
     if num_workers is None or int(num_workers) < 0:
         raise UserError(f"--num_workers must be >= 0, got {num_workers!r}")
     if dali not in (None, 'cpu', 'gpu'):

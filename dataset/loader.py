@@ -10,6 +10,8 @@ from typing import Dict, Iterable, Iterator, Protocol, Tuple, runtime_checkable
 
 import torch
 
+from helper.errors import UserError
+
 Batch = Dict[str, torch.Tensor]
 
 
@@ -50,6 +52,16 @@ class Loader(Protocol):
     def __iter__(self) -> Iterator[Batch]: ...
 
     def unaugmented(self) -> Iterable[Batch]: ...
+
+
+def check_batch_and_rank(batch_size, rank: int, world_size: int) -> None:
+    """A ``UserError`` unless ``batch_size`` is a positive integer and ``rank`` one of
+    ``0..world_size-1``: the arguments every ``build_*loaders`` takes."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise UserError(f"--batch_size must be a positive integer, got {batch_size!r}")
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise UserError(f"rank {rank} is not in 0..world_size-1 with world_size {world_size}; "
+                        f"check --rank and --world-size")
 
 
 def shard(n: int, rank: int, world_size: int, *, pad: bool,

@@ -16,7 +16,6 @@ way (pad with zeros, random crop back, no flip), as used for the teacher of Hint
 """
 import gzip
 import os
-import shutil
 import struct
 import zlib
 from pathlib import Path
@@ -25,6 +24,8 @@ import numpy as np
 import torch
 
 from helper.errors import UserError
+
+from .torchvision_download import download_missing, one_line
 
 NORMALIZATION = {
     'mnist': ((0.1307,), (0.3081,)),
@@ -47,11 +48,6 @@ _SPECS = {
 }
 
 
-def _one_line(exc: BaseException) -> str:
-    text = ' '.join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 def _no_access(path, exc: OSError) -> UserError:
     """Permission denied on ``path`` or one of the folders above it: name the first one that
     this user cannot read, and the fix."""
@@ -62,7 +58,7 @@ def _no_access(path, exc: OSError) -> UserError:
             blocked = step
             break
     kind, chmod = ('folder', 'chmod -R u+rX') if blocked.is_dir() else ('file', 'chmod u+r')
-    return UserError(f"cannot read the {kind} {blocked} ({_one_line(exc)}); give this user "
+    return UserError(f"cannot read the {kind} {blocked} ({one_line(exc)}); give this user "
                      f"access ({chmod} {blocked}, or ask its owner) or pass another --data_folder")
 
 
@@ -90,7 +86,7 @@ def read_idx(path, ndim: int) -> np.ndarray:
     except PermissionError as e:
         raise _no_access(path, e) from None
     except (OSError, EOFError, zlib.error) as e:
-        raise _bad(path, f"cannot be read ({_one_line(e)})") from None
+        raise _bad(path, f"cannot be read ({one_line(e)})") from None
     header = 4 + 4 * ndim
     if len(data) < header:
         raise _bad(path, f"is only {len(data)} bytes long")
@@ -119,13 +115,6 @@ def _complete(folder: Path):
     return paths if all(paths.values()) else None
 
 
-def _download(name: str, root: Path) -> None:
-    import torchvision.datasets
-    cls = getattr(torchvision.datasets, _SPECS[name]['tv_class'])
-    cls(root=str(root), train=True, download=True)
-    cls(root=str(root), train=False, download=True)
-
-
 def _locate(name: str, root: Path, download: bool):
     spec = _SPECS[name]
     folder = root / spec['folder'] / 'raw'
@@ -142,23 +131,11 @@ def _locate(name: str, root: Path, download: bool):
         hint = "; download it, apt-get install dataset-fashion-mnist, or pass --data_folder"
     else:
         hint = "; download it or pass --data_folder"
-    if not download:
-        raise UserError(f"{spec['title']} not found in {folder}{also} ({expected}){hint}")
-    existed = root.exists()
-    try:
-        _download(name, root)
-        reason = None
-    except Exception as e:  # offline, permission, corrupt archive, ...
-        reason = _one_line(e)
-        if not existed:  # leave nothing half-downloaded behind in a folder we created
-            shutil.rmtree(root, ignore_errors=True)
-    paths = _complete(folder)
-    if reason is None and not paths:
-        reason = 'files still missing after it'
-    if reason is not None:
-        raise UserError(f"{spec['title']} not found in {folder}{also} ({expected}) and the "
-                        f"download failed: {reason}{hint}")
-    return paths
+    download_missing(spec['tv_class'], root, download, title=spec['title'],
+                     where=f"{folder}{also}", expected=expected, hint=hint,
+                     still_missing=lambda: None if _complete(folder) else
+                     'files still missing after it')
+    return _complete(folder)
 
 
 def load_mnist(name: str, data_folder, download: bool = True):

@@ -6,7 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from helper.errors import UserError
-from models.base import FeatureModel
+from models.base import FeatureModel, evaluating
 
 from .base import Distiller, Reads, Weights
 from .common import model_name
@@ -168,16 +168,11 @@ class CATKD(Distiller):
     def _check_pooled_map(self, model, who):
         """One dummy pass: the kept map's spatial mean must be the pooled feature the
         classifier takes; its channel count."""
-        was_training = model.training
-        model.eval()
-        try:
+        with evaluating(model):
             device = next(model.parameters()).device
             x = torch.randn(2, *model.input_size, generator=torch.Generator().manual_seed(0))
-            with torch.no_grad():
-                feats, _ = model(x.to(device), is_feat=True)
+            feats, _ = model(x.to(device), is_feat=True)
             kept = self.maps[who].take()
-        finally:
-            model.train(was_training)
         if kept is None or kept.dim() != 4 or not torch.allclose(
                 kept.mean((2, 3)), feats[-1].flatten(1), rtol=1e-4, atol=1e-5):
             raise UserError(f"--distill {self.name}: the global pooling of {model_name(model)} "

@@ -6,6 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from helper.errors import UserError
+from models.base import dummy_input, evaluating
 
 from .base import Distiller, Stage, Weights
 from .common import model_name
@@ -129,14 +130,10 @@ class FitNet(Distiller):
             return self.trainable_parameters()
         # the student parameters that the hint map depends on, found by one dummy pass
         params = [p for p in self.student.parameters() if p.requires_grad]
-        was_training = self.student.training
-        self.student.eval()
-        try:
-            x = torch.zeros(2, *self.student.input_size, device=params[0].device)
+        with evaluating(self.student, grad=True):
+            x = dummy_input(self.student, self.student.input_size, device=params[0].device)
             feats, _ = self.student(x, is_feat=True, preact=self.preact)
             grads = torch.autograd.grad(feats[self.hint_layer].sum(), params, allow_unused=True)
-        finally:
-            self.student.train(was_training)
         used = [p for p, g in zip(params, grads) if g is not None]
         return used + list(self.regressor.parameters())
 

@@ -28,6 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from helper.errors import UserError
 from helper.files import load_file
+from models.base import dummy_pass
 
 LARGE_BATCH = 64
 WARMUP = 3
@@ -46,9 +47,8 @@ def count_parameters(model):
 
 def count_macs(model, input_size):
     """Multiply-accumulates of one forward of a single image of ``input_size`` (C, H, W)."""
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(torch.zeros(1, *input_size))
+    with FlopCounterMode(display=False) as counter:
+        dummy_pass(model, input_size, batch=1)
     return counter.get_total_flops() // 2
 
 

@@ -43,6 +43,7 @@ import torch.nn as nn
 from helper.argtypes import OneLineParser, positive
 from helper.errors import UserError
 from helper.files import atomic_write, load_file
+from models.base import dummy_input, evaluating, fit_to_data
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 DEFAULT_OPSET = 17
@@ -113,7 +114,6 @@ def load_deployable(path, checkpoint, dataset, num_classes, input_size=None):
     """The checkpoint's model as ``--evaluate`` loads it, in eval mode on the CPU, wrapped as a
     ``Deployable``; ``input_size`` (C, H, W): the data's, checked with one sample."""
     from helper.evaluate import load_for_evaluation
-    from models.base import fit_to_data
     model, _ = load_for_evaluation(path, num_classes, checkpoint=checkpoint, dataset=dataset)
     model = model.cpu().float().eval()
     if input_size is not None:
@@ -172,8 +172,8 @@ def export_torchscript(module, input_size):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            with torch.no_grad():
-                traced = torch.jit.trace(module, (torch.zeros(2, *input_size),),
+            with evaluating(module):
+                traced = torch.jit.trace(module, (dummy_input(module, input_size),),
                                          check_trace=False)
             torch.jit.save(traced, buffer)
         except RuntimeError as e:

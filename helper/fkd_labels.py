@@ -57,7 +57,6 @@ which a KL term cannot take).
 import hashlib
 import os
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -176,9 +175,7 @@ class SoftLabelStore:
         return folder_store.done(self.folder).reshape(self.epochs, self.chunks)
 
     def mark_done(self, epoch: int, chunk: int):
-        for array in self._arrays().values():
-            array.flush()
-        folder_store.mark_done(self.folder, epoch * self.chunks + chunk)
+        folder_store.mark_done(self.folder, epoch * self.chunks + chunk, self._arrays().values())
 
     def write(self, epoch, index, boxes, flips, logits):
         """Image ``index``'s (B,) crops of ``epoch`` (B,) and the teacher's logits (B, K, C)."""
@@ -217,11 +214,8 @@ def open_for_build(folder, wanted: dict) -> SoftLabelStore:
     folder = Path(folder)
     if (folder / "manifest.json").is_file():
         found = read_manifest(folder)
-        key = folder_store.mismatch(found, wanted, ignore=("teacher_file",))
-        if key:
-            raise UserError(f"--out {folder} holds another store ({key}: {found.get(key)!r}, "
-                            f"this build: {wanted.get(key)!r}); give another folder, or delete "
-                            "it to rebuild")
+        folder_store.refuse_other(found, wanted, label=f"--out {folder}", what="store",
+                                  this="this build", ignore=("teacher_file",))
         return SoftLabelStore(folder, found)
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise UserError(f"--out {folder} exists and holds no store; give a new or empty folder")
@@ -252,9 +246,10 @@ def build(store: SoftLabelStore, teacher, folder, *, device, mean, std, batch_si
     log(f"fkd labels: {len(keys):,} image-epochs to compute ({store.epochs} epochs x "
         f"{store.size:,} images, {store.crops} crops each; {int(done.sum())} of "
         f"{done.size} chunks done before) into {store.folder}")
-    start = last = time.perf_counter()
     count = 0
-    try:
+    with folder_store.building(len(keys), log, lambda: (
+            f"fkd labels: interrupted with {int((store.done() == 0).sum())} of {done.size} "
+            "chunks left; run the same command again to continue")) as progress:
         for crops_u8, boxes, flips, _, index, epoch in loader:
             b, k = crops_u8.shape[:2]
             x = normalize(crops_u8.flatten(0, 1).to(device), mean, std)
@@ -267,17 +262,11 @@ def build(store: SoftLabelStore, teacher, folder, *, device, mean, std, batch_si
                 left[(e, c)] -= 1
                 if not left[(e, c)]:
                     store.mark_done(e, c)
-            now = time.perf_counter()
-            if now - last > 10 or count == len(keys):
-                last, spent = now, now - start
-                log(f"fkd labels: {count:,}/{len(keys):,} image-epochs, {spent:.0f}s, "
-                    f"{count / spent:.1f} images/s ({count * k / spent:.1f} crops/s), about "
-                    f"{spent / count * (len(keys) - count):.0f}s left")
-    except KeyboardInterrupt:
-        missing = int((store.done() == 0).sum())
-        raise KeyboardInterrupt(f"fkd labels: interrupted with {missing} of {done.size} chunks "
-                                "left; run the same command again to continue") from None
-    return count, time.perf_counter() - start
+            progress.step(count, lambda spent, rest: (
+                f"fkd labels: {count:,}/{len(keys):,} image-epochs, {spent:.0f}s, "
+                f"{count / spent:.1f} images/s ({count * k / spent:.1f} crops/s), about "
+                f"{rest:.0f}s left"))
+    return count, progress.spent()
 
 
 # ---- training runs --------------------------------------------------------------------------

@@ -50,7 +50,6 @@ ignore ``--teacher_cache`` with one line and run the teacher on the fly. Only ``
 standard`` (the crop and flip above) can be cached.
 """
 import hashlib
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -63,6 +62,7 @@ from dataset.tensor_loader import RandomCropFlip, TensorLoader, crop_flip, norma
 from helper import store
 from helper.errors import UserError
 from helper.option_groups import OptionGroup, option, require
+from models.base import evaluating
 
 FORMAT = 2  # 2: "outputs" and "pooled_dim"; 1 (logits only) is read as outputs ["logits"]
 KIND = "teacher_cache"
@@ -199,7 +199,8 @@ class TeacherCache:
         store.create(self.folder, layout, self.shape[0], self.manifest)
 
     def mark_done(self, view: int):
-        store.mark_done(self.folder, view)
+        """Flush the arrays, then mark ``view`` built."""
+        store.mark_done(self.folder, view, self.arrays.values())
 
     def open(self, mode="r"):
         self.arrays = {name: np.memmap(self.path(name), dtype=self.dtype, mode=mode, shape=shape)
@@ -217,10 +218,6 @@ class TeacherCache:
                                 "--teacher_cache_dtype float32, or check the teacher")
             self.arrays[name][view, lo:lo + len(rows)] = rows
 
-    def flush(self):
-        for array in self.arrays.values():
-            array.flush()
-
     def lookup(self, index: torch.Tensor, views: torch.Tensor, name="logits") -> torch.Tensor:
         rows = self.arrays[name][views.numpy(), index.numpy()]
         return torch.from_numpy(np.asarray(rows, dtype=np.float32))
@@ -235,11 +232,8 @@ def open_cache(folder, wanted: dict, rank: int = 0) -> TeacherCache:
                                 "delete the folder to rebuild the cache")
     if found is not None:
         found = upgraded(found)
-        key = store.mismatch(found, wanted, ignore=INFORMATIONAL + HELD)
-        if key:
-            raise UserError(f"--teacher_cache {folder} holds another cache ({key}: "
-                            f"{found.get(key)!r}, this run: {wanted.get(key)!r}); give another "
-                            "folder, or delete it to rebuild")
+        store.refuse_other(found, wanted, label=f"--teacher_cache {folder}", what="cache",
+                           this="this run", ignore=INFORMATIONAL + HELD)
         held = found.get("outputs", [])
         missing = [o for o in wanted["outputs"] if o not in held]
         if missing:
@@ -272,13 +266,12 @@ def build(cache: TeacherCache, teacher, loader: TensorLoader, *, rank=0, world_s
     cache.open("r+")
     transform, device, n = loader.transform, loader.device, loader.dataset_size
     batch_size = batch_size or BUILD_BATCH.get(device.type, 64)
-    start = last = time.perf_counter()
-    finished = int(cache.done().sum())
     log(f"teacher cache: computing {len(todo)} of {cache.shape[0]} views of {n:,} images "
-        f"into {cache.folder} ({finished} done before)")
-    was_training = teacher.training
-    teacher.eval()
-    try:
+        f"into {cache.folder} ({int(cache.done().sum())} done before)")
+    with store.building(len(todo), log, lambda: (
+            f"teacher cache: interrupted with {int(cache.done().sum())} of {cache.shape[0]} "
+            "views done; run the same command again to continue")) as progress, \
+            evaluating(teacher):
         for k, view in enumerate(todo):
             params = None if transform is None else view_params(transform, view).to(device)
             for lo in range(0, n, batch_size):
@@ -286,25 +279,14 @@ def build(cache: TeacherCache, teacher, loader: TensorLoader, *, rank=0, world_s
                 images = loader.images[idx].to(device)
                 if params is not None:
                     images = crop_flip(images, transform.padding, params.expand(len(idx), 3))
-                with torch.no_grad():
-                    values = teacher_outputs(teacher, normalize(images, loader.mean, loader.std),
-                                             cache.outputs)
+                values = teacher_outputs(teacher, normalize(images, loader.mean, loader.std),
+                                         cache.outputs)
                 cache.write(view, lo, values)
-            cache.flush()
             cache.mark_done(view)
-            now = time.perf_counter()
-            if now - last > 10 or k == len(todo) - 1:
-                last, spent = now, now - start
-                left = spent / (k + 1) * (len(todo) - k - 1)
-                log(f"teacher cache: {k + 1}/{len(todo)} views, {spent:.0f}s, "
-                    f"{1000 * spent / ((k + 1) * n):.3f} ms per image-view, about {left:.0f}s left")
-    except KeyboardInterrupt:
-        raise KeyboardInterrupt(f"teacher cache: interrupted with {int(cache.done().sum())} of "
-                                f"{cache.shape[0]} views done; run the same command again to "
-                                "continue") from None
-    finally:
-        teacher.train(was_training)
-    return time.perf_counter() - start
+            progress.step(k + 1, lambda spent, left: (
+                f"teacher cache: {k + 1}/{len(todo)} views, {spent:.0f}s, "
+                f"{1000 * spent / ((k + 1) * n):.3f} ms per image-view, about {left:.0f}s left"))
+    return progress.spent()
 
 
 def teacher_outputs(teacher, x, outputs) -> dict:

@@ -47,6 +47,7 @@ from torch.overrides import TorchFunctionMode
 
 from helper.errors import UserError
 from helper.option_groups import OptionGroup, option
+from models.base import fit_to_data
 
 MODES = ("auto", "eager", "fold", "fold_cl")
 TOLERANCE = 1e-4  # relative to the largest magnitude of the eager output (the issue's bound)
@@ -329,6 +330,17 @@ def wrap_teacher(teacher: nn.Module, mode: str, input_size, device, compile: boo
     if log is not None:
         log(f"teacher forward: {what}{', compiled' if compile else ''}")
     return fast
+
+
+def prepare_teacher(model: nn.Module, input_size, device, mode: str = "auto",
+                    compile: bool = False, log=None) -> nn.Module:
+    """A loaded teacher as a run uses it: on ``device``, checked with one sample of the data's
+    ``input_size`` (C, H, W) and made to take it (``models.base.fit_to_data``; a teacher that
+    cannot is one line), then run as ``--teacher_forward mode`` and ``--teacher_compile``
+    (``wrap_teacher``). train_student.py prepares each ``--path_t`` so, scripts/benchmark.py its
+    teachers; several are then queried together by ``models.teachers.ensemble_of``."""
+    fit_to_data(model.to(device), input_size, "teacher")
+    return wrap_teacher(model, mode, input_size, device, compile, log=log)
 
 
 # --teacher_train: the spellings of the per-method switches it replaced are aliases of it

@@ -1,4 +1,5 @@
 """The model contract shared by every architecture (see DESIGN.md, "Model")."""
+from contextlib import contextmanager, nullcontext
 from typing import List
 
 import torch
@@ -40,35 +41,55 @@ class FeatureModel(nn.Module):
         """The modules that compute the features, in order (RepDistiller's API)."""
         raise NotImplementedError
 
-    @torch.no_grad()
     def feature_shapes(self, preact: bool = False):
         """Shapes (without batch) of ``feats`` for one input of ``input_size``."""
-        was_training = self.training
-        self.eval()
-        try:
-            device = next(self.parameters()).device
-            x = torch.zeros(2, *self.input_size, device=device)
-            feats, _ = self(x, is_feat=True, preact=preact)
-        finally:
-            self.train(was_training)
+        feats, _ = dummy_pass(self, batch=2, is_feat=True, preact=preact)
         return [tuple(f.shape[1:]) for f in feats]
+
+
+# ---- dummy passes ---------------------------------------------------------------------------
+@contextmanager
+def evaluating(model: nn.Module, grad: bool = False):
+    """``model`` in eval mode, and without a graph unless ``grad``, for the body: a pass that
+    probes shapes or sizes (or runs a frozen teacher over data) then changes nothing. Every
+    module's own train/eval mode is restored afterwards (also a mix, such as a frozen part kept
+    in eval), and in eval mode BatchNorm normalises with its running statistics and leaves them
+    (and its batch count) untouched."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with nullcontext() if grad else torch.no_grad():
+            yield model
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+def dummy_input(model: nn.Module, input_size, batch: int = 2, device=None) -> torch.Tensor:
+    """Zeros of shape ``(batch, *input_size)`` on ``device`` (default: that of the model's
+    first parameter)."""
+    if device is None:
+        device = next(model.parameters()).device
+    return torch.zeros(batch, *input_size, device=device)
+
+
+def dummy_pass(model: nn.Module, input_size=None, batch: int = 2, **kwargs):
+    """``model(zeros, **kwargs)`` on a batch of ``batch`` zeros of ``input_size`` (default: the
+    model's own), in eval mode without a graph (``evaluating``); its output."""
+    x = dummy_input(model, model.input_size if input_size is None else input_size, batch)
+    with evaluating(model):
+        return model(x, **kwargs)
 
 
 def fit_to_data(model: nn.Module, input_size, what: str = "model"):
     """Check with one dummy sample that ``model`` takes inputs of ``input_size`` (C, H, W),
     and make that its ``input_size``, so that methods size their extras for the real data."""
-    was_training = model.training
-    model.eval()
     try:
-        device = next(model.parameters()).device
-        with torch.no_grad():
-            model(torch.zeros(1, *input_size, device=device))
+        dummy_pass(model, input_size, batch=1)
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0]
         raise UserError(f"{what} {getattr(model, 'model_name', type(model).__name__)} cannot take "
                         f"this data set's {'x'.join(map(str, input_size))} inputs ({first}); "
                         "choose a model made for this data set") from e
-    finally:
-        model.train(was_training)
     model.input_size = tuple(input_size)
     return model

@@ -48,7 +48,7 @@ import torch.nn as nn
 
 from helper.errors import UserError
 
-from .base import FeatureModel
+from .base import FeatureModel, dummy_input, evaluating
 
 PREACT_METHODS = "--distill ab, mgd and reviewkd"
 
@@ -362,14 +362,8 @@ class TorchvisionModel(_Adapter):
         with self._plain():
             _, names = get_graph_node_names(self, suppress_diff_warning=True)
         probe = self._trace(names)
-        was_training = self.training
-        self.eval()
-        try:
-            device = next(self.parameters()).device
-            with torch.no_grad():
-                out = probe(torch.zeros(1, *self.PROBE_SIZE, device=device))
-        finally:
-            self.train(was_training)
+        with evaluating(self):
+            out = probe(dummy_input(self, self.PROBE_SIZE, batch=1))
         ends = {}  # the last node of each module at depth 1 or 2 ('layer1', 'features.3')
         for node in names:
             parts = node.split(".")

@@ -99,14 +99,14 @@ from dataset.batch_keys import add_batch_keys  # noqa: E402
 from distillers import distiller_classes, get_distiller  # noqa: E402
 from helper import teacher_cache  # noqa: E402
 from helper.errors import UserError  # noqa: E402
-from helper.teacher_forward import MODES as TEACHER_FORWARD_MODES, wrap_teacher  # noqa: E402
+from helper.teacher_forward import MODES as TEACHER_FORWARD_MODES, prepare_teacher  # noqa: E402
 from helper.loop import NonFiniteLoss, train_one_epoch  # noqa: E402
 from helper.options import parse_student_args  # noqa: E402
 from helper.precision import (MEMORY_FORMATS, Precision, compile_models, make_sgd,  # noqa: E402
                               use_channels_last)
 from helper.trainer import count_parameters, stage_optimizer  # noqa: E402
 from models import create_model, model_names  # noqa: E402
-from models.teachers import TeacherEnsemble  # noqa: E402
+from models.teachers import ensemble_of  # noqa: E402
 
 FLOOR = "floor"
 FLOOR_FAST = "floor_fast"  # the floor with the optimised teacher
@@ -256,7 +256,7 @@ def build(method, opts, device):
     if not config.method.requires_teacher():
         teacher = None
     elif config.method.min_teachers() > 1:  # copies of the teacher stand for several
-        teacher = TeacherEnsemble([teacher] + [
+        teacher = ensemble_of([teacher] + [
             fast_teacher(create_model(opts.teacher, num_classes=NUM_CLASSES), opts, device)
             for _ in range(config.method.min_teachers() - 1)])
     model = config.method.build(student, teacher, config.run_info).to(device)
@@ -276,11 +276,10 @@ def build(method, opts, device):
 
 
 def fast_teacher(teacher, opts, device, floor=False):
-    """The teacher as ``--teacher_forward`` (and ``--teacher_compile``) run it
-    (``floor_fast``: ``auto`` for ``eager``)."""
+    """The teacher as train_student.py prepares it for ``--teacher_forward`` (and
+    ``--teacher_compile``) (``floor_fast``: ``auto`` for ``eager``)."""
     mode = opts.teacher_forward if not (floor and opts.teacher_forward == "eager") else "auto"
-    return wrap_teacher(teacher.to(device), mode, INPUT_SIZE, device,
-                        compile=opts.teacher_compile)
+    return prepare_teacher(teacher, INPUT_SIZE, device, mode, compile=opts.teacher_compile)
 
 
 # ---- the teacher cache ----------------------------------------------------------------------

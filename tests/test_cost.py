@@ -22,6 +22,18 @@ def test_macs_of_a_convolution_count_every_output_once():
     assert cost.count_macs(conv, (3, 8, 8)) == 8 * 8 * 8 * (3 * 3 * 3)  # BN and ReLU: none
 
 
+def test_macs_count_leaves_a_model_in_training_mode_as_it_was():
+    """The count's pass is models.base.dummy_pass: eval mode, the mode and the BatchNorm
+    statistics of a model passed in training mode are left as they were."""
+    conv = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()).train()
+    bn = conv[1]
+    before = [t.clone() for t in (bn.running_mean, bn.running_var, bn.num_batches_tracked)]
+    assert cost.count_macs(conv, (3, 8, 8)) == 8 * 8 * 8 * (3 * 3 * 3)
+    assert conv.training and bn.training
+    assert all(torch.equal(a, b) for a, b in zip(before, (bn.running_mean, bn.running_var,
+                                                          bn.num_batches_tracked)))
+
+
 def test_median_takes_warmup_then_at_least_the_minimum_of_repeats(monkeypatch):
     monkeypatch.setattr(cost, "BUDGET_S", 0.0)
     calls = []

@@ -549,6 +549,60 @@ def test_download_is_verified(tmp_path, monkeypatch):
     assert str(tmp_path / 'bad' / 'cifar-100-python' / 'test') in str(e.value)
 
 
+@pytest.mark.parametrize('name,title,make,folder,missing,hint', [
+    ('cifar100', 'CIFAR-100', make_cifar100, 'cifar-100-python', 'train, test, meta',
+     '; download it or pass --data_folder'),
+    ('mnist', 'MNIST', make_mnist, 'MNIST/raw', 'files', '; download it or pass --data_folder'),
+    ('fashion_mnist', 'Fashion-MNIST', lambda root: make_mnist(root, folder='FashionMNIST'),
+     'FashionMNIST/raw', 'files',
+     '; download it, apt-get install dataset-fashion-mnist, or pass --data_folder'),
+])
+def test_one_torchvision_download_for_every_layout(tmp_path, monkeypatch, name, title, make,
+                                                   folder, missing, hint):
+    """dataset/torchvision_download.py serves CIFAR and MNIST alike, each with its own hint:
+    no download when refused, the train and test splits when allowed, what is still missing
+    after a download that wrote nothing, and the user's own folder kept when it fails."""
+    import torchvision.datasets
+    monkeypatch.setitem(mnist._SPECS['fashion_mnist'], 'system', [])  # ignore the apt package
+    calls = []
+
+    def fake(writes=True, fails=False):
+        def cls(root, train, download):
+            calls.append((train, download))
+            if fails:
+                raise OSError('disk full')
+            if writes:
+                make(Path(root))
+        return cls
+
+    tv_class = title.replace('-', '')
+    root = tmp_path / 'data'
+    monkeypatch.setattr(torchvision.datasets, tv_class, fake())
+    with pytest.raises(UserError) as e:
+        dataset.load_arrays(name, root, download=False)
+    msg = str(e.value)
+    assert msg.startswith(f"{title} not found in {root / folder}") and msg.endswith(f"){hint}")
+    assert 'download failed' not in msg and not calls and not root.exists()
+
+    x, _, tx, _, _ = dataset.load_arrays(name, root)
+    assert calls == [(True, True), (False, True)] and len(x) and len(tx)
+
+    calls.clear()
+    monkeypatch.setattr(torchvision.datasets, tv_class, fake(writes=False))
+    with pytest.raises(UserError) as e:
+        dataset.load_arrays(name, tmp_path / 'empty')
+    assert str(e.value).endswith(f"the download failed: {missing} still missing after it{hint}")
+    assert len(calls) == 2
+
+    mine = tmp_path / 'mine'
+    mine.mkdir()
+    monkeypatch.setattr(torchvision.datasets, tv_class, fake(fails=True))
+    with pytest.raises(UserError) as e:
+        dataset.load_arrays(name, mine)
+    assert str(e.value).endswith(f"the download failed: OSError: disk full{hint}")
+    assert mine.is_dir()  # the user's folder is left alone
+
+
 @pytest.mark.parametrize('damage', ['magic', 'truncated', 'gzip'])
 def test_corrupt_idx_file_names_it(tmp_path, no_download, damage):
     make_mnist(tmp_path, compress=(damage == 'gzip'))

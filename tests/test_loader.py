@@ -65,6 +65,30 @@ def _indices(batches):
     return torch.cat([b["index"] for b in batches]).tolist()
 
 
+@pytest.mark.parametrize("build", ["build_loaders", "build_folder_loaders"])
+@pytest.mark.parametrize("batch_size,rank,world_size,message", [
+    (0, 0, 1, "--batch_size must be a positive integer, got 0"),
+    (True, 0, 1, "--batch_size must be a positive integer, got True"),
+    (8.0, 0, 1, "--batch_size must be a positive integer, got 8.0"),
+    (8, 2, 2, "rank 2 is not in 0..world_size-1 with world_size 2; check --rank and "
+              "--world-size"),
+    (8, -1, 2, "rank -1 is not in 0..world_size-1 with world_size 2"),
+    (8, 0, 0, "rank 0 is not in 0..world_size-1 with world_size 0"),
+])
+def test_batch_size_and_rank_are_checked_alike(tmp_path, build, batch_size, rank, world_size,
+                                               message):
+    """The in-memory and the folder data sets refuse a bad batch size or rank in the same
+    words (dataset.loader.check_batch_and_rank), before any data is read."""
+    import dataset
+    from helper.errors import UserError
+    name = "cifar100" if build == "build_loaders" else "folder"
+    with pytest.raises(UserError) as e:
+        getattr(dataset, build)(name, tmp_path / "nothing", batch_size, "cpu", rank=rank,
+                                world_size=world_size)
+    assert str(e.value).startswith(message)
+    assert not (tmp_path / "nothing").exists()
+
+
 def test_tensor_loader_unaugmented_every_sample_once_in_order():
     loader, images = _tensor_loader()
     assert isinstance(loader, Loader)

@@ -227,3 +227,41 @@ def test_mlp_dropout():
         feats, _ = teacher.eval()(x, is_feat=True)
     torch.testing.assert_close(feats[-1], feats[-2])  # pooled == hidden2 in eval mode
     assert _build('mlp_1200', 10)(x).shape == (4, 10)
+
+
+def test_dummy_passes_restore_every_mode_and_leave_bn_statistics():
+    """models.base.evaluating / dummy_pass (feature_shapes, fit_to_data, the sources' probe,
+    CAT-KD's and FitNets' probes, the teacher cache's build, the MAC count): eval mode without
+    a graph for the pass; afterwards every module's own mode is back (a frozen BN kept in eval
+    among training ones too) and no BatchNorm statistic has moved."""
+    from models.base import dummy_input, dummy_pass, evaluating, fit_to_data
+    model = create_model("resnet8", 10).train()
+    frozen = model.bn1
+    frozen.eval()
+    modes = {name: m.training for name, m in model.named_modules()}
+    assert not all(modes.values()) and any(modes.values())
+    stats = {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "batches" in k}
+
+    def unchanged():
+        assert {name: m.training for name, m in model.named_modules()} == modes
+        now = model.state_dict()
+        assert all(torch.equal(now[k], v) for k, v in stats.items())
+
+    logits = dummy_pass(model, batch=3)
+    assert logits.shape == (3, 10) and not logits.requires_grad
+    unchanged()
+    assert model.feature_shapes() == [(16, 32, 32), (16, 32, 32), (32, 16, 16), (64, 8, 8), (64,)]
+    unchanged()
+    assert fit_to_data(model, (3, 32, 32), "student") is model
+    unchanged()
+    with evaluating(model, grad=True):
+        assert not model.training and not frozen.training
+        out = model(dummy_input(model, (3, 32, 32)))
+        assert out.requires_grad and out.shape == (2, 10)
+    unchanged()
+    with pytest.raises(RuntimeError), evaluating(model):
+        model(torch.zeros(2, 3, 7))  # a failing pass restores the modes as well
+    unchanged()
+    with pytest.raises(Exception, match="cannot take this data set's 1x28x28 inputs"):
+        fit_to_data(model, (1, 28, 28), "student")
+    unchanged()

@@ -156,6 +156,25 @@ def test_interrupted_build_continues_where_it_stopped(tmp_path, data, teacher_fi
     assert np.array_equal(np.array(cache.open("r").data), np.array(straight.data))
 
 
+def test_build_progress_every_ten_seconds_and_one_line_on_ctrl_c(monkeypatch):
+    """helper.store.building, the clock of both builds (this cache's and FKD's soft labels'):
+    a progress line when ten seconds have passed since the last one and at the last piece;
+    Ctrl-C becomes the build's own message, without the traceback of where it struck."""
+    from helper import store
+    now = [100.0]
+    monkeypatch.setattr(store, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+    lines = []
+    with store.building(4, lines.append, lambda: "unused") as progress:
+        for done, t in zip(range(1, 5), (105.0, 111.0, 115.0, 116.0)):
+            now[0] = t
+            progress.step(done, lambda spent, left: f"{done}: {spent:.0f}s, {left:.0f}s left")
+    assert lines == ["2: 11s, 11s left", "4: 16s, 0s left"] and progress.spent() == 16.0
+    with pytest.raises(KeyboardInterrupt, match="^3 of 4 kept; run it again$") as e:
+        with store.building(4, lines.append, lambda: "3 of 4 kept; run it again"):
+            raise KeyboardInterrupt
+    assert e.value.__cause__ is None and e.value.__suppress_context__
+
+
 def test_ranks_share_one_build(tmp_path, data, teacher_file):
     loader = loader_of(data)
     manifest = tc.manifest_for(loader, teacher_file=teacher_file, dataset="cifar100",

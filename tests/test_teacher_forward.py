@@ -7,8 +7,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from helper.errors import UserError
 from helper.teacher_forward import (TOLERANCE, FastTeacher, conv_bn_pairs, fold_conv_bn,
-                                    max_relative_error, wrap_teacher)
+                                    max_relative_error, prepare_teacher, wrap_teacher)
 from helper.precision import has_cpu_compiler
 from helpers import assert_gradients, build, run_student
 from models import create_model
@@ -191,6 +192,20 @@ def test_distiller_gradients_reach_student_not_teacher():
 def test_eager_mode_is_the_teacher_itself():
     model = calibrated("resnet8")
     assert wrap_teacher(model, "eager", (3, 32, 32), "cpu") is model
+
+
+def test_prepare_teacher_fits_then_wraps_as_a_run_does():
+    """prepare_teacher (train_student.py's teachers, scripts/benchmark.py's): the teacher takes
+    the data's input size, or is refused in one line; then it runs as --teacher_forward says."""
+    lines = []
+    teacher = prepare_teacher(calibrated("resnet8"), (3, 32, 32), "cpu", "auto", log=lines.append)
+    assert isinstance(teacher, FastTeacher) and teacher.input_size == (3, 32, 32)
+    assert not teacher.training and len(lines) == 1 and lines[0].startswith("teacher forward: ")
+    model = calibrated("resnet8")
+    assert prepare_teacher(model, (3, 32, 32), "cpu", "eager") is model
+    mlp = create_model("mlp_800", 10)
+    with pytest.raises(UserError, match=r"^teacher mlp_800 cannot take this data set's 3x32x32"):
+        prepare_teacher(mlp, (3, 32, 32), "cpu")
 
 
 def test_one_epoch_folded_and_eager(cifar100_tiny, tmp_path, teacher_ckpt, capsys):
