@@ -87,7 +87,23 @@ def _method_block(cls) -> str:
     options = _options_text(cls.Options)
     return "\n".join([f"{head}: {ref.label}" + (f", {ref.paper}" if ref.paper else ""),
                       f"  code: {ref.code or '-'}",
-                      f"  defaults: -c/-d/-b {weights_text(cls)}" + (f"; {options}" if options else "")])
+                      f"  defaults: -c/-d/-b {weights_text(cls)}" + (f"; {options}" if options else ""),
+                      f"  reads: {reads_text(cls)}"])
+
+
+def reads_text(cls) -> str:
+    """What the method reads of the networks (``Reads``), and what that allows."""
+    r = cls.reads
+    where = {"none": "nothing", "logits": "logits", "pooled": "pooled feature",
+             "maps": "stage maps" + (" before the ReLU" if r.preact else "")}
+    text = f"teacher {where[r.teacher]}" + (f" (and {r.teacher_beyond})" if r.teacher_beyond
+                                            else "") + f", student {where[r.student]}"
+    served = ["--teacher_cache"] if cls.cacheable else []
+    if cls.cacheable == "logits":
+        served.append("--fkd")
+    if r.teacher != "none" and cls.accepts_ensemble(cls.Options()):
+        served.append("several --path_t")
+    return text + (f"; {', '.join(served)}" if served else "")
 
 
 def _options_text(options_cls) -> str:

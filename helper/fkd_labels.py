@@ -10,7 +10,7 @@ Build (one process, on CUDA when present)::
         --epochs 75 --crops 4 --topk 5 --out DIR [--seed S --batch_size B --num_workers W
         --input_size 224 --dtype float16 --chunk 2048]
 
-Train (any method that reads only the teacher's logits, ``cacheable = "logits"``: kd, dkd,
+Train (any method that reads only the teacher's logits, ``Reads("logits", ...)``: kd, dkd,
 ...; no teacher runs, ``--path_t`` is only checked against the store)::
 
     python train_student.py --fkd DIR --path_t T.pth --dataset imagenet ... --distill kd
@@ -310,6 +310,12 @@ def open_for_run(folder, path_t, dataset: str, train_folder, input_size, num_cla
     return store
 
 
+def logit_methods():
+    """The methods that read only the teacher's logits: those FKD's stored outputs serve."""
+    from distillers import distiller_classes
+    return [c.name for c in distiller_classes() if c.cacheable == "logits"]
+
+
 def attach(train_loader, config, ctx):
     """``(loader, teacher)`` of an ``--fkd`` run: the FKD loader over ``train_loader`` (a
     ``FolderLoader``) and the stand-in teacher; checks the method and the store."""
@@ -318,8 +324,8 @@ def attach(train_loader, config, ctx):
                if p.requires_teacher() and getattr(p.method, "cacheable", None) != "logits"]
     if readers:
         raise UserError(f"--fkd stores the teacher's outputs only, and --distill "
-                        f"{', '.join(readers)} reads more of the teacher; use a logit method "
-                        "(kd, dkd, ...) or drop --fkd")
+                        f"{', '.join(readers)} reads more of the teacher; use a method that "
+                        f"reads only its logits ({', '.join(logit_methods())}) or drop --fkd")
     dataset = canonical_folder_name(data.dataset)
     if dataset is None or not hasattr(train_loader, "dataset"):
         raise UserError(f"--fkd replays crops of folder data sets (imagenet, cub200, folder) "

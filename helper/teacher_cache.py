@@ -383,8 +383,9 @@ class CacheOptions(OptionGroup):
     title = "teacher cache"
     teacher_cache: Optional[str] = option(
         None, "teacher logits (and pooled feature) of every augmented view, computed once into "
-        "DIR and reused (logit methods; crd, rkd, pkt, cc, l2, pad_l2; CIFAR/MNIST, --aug "
-        "standard)", "--teacher-cache", metavar="DIR")
+        "DIR and reused (methods whose python -m distillers entry says so; CIFAR/MNIST, --aug "
+        "standard)", "--teacher-cache",
+        metavar="DIR")
     teacher_cache_dtype: str = option("float32", "storage of the cache (float16: half the size, "
                                       "values to about 5e-4 relative)", "--teacher-cache-dtype",
                                       choices=DTYPES)

@@ -9,8 +9,7 @@ from helper.checkpoint import load_teacher
 from helper.errors import UserError
 from helper.loop import validate
 from helper.teacher_cache import attach as attach_teacher_cache, file_sha256
-from helper.teacher_forward import wrap_teacher
-from models.base import fit_to_data
+from helper.teacher_forward import prepare_teacher
 from models.teachers import ensemble_of, teacher_specs
 
 
@@ -51,9 +50,9 @@ def load_teachers(config, ctx, specs, train_loader):
     teachers = []
     for path, name in specs:
         model, _ = load_teacher(path, info["num_classes"], name, dataset=config.data.dataset)
-        fit_to_data(model.to(ctx.device), info["input_size"], "teacher")
-        teachers.append(wrap_teacher(model, teacher.teacher_forward, info["input_size"],
-                                     ctx.device, teacher.teacher_compile, log=ctx.log))
+        teachers.append(prepare_teacher(model, info["input_size"], ctx.device,
+                                        teacher.teacher_forward, teacher.teacher_compile,
+                                        log=ctx.log))
     return train_loader, teachers, list(zip(teacher.paths, teachers))
 
 

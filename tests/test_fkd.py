@@ -284,8 +284,8 @@ def test_mismatched_stores_and_bad_flags_are_refused(jpegs, teacher, full, tmp_p
              ((jpegs, teacher, save, *store, "--batch_size", "7"), "not a multiple of the 2 crops")]
     for args, message in cases:
         assert message in one_line(capsys, run, *args)
-    assert "reads more of the teacher" in one_line(capsys, run, jpegs, teacher, save, *store,
-                                                   distill="at")
+    line = one_line(capsys, run, jpegs, teacher, save, *store, distill="at")
+    assert "reads more of the teacher" in line and "only its logits (dist, dkd, kd," in line
     assert not save.exists()
     for flags, message in ((("--dali", "cpu"), "drop --dali or --fkd"),
                            (("--mixup", "0.2"), "drop --mixup or --fkd"),

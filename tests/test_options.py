@@ -260,3 +260,8 @@ def test_what_a_method_reads_is_one_declaration():
         Reads(teacher="features")
     mine = type("Mine", (Distiller,), {"reads": Reads("pooled", "logits")})
     assert (mine.teacher_feats, mine.student_feats, mine.cacheable) == (True, False, "pooled")
+    # python -m distillers says it, and what it allows
+    from distillers.__main__ import listing
+    text = listing()
+    assert "reads: teacher logits, student logits; --teacher_cache, --fkd, several --path_t" in text
+    assert "reads: teacher logits (and hooks), student logits\n" in text  # catkd
