@@ -1,5 +1,6 @@
-"""A second, strongly augmented view of every training sample: the ``strong_images`` batch key
-(MLKD, Jin et al. 2023).
+"""A second, strongly augmented view of every training sample, for the ``strong_images`` batch
+key of MLKD (Jin et al. 2023), which registers ``add_strong_images`` as its provider
+(``distillers/mlkd.py``): importing this module registers nothing.
 
 The strong augmentation is the one of MLKD's code (``mdistiller/dataset/cifar100.py`` of
 ``Jin-Ying/Multi-Level-Logit-Distillation``, also in ``sunshangquan/logit-standardization-KD``):
@@ -32,7 +33,6 @@ import torchvision.transforms.v2.functional as TF
 
 from helper.errors import UserError
 
-from .batch_keys import register_batch_key
 from .loader_wrapper import LoaderWrapper
 from .tensor_loader import normalize
 
@@ -245,6 +245,6 @@ class StrongViewLoader(LoaderWrapper):
             yield batch
 
 
-@register_batch_key("strong_images")
 def add_strong_images(loader, num_ops: int = 2):
+    """A batch-key provider (``dataset/batch_keys.py``): ``loader`` with ``strong_images``."""
     return StrongViewLoader(loader, num_ops)

@@ -4,9 +4,10 @@
 keeps the README equal to it)."""
 import argparse
 import dataclasses
+import math
 
 from . import KDOptions
-from .registry import Reference, aliases_of, registration_order, switches
+from .registry import Reference, aliases_of, distiller_classes, switches
 
 HEADER = ("| method | flags | paper | reference code | defaults (-c, -d, -b; others) "
           "| extra params | notes |\n|---|---|---|---|---|---|---|")
@@ -19,6 +20,23 @@ def reference_of(cls) -> Reference:
         return ref
     first = (cls.__doc__ or "").strip().split("\n")[0]
     return Reference(label=cls.name, notes=first, extra_params="")
+
+
+def _by_row(references):
+    """``(reference, item)`` pairs ordered by the references' ``row``, then their labels."""
+    return [item for _, item in sorted(
+        references, key=lambda pair: (math.inf if pair[0].row is None else pair[0].row,
+                                      pair[0].label))]
+
+
+def table_order():
+    """Every method class once, in the table's order (their references' ``row``): never the
+    order their files happened to be imported in."""
+    return _by_row([(reference_of(cls), cls) for cls in distiller_classes()])
+
+
+def switches_in_order():
+    return _by_row([(ref, ref) for ref in switches()])
 
 
 def _value(value) -> str:
@@ -73,10 +91,10 @@ def _row(*cells) -> str:
 
 
 def markdown_table() -> str:
-    """README.md's methods table: every method in registration order, then the KD term's
+    """README.md's methods table: every method (in ``table_order``), then the KD term's
     switches."""
-    rows = [table_row(cls) for cls in registration_order()]
-    rows += [switch_row(ref) for ref in switches()]
+    rows = [table_row(cls) for cls in table_order()]
+    rows += [switch_row(ref) for ref in switches_in_order()]
     return HEADER + "\n" + "\n".join(rows) + "\n"
 
 
@@ -119,8 +137,8 @@ def listing() -> str:
     """One block per method: name (aliases), label and paper, reference code, the defaults of
     -c/-d/-b and of every option; then the KD term's switches."""
     blocks = [f"every method's KD term (-d): {_options_text(KDOptions)}"]
-    blocks += [_method_block(cls) for cls in registration_order()]
-    blocks += [_switch_block(ref) for ref in switches()]
+    blocks += [_method_block(cls) for cls in table_order()]
+    blocks += [_switch_block(ref) for ref in switches_in_order()]
     return "\n".join(blocks) + "\n"
 
 

@@ -93,6 +93,7 @@ class AB(InitStageDistiller):
 
     reference = Reference(
         label="AB",
+        row=15,
         paper="Heo et al. 2019",
         code="RepDistiller `distiller_zoo/AB.py`",
         shown=("init_epochs", "ab_margin"),

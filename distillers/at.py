@@ -61,6 +61,7 @@ class AT(Distiller):
 
     reference = Reference(
         label="AT",
+        row=4,
         paper="Zagoruyko & Komodakis 2017",
         code="SimKD `distiller_zoo/AT.py`",
         shown=("at_p",),

@@ -100,6 +100,7 @@ class CAMKD(Distiller):
 
     reference = Reference(
         label="CA-MKD",
+        row=31,
         paper="Zhang, Chen & Wang 2022 (ICASSP)",
         code="Rorozhl/CA-MKD",
         shown=("camkd_alpha", "kd_T", "camkd_skip_epochs"),

@@ -104,6 +104,7 @@ class CATKD(Distiller):
 
     reference = Reference(
         label="CAT-KD",
+        row=29,
         paper="Guo et al. 2023 (CVPR)",
         code="GzyAftermath/CAT-KD `mdistiller/distillers/CAT_KD.py`",
         shown=("catkd_resolution",),

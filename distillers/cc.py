@@ -65,6 +65,7 @@ class CC(Distiller):
 
     reference = Reference(
         label="CC",
+        row=24,
         paper="Peng et al. 2019",
         code="RepDistiller `distiller_zoo/CC.py`",
         shown=("cc_feat_dim",),

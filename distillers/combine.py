@@ -24,19 +24,29 @@ from .build import MethodConfig, label_smoothing_from
 from .kd import KDOptions, KDTerm
 from .options import MethodOptions, options_from
 from .registry import get_distiller
+from .sources import SPEC_HELP, is_source, loaded_name, split_spec
 
 SEPARATOR = "+"
 
 
 def split_methods(spec: str) -> Tuple[str, ...]:
-    """The canonical names in ``--distill a+b``; one line for an unknown or repeated one."""
+    """The canonical names in ``--distill a+b`` (parts as ``sources.split_spec`` reads them; a
+    method of the user's own by the name it was loaded under, never importing it); one line
+    for an unknown or repeated one."""
     names = []
-    for part in spec.split(SEPARATOR):
-        part = part.strip()
+    for part in split_spec(spec):
+        if is_source(part):
+            name = loaded_name(part)
+            if name is None:
+                raise UserError(f"--distill {spec}: {part} is a method of your own, loaded only "
+                                "when the command line names it (--distill, or --config FILE), "
+                                "never because a file a run wrote names it")
+            names.append(name)
+            continue
         try:
             names.append(get_distiller(part).name)
         except KeyError as e:
-            raise UserError(f"--distill {spec}: {e.args[0]}") from None
+            raise UserError(f"--distill {spec}: {e.args[0]}; or {SPEC_HELP}") from None
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise UserError(f"--distill {spec} names {', '.join(repeated)} twice; name each method once")
@@ -263,6 +273,7 @@ class Combined(Distiller):
 def configure(spec: str, namespace):
     """The configuration of ``--distill spec`` from parsed flags: one method (``MethodConfig``)
     or several joined by ``+`` (``CombinedConfig``)."""
-    if SEPARATOR in spec:
+    names = split_methods(spec)
+    if len(names) > 1:
         return CombinedConfig.from_namespace(spec, namespace)
-    return MethodConfig.from_namespace(spec, namespace)
+    return MethodConfig.from_namespace(names[0], namespace)

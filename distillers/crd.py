@@ -133,6 +133,7 @@ class CRD(Distiller):
 
     reference = Reference(
         label="CRD",
+        row=7,
         paper="Tian et al. 2020",
         code="RepDistiller `crd/criterion.py`",
         shown=("feat_dim", "nce_k", "nce_t", "nce_m", "mode"),

@@ -35,7 +35,7 @@ from .options import MethodOptions, option
 from .registry import Reference, register_switch
 
 register_switch(Reference(
-    label="CTKD", flags="`--ctkd`", paper="Li et al. 2023", code="zhengli97/CTKD",
+    row=35, label="CTKD", flags="`--ctkd`", paper="Li et al. 2023", code="zhengli97/CTKD",
     defaults="temperature 1 + 20 sigmoid(p), cosine schedule over 10 epochs", extra_params="1",
     notes="a learned temperature for the KD term (and DKD)"))
 

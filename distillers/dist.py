@@ -54,6 +54,7 @@ class DIST(Distiller):
 
     reference = Reference(
         label="DIST",
+        row=13,
         paper="Huang et al. 2022",
         code="hunto/DIST_KD `classification/`",
         shown=("dist_beta", "dist_gamma", "dist_tau"),

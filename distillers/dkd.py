@@ -63,6 +63,7 @@ class DKD(Distiller):
 
     reference = Reference(
         label="DKD",
+        row=12,
         paper="Zhao et al. 2022",
         code="mdistiller `mdistiller/distillers/DKD.py`",
         shown=("dkd_alpha", "dkd_beta", "kd_T", "dkd_warmup"),

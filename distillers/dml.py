@@ -66,6 +66,7 @@ class DML(Distiller):
 
     reference = Reference(
         label="DML",
+        row=30,
         paper="Zhang et al. 2018 (CVPR)",
         code="YingZhangDUT/Deep-Mutual-Learning",
         defaults="one peer of `--model_s`'s architecture, `--dml_T 1 --dml_kl mean`",

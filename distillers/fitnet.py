@@ -82,6 +82,7 @@ class FitNet(Distiller):
 
     reference = Reference(
         label="FitNet",
+        row=3,
         paper="Romero et al. 2015",
         code="SimKD `distiller_zoo/FitNet.py`",
         shown=("hint_layer",),

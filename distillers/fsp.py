@@ -69,6 +69,7 @@ class FSP(InitStageDistiller):
 
     reference = Reference(
         label="FSP",
+        row=16,
         paper="Yim et al. 2017",
         code="RepDistiller `distiller_zoo/FSP.py`",
         shown=("init_epochs",),

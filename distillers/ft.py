@@ -101,6 +101,7 @@ class FT(InitStageDistiller):
 
     reference = Reference(
         label="FT",
+        row=17,
         paper="Kim et al. 2018",
         code="RepDistiller `distiller_zoo/FT.py`",
         shown=("init_epochs", "ft_rate"),

@@ -77,6 +77,7 @@ class KD(Distiller):
 
     reference = Reference(
         label="KD",
+        row=1,
         paper="Hinton et al. 2015",
         code="RepDistiller `distiller_zoo/KD.py`, SimKD",
         shown=("kd_T",),

@@ -144,6 +144,7 @@ class KDSVD(Distiller):
 
     reference = Reference(
         label="KD-SVD",
+        row=28,
         paper="Lee et al. 2018 (ECCV)",
         code="sseung0703/SSKD_SVD; RepDistiller `distiller_zoo/KDSVD.py`",
         shown=("kdsvd_k", "kdsvd_extra"),

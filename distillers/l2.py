@@ -81,6 +81,7 @@ class L2(Distiller):
 
     reference = Reference(
         label="L2",
+        row=20,
         paper="Zhang et al. 2020",
         code="torchdistill (yoshitomo-matsubara/rrpr2020)",
         notes="torchdistill's ImageNet row: `-b 15`",
@@ -147,6 +148,7 @@ class PADL2(L2):
 
     reference = Reference(
         label="PAD-L2",
+        row=21,
         paper="Zhang et al. 2020",
         code="torchdistill (yoshitomo-matsubara/rrpr2020)",
         defaults="`--pad_l2_l2_epochs` (default `--epochs`)",

@@ -26,7 +26,7 @@ import torch
 from .registry import Reference, register_switch
 
 register_switch(Reference(
-    label="logit standardization", flags="`--logit_stand`", paper="Sun et al. 2024",
+    row=36, label="logit standardization", flags="`--logit_stand`", paper="Sun et al. 2024",
     code="sunshangquan/logit-standardization-KD",
     defaults="their KD setting: `-c 0.1 -d 9 --kd_T 2`",
     notes="applies to any KD term and to DKD"))

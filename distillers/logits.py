@@ -34,6 +34,7 @@ class Logits(Distiller):
 
     reference = Reference(
         label="Logits",
+        row=19,
         paper="Ba & Caruana 2014",
         code="AberHu/Knowledge-Distillation-Zoo `kd_losses/logits.py`",
     )

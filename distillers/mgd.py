@@ -1,6 +1,5 @@
 """Yue, Deng & Zhou 2020, "Matching Guided Distillation" (ECCV)."""
 import dataclasses
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,29 +12,11 @@ from helper.errors import UserError
 
 from .base import Distiller, Reads, Weights
 from .common import model_name
+from .ofd import bn_margin, partial_l2
 from .options import MethodOptions, option, require
 from .registry import Reference, register_distiller
 
 REDUCERS = ("amp", "rd", "sp", "sm")
-
-
-def bn_margin(bn: nn.BatchNorm2d) -> torch.Tensor:
-    """OFD's margin per channel: ``E[x | x < 0]`` for ``x ~ N(bias, weight^2)``, the expected
-    negative response after ``bn``; ``-3 |weight|`` where ``P(x < 0) <= 0.001`` (the reference's
-    ``get_margin_from_BN``, in float64)."""
-    s = bn.weight.detach().double().abs()
-    m = bn.bias.detach().double()
-    p = torch.special.ndtr(-m / s)
-    mean_negative = m - s * torch.exp(-0.5 * (m / s) ** 2) / math.sqrt(2 * math.pi) / p
-    return torch.where(p > 1e-3, mean_negative, -3 * s).float()
-
-
-def partial_l2(source: torch.Tensor, target: torch.Tensor, margin: torch.Tensor) -> torch.Tensor:
-    """OFD's partial L2, summed: the target is clipped from below at ``margin``; where it is
-    then negative and the student is already below it, there is no loss."""
-    target = torch.max(target, margin)
-    keep = (source > target) | (target > 0)
-    return ((source - target).pow(2) * keep).sum()
 
 
 def matching_cost(f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
@@ -98,7 +79,8 @@ class MGD(Distiller):
 
     The teacher's stage outputs before their last ReLU (``preact``, ``feats[1:-1]``) are reduced
     to the student's channel count through a channel matching, and the student's, after a
-    trainable BN per stage (``bn_s``), learn them with OFD's partial L2 and margins:
+    trainable BN per stage (``bn_s``), learn them with OFD's partial L2 and margins
+    (``ofd.partial_l2``, ``ofd.bn_margin``):
     ``beta * sum_i 2^-(n-1-i) * partial_l2(bn_s_i(S_i), reduce(T_i), margin_i) / B / loss_factor``.
 
     Matching: before epochs 1, 1+F, 1+2F, ... (``F = --mgd_update_freq``; the reference matches
@@ -152,6 +134,7 @@ class MGD(Distiller):
 
     reference = Reference(
         label="MGD",
+        row=14,
         paper="Yue et al. 2020",
         code="KaiyuYue/mgd `mgd/builder.py`, `main_mgd.py`",
         defaults="`--mgd_reducer amp --mgd_update_freq 2 --mgd_loss_factor 1e4`",

@@ -6,7 +6,8 @@ from typing import Tuple
 import torch
 import torch.nn.functional as F
 
-import dataset.strong_view  # noqa: F401  (registers the 'strong_images' batch key)
+from dataset.batch_keys import register_batch_key
+from dataset.strong_view import add_strong_images
 from helper.errors import UserError
 
 from .base import Distiller, Reads, Weights
@@ -14,6 +15,10 @@ from .options import MethodOptions, option, require
 from .registry import Reference, register_distiller
 
 MASKS = ("scale", "sample")
+STRONG_IMAGES = "strong_images"  # the batch key of the strong view
+
+# MLKD's batch key: the data pipeline's strong view (dataset/strong_view.py), registered here
+register_batch_key(STRONG_IMAGES)(add_strong_images)
 
 
 def instance_kd(logits_s, logits_t, T) -> torch.Tensor:
@@ -101,10 +106,10 @@ class MLKD(Distiller):
     (``mdistiller/dataset/cifar100.py``, ``mdistiller/distillers/MLKD.py``).
 
     Each training image comes in two views: the usual weak one (``images``: crop and flip) and
-    a strong one (``strong_images``: its own crop and flip, RandAugment and Cutout; the batch
-    key of ``dataset/strong_view.py``). Student and teacher see both. With ``P`` the softmax at
-    each temperature of ``--mlkd_temps`` (4, 3, 5, 2, 6; the first is the code's
-    ``KD.TEMPERATURE``) -- the "prediction augmentation":
+    a strong one (``strong_images``: its own crop and flip, RandAugment and Cutout: the batch
+    key this file registers, made by ``dataset/strong_view.py``). Student and teacher see
+    both. With ``P`` the softmax at each temperature of ``--mlkd_temps`` (4, 3, 5, 2, 6; the
+    first is the code's ``KD.TEMPERATURE``) -- the "prediction augmentation":
       - instance level: KD per temperature; on the weak view scaled by the sample mask, on the
         strong view unmasked (temperatures 4, 3, 5; 2 and 6 taken on the weak view again, as
         the code);
@@ -150,6 +155,7 @@ class MLKD(Distiller):
 
     reference = Reference(
         label="MLKD",
+        row=34,
         paper="Jin et al. 2023 (CVPR)",
         code="Jin-Ying/Multi-Level-Logit-Distillation",
         shown=("mlkd_temps", "mlkd_mask"),
@@ -201,18 +207,18 @@ class MLKD(Distiller):
         self.weak_only, self.aug_ops = bool(o.mlkd_weak_only), int(o.mlkd_aug_ops)
 
     def batch_requests(self):
-        return {} if self.weak_only else {"strong_images": {"num_ops": self.aug_ops}}
+        return {} if self.weak_only else {STRONG_IMAGES: {"num_ops": self.aug_ops}}
 
     def method_losses(self, *, feats_s, logits_s, feats_t, logits_t, targets, **batch):
         losses, s_strong, t_strong = {}, None, None
         if not self.weak_only:
-            if "strong_images" not in batch:
+            if STRONG_IMAGES not in batch:
                 raise ValueError("--distill mlkd needs 'strong_images' in each training batch "
                                  "(its batch_requests; dataset/strong_view.py)")
             if "soft_targets" in batch:
                 raise UserError("--distill mlkd's strong view is made from the unmixed samples; "
                                 "drop --mixup/--cutmix, or pass --mlkd_weak_only")
-            strong = batch["strong_images"]
+            strong = batch[STRONG_IMAGES]
             with torch.no_grad():
                 t_strong = self.teacher(strong)
             s_strong = self.student(strong)

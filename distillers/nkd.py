@@ -82,6 +82,7 @@ class NKD(Distiller):
 
     reference = Reference(
         label="NKD",
+        row=32,
         paper="Yang et al. 2023 (ICCV)",
         code="yzd-v/cls_KD `mmcls/models/dis_losses/nkd.py`",
         shown=("nkd_T", "nkd_gamma"),

@@ -99,6 +99,7 @@ class NST(Distiller):
 
     reference = Reference(
         label="NST",
+        row=25,
         paper="Huang & Wang 2017",
         code="RepDistiller `distiller_zoo/NST.py`",
     )

@@ -2,6 +2,7 @@
 import math
 from dataclasses import dataclass
 
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -9,9 +10,27 @@ from helper.errors import UserError
 
 from .base import Distiller, Reads, Weights
 from .common import conv_maps_or_error, model_name
-from .mgd import bn_margin, partial_l2
 from .options import MethodOptions, option, require
 from .registry import Reference, register_distiller
+
+
+def bn_margin(bn: nn.BatchNorm2d) -> torch.Tensor:
+    """The margin per channel: ``E[x | x < 0]`` for ``x ~ N(bias, weight^2)``, the expected
+    negative response after ``bn``; ``-3 |weight|`` where ``P(x < 0) <= 0.001`` (the reference's
+    ``get_margin_from_BN``, in float64)."""
+    s = bn.weight.detach().double().abs()
+    m = bn.bias.detach().double()
+    p = torch.special.ndtr(-m / s)
+    mean_negative = m - s * torch.exp(-0.5 * (m / s) ** 2) / math.sqrt(2 * math.pi) / p
+    return torch.where(p > 1e-3, mean_negative, -3 * s).float()
+
+
+def partial_l2(source: torch.Tensor, target: torch.Tensor, margin: torch.Tensor) -> torch.Tensor:
+    """The partial L2, summed: the target is clipped from below at ``margin``; where it is
+    then negative and the student is already below it, there is no loss."""
+    target = torch.max(target, margin)
+    keep = (source > target) | (target > 0)
+    return ((source - target).pow(2) * keep).sum()
 
 
 def connector(s_channels: int, t_channels: int, kernel_size: int = 1) -> nn.Sequential:
@@ -50,12 +69,12 @@ class OFD(Distiller):
 
     The stage outputs before their last ReLU (``preact``, ``feats[1:-1]``) are distilled:
     each student map goes through a connector (1x1 conv without bias, then BN) to the
-    teacher's width, and learns the teacher's map with the partial L2 of ``mgd.partial_l2``:
+    teacher's width, and learns the teacher's map with the partial L2 (``partial_l2``):
     the teacher's response is clipped from below at its channel's margin, and where the
     clipped target is negative a student already below it costs nothing. The margin is the
     expected value of the negative part of ``N(beta, gamma^2)`` for the BN (weight gamma,
     bias beta) before that stage's last ReLU (the model's ``get_bn_before_relu()``), or
-    ``-3 |gamma|`` when that part has probability <= 0.001 (``mgd.bn_margin``). Stage i of n
+    ``-3 |gamma|`` when that part has probability <= 0.001 (``bn_margin``). Stage i of n
     is weighted ``1 / 2^(n-1-i)``; the sum is divided by the batch size:
     ``beta * sum_i partial_l2(conn_i(S_i), T_i, m_i) / 2^(n-1-i) / B``.
 
@@ -82,6 +101,7 @@ class OFD(Distiller):
 
     reference = Reference(
         label="OFD",
+        row=27,
         paper="Heo et al. 2019 (ICCV)",
         code="clovaai/overhaul-distillation; mdistiller `OFD.py`",
         shown=("ofd_connector_kernel",),

@@ -41,6 +41,7 @@ class PKT(Distiller):
 
     reference = Reference(
         label="PKT",
+        row=23,
         paper="Passalis & Tefas 2018",
         code="RepDistiller `distiller_zoo/PKT.py`",
     )

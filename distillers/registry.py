@@ -1,6 +1,8 @@
 """Distiller registry: ``--distill NAME`` picks a class registered here."""
 import dataclasses
-from typing import Dict, Iterable, List, Set, Tuple, Type
+from typing import Dict, Iterable, List, Optional, Set, Tuple, Type
+
+from helper.errors import UserError
 
 _DISTILLERS: Dict[str, type] = {}
 _SWITCHES: List["Reference"] = []
@@ -11,7 +13,10 @@ class Reference:
     """What the methods table (README.md) and ``python -m distillers`` say of a method: a
     method's class attribute ``reference``, or a switch of every method's KD term
     (``register_switch``). Defaults are read from the code: the ``-c/-d/-b`` of
-    ``default_weights`` and the options named in ``shown``."""
+    ``default_weights`` and the options named in ``shown``. ``row`` places it in the table:
+    the methods by their ``row`` (then by label), then the switches by theirs; the files are
+    imported in no particular order, so the table never depends on it. A new method takes
+    the next free number."""
     label: str                  # the table's name, e.g. "DKD"
     paper: str = ""             # e.g. "Zhao et al. 2022"
     code: str = ""              # the reference code the defaults follow
@@ -21,6 +26,15 @@ class Reference:
     notes: str = ""
     usage: str = ""             # flags beside ``--distill NAME`` in the table
     flags: str = ""             # a switch's flags (a method's: ``--distill NAME``)
+    row: Optional[int] = None   # its row in the table (None: after the numbered ones)
+
+
+class NameTaken(UserError, ValueError):
+    """A method name registered twice (by two files, or by a user's file and a built-in)."""
+
+    def __init__(self, name: str):
+        super().__init__(f"distiller {name!r} is registered twice")
+        self.name = name
 
 
 def register_distiller(name: str, *aliases: str):
@@ -28,11 +42,17 @@ def register_distiller(name: str, *aliases: str):
     def wrap(cls):
         for key in (name, *aliases):
             if key in _DISTILLERS:
-                raise ValueError(f"distiller {key!r} is registered twice")
+                raise NameTaken(key)
             _DISTILLERS[key] = cls
         cls.name = name
         return cls
     return wrap
+
+
+def unregister(names: Iterable[str]) -> None:
+    """Forget the names ``names`` (a user's methods whose loading failed, sources.py)."""
+    for name in names:
+        _DISTILLERS.pop(name, None)
 
 
 def distiller_names():
@@ -67,15 +87,6 @@ def switches() -> List[Reference]:
 def aliases_of(cls) -> List[str]:
     """The other names ``cls`` is registered under."""
     return [key for key, value in _DISTILLERS.items() if value is cls and key != cls.name]
-
-
-def registration_order():
-    """Each registered class once, in the order the method files registered them."""
-    seen = []
-    for cls in _DISTILLERS.values():
-        if cls not in seen:
-            seen.append(cls)
-    return seen
 
 
 def renamed_options(names: Iterable[str]) -> Dict[str, str]:

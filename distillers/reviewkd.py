@@ -114,6 +114,7 @@ class ReviewKD(Distiller):
 
     reference = Reference(
         label="ReviewKD",
+        row=11,
         paper="Chen et al. 2021 (CVPR)",
         code="dvlab-research/ReviewKD `CIFAR-100/model/reviewkd.py`",
         shown=("reviewkd_warmup",),

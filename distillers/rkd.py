@@ -58,6 +58,7 @@ class RKD(Distiller):
 
     reference = Reference(
         label="RKD",
+        row=22,
         paper="Park et al. 2019",
         code="RepDistiller `distiller_zoo/RKD.py`",
         shown=("rkd_w_d", "rkd_w_a"),

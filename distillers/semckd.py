@@ -125,6 +125,7 @@ class SemCKD(Distiller):
 
     reference = Reference(
         label="SemCKD",
+        row=10,
         paper="Chen et al. 2021 (AAAI)",
         code="DefangChen/SimKD `models/util.py`",
         shown=("semckd_soft",),

@@ -68,6 +68,7 @@ class SimKD(Distiller):
 
     reference = Reference(
         label="SimKD",
+        row=9,
         paper="Chen et al. 2022 (CVPR)",
         code="DefangChen/SimKD `models/util.py`",
         shown=("factor",),

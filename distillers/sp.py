@@ -35,6 +35,7 @@ class SP(Distiller):
 
     reference = Reference(
         label="SP",
+        row=5,
         paper="Tung & Mori 2019",
         code="SimKD `distiller_zoo/SP.py`",
     )

@@ -47,6 +47,7 @@ class SRRL(Distiller):
 
     reference = Reference(
         label="SRRL",
+        row=8,
         paper="Yang et al. 2021",
         code="SimKD `models/util.py`; jingyang2017/KD_SRRL",
         shown=("srrl_feat",),

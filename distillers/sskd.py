@@ -105,6 +105,7 @@ class SSKD(Distiller):
 
     reference = Reference(
         label="SSKD",
+        row=18,
         paper="Xu et al. 2020",
         code="xuguodong03/SSKD",
         shown=("sskd_tf_weight", "sskd_t_epochs"),

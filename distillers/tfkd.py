@@ -108,6 +108,7 @@ class TfKD(Distiller):
 
     reference = Reference(
         label="Tf-KD",
+        row=26,
         paper="Yuan et al. 2020",
         code="yuanli2333/Teacher-free-Knowledge-Distillation",
         defaults="`--tfkd_T 20` (40 virtual)",

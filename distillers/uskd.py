@@ -135,6 +135,7 @@ class USKD(Distiller):
 
     reference = Reference(
         label="USKD",
+        row=33,
         paper="Yang et al. 2023 (ICCV)",
         code="yzd-v/cls_KD `mmcls/models/dis_losses/uskd.py`",
         shown=("uskd_alpha", "uskd_beta", "uskd_mu", "uskd_layer"),

@@ -9,6 +9,7 @@ class Vanilla(Distiller):
 
     reference = Reference(
         label="cross-entropy",
+        row=2,
         code="RepDistiller `train_teacher.py`",
         notes="no teacher needed",
     )

@@ -81,6 +81,7 @@ class VID(Distiller):
 
     reference = Reference(
         label="VID",
+        row=6,
         paper="Ahn et al. 2019",
         code="RepDistiller `distiller_zoo/VID.py`",
         extra_params="258,496",

@@ -137,7 +137,10 @@ def launch(worker, config):
     # When one worker fails, the others are stopped: not news beside that worker's own line.
     logging.getLogger("torch.multiprocessing.spawn").setLevel(logging.ERROR)
     try:
-        mp.spawn(_spawned, args=(worker, config, nprocs, world, os.getpid()), nprocs=nprocs, join=True)
+        # a method of the user's own is loaded again in each process before its config
+        from distillers.sources import portable
+        mp.spawn(_spawned, args=(worker, portable(config), nprocs, world, os.getpid()),
+                 nprocs=nprocs, join=True)
     except mp.ProcessExitedException as e:
         sys.exit(e.exit_code if e.exit_code and e.exit_code > 0 else 1)
     except mp.ProcessRaisedException as e:

@@ -16,7 +16,9 @@ What a run records is scoped to it: ``option_names`` are the run-wide flags and 
 the methods it uses, not other methods' (config.yaml, summary.json, the --resume checks); an
 older config.yaml with every method's options loads (``_current_options``). ``--help`` shows
 the common flags (``BRIEF_HELP``), ``--distill X --help`` adds X's options, ``--help_all``
-every flag.
+every flag. A method of the user's own (``--distill FILE.py:CLASS``, distillers/sources.py) is
+imported before the student parser is built (``_load_user_methods``), so that its options are
+flags like a built-in's.
 """
 import argparse
 import copy
@@ -45,6 +47,7 @@ from helper.teacher_forward import ForwardOptions, TeacherModeOptions
 from distillers import (KDOptions, MethodConfig, RunInfo, get_distiller,
                         option_owners)
 from distillers.combine import configure, split_methods
+from distillers.sources import canonical_spec, forgotten_on_error, load as load_user_methods
 from distillers.registry import method_option_names, renamed_options
 from models.registry import model_name as model_arg
 
@@ -68,12 +71,13 @@ MAX_SEED = 2**32 - 1
 
 
 def _method_spec(text):
-    """``--distill``: one registered method, or several joined by ``+``."""
+    """``--distill``: one registered method, or several joined by ``+``; a method of the
+    user's own (loaded by ``_load_user_methods``) with its file as an absolute path."""
     try:
         split_methods(text)
     except UserError as e:
         raise argparse.ArgumentTypeError(f"invalid choice: {e}") from None
-    return text
+    return canonical_spec(text)
 
 
 def _check_trial(trial):
@@ -306,7 +310,9 @@ def student_parser():
     add_fields(g, TeacherFiles)
     g.add_argument("--distill", default="kd", type=_method_spec, metavar="METHOD[+METHOD...]",
                    help="the method, or several joined by '+' (e.g. dkd+reviewkd, each with "
-                        "its own -b NAME=B); python -m distillers lists them")
+                        "its own -b NAME=B; python -m distillers lists them); your own: "
+                        "FILE.py:CLASS or MODULE:CLASS; a '+' in FILE's path is kept unless "
+                        "a method's name precedes it")
     add_options(parser, option_owners())
     _common(parser)
     add_options(parser, [(None, group) for group in TEACHER_GROUPS])
@@ -506,8 +512,38 @@ def parse_teacher_args(argv=None) -> RunConfig:
     return _config(parser, args, args.model, method)
 
 
+def _load_user_methods(argv):
+    """Import the methods of the user's own that ``--distill`` names, and those of an explicit
+    ``--config`` file's ``distill`` (whose options the file holds, dropped when ``--distill``
+    names another method), before the parser is built, so that their options are flags; one
+    line (after the user's traceback) when one cannot be used."""
+    pre = _Parser(add_help=False)
+    pre.add_argument("--config", default=None)
+    pre.add_argument("--distill", default=None)
+    known, _ = pre.parse_known_args(argv)
+    specs = [known.distill]
+    if known.config is not None:
+        try:
+            specs.append(config_file.read(known.config).get("distill"))
+        except (UserError, AttributeError):
+            pass  # _parse reports the file's errors
+    for spec in specs:
+        if isinstance(spec, str):
+            try:
+                load_user_methods(spec)
+            except UserError as e:
+                pre.error(str(e))
+
+
 def parse_student_args(argv=None) -> RunConfig:
-    parser = student_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        with forgotten_on_error():  # a method that cannot be used leaves no trace
+            _load_user_methods(argv)
+            parser = student_parser()
+    except argparse.ArgumentError as e:  # a user's method declares a flag others have
+        _Parser(add_help=False).error(f"--distill: your method's options clash with the "
+                                      f"toolbox's flags ({e}); rename the option")
     args = _parse(parser, argv)
     try:
         method = configure(args.distill, args)

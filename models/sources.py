@@ -36,17 +36,15 @@ so), and ``get_feat_modules()`` is the backbone: the top-level children that do 
 classifier.
 """
 import ast
-import importlib.util
 import inspect
 import re
-import sys
-import traceback
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from helper.errors import UserError
+from helper.user_code import import_file, print_user_traceback, resolved
 
 from .base import FeatureModel, dummy_input, evaluating
 
@@ -423,18 +421,8 @@ class TorchvisionModel(_Adapter):
 # ---- the user's file -----------------------------------------------------------------------
 def _create_file(name, target, num_classes, pretrained, **kwargs):
     path, function = target
-    path = Path(path).expanduser().resolve()
-    module_name = f"kd_user_model_{abs(hash(str(path)))}"
-    module = sys.modules.get(module_name)
-    if module is None:
-        spec = importlib.util.spec_from_file_location(module_name, path)
-        module = importlib.util.module_from_spec(spec)
-        try:
-            spec.loader.exec_module(module)
-        except Exception as e:
-            raise UserError(f"cannot import {path} for model {name} "
-                            f"({type(e).__name__}: {e})") from e
-        sys.modules[module_name] = module
+    path = resolved(path)
+    module = import_file(path, f"model {name}", prefix="kd_user_model")
     fn = getattr(module, function, None)
     if not callable(fn):
         raise UserError(f"{path} has no function {function} for model {name}")
@@ -447,7 +435,7 @@ def _create_file(name, target, num_classes, pretrained, **kwargs):
     except UserError:
         raise
     except Exception as e:
-        _print_user_traceback(e)
+        print_user_traceback(e, path)
         raise UserError(f"{function}(num_classes={num_classes}) in {path} raised "
                         f"{type(e).__name__} building model {name} (its traceback is above); "
                         f"fix {function}") from e
@@ -461,12 +449,6 @@ def _create_file(name, target, num_classes, pretrained, **kwargs):
                                            and hasattr(model, "get_classifier")):
         return model
     return _adapt(model, UserModel)
-
-
-def _print_user_traceback(error):
-    """The traceback of the user's code alone (this module's frame left out): the run then
-    ends with the one line of its ``UserError``, but the user needs to see where it failed."""
-    traceback.print_exception(type(error), error, error.__traceback__.tb_next, file=sys.stderr)
 
 
 class UserModel(_Adapter):

@@ -27,6 +27,8 @@ LEAVES = {
     "helper.files": "reading and writing weight files: models/ loads pretrained weights",
     "helper.argtypes": "argparse number types: dataset/augment.py declares its flags",
     "helper.option_groups": "options as frozen dataclasses: every layer declares its flags",
+    "helper.user_code": "importing the user's own files: models/ (--model FILE.py:FUNCTION) "
+                        "and distillers/ (--distill FILE.py:CLASS)",
 }
 
 

@@ -11,7 +11,8 @@ from scipy import integrate
 
 import distillers.mgd  # noqa: F401  (registers --distill mgd)
 from dataset import RandomCropFlip, TensorLoader, normalize
-from distillers.mgd import bn_margin, matching_cost, partial_l2, reduce_teacher, solve_matching
+from distillers.mgd import matching_cost, reduce_teacher, solve_matching
+from distillers.ofd import bn_margin, partial_l2  # OFD's, which MGD uses
 from helper.errors import UserError
 from helper.options import parse_student_args
 from helper.run_folder import SEP, student_run_name

@@ -173,6 +173,9 @@ def test_every_method_has_its_paper_code_and_shown_defaults():
         assert set(ref.shown) <= set(option_defaults(cls)), cls.name
     for ref in switches():
         assert ref.flags and ref.paper and ref.code
+    # each its own row of the table, which never follows the order the files were imported in
+    rows = [r.row for r in [cls.reference for cls in distiller_classes()] + switches()]
+    assert None not in rows and len(set(rows)) == len(rows)
 
 
 def test_listing_names_every_method():
