@@ -193,3 +193,37 @@ def assert_resume_is_exact(run, before_resume=None):
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
     return a, b
+
+
+def event_scalars(run):
+    """Every scalar a run's TensorBoard events hold: ``{tag: [(step, value)]}``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(run))
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+class DiesAfterOneBatch:
+    """The training loader, killed (as by SIGKILL: nothing more is written) after one batch."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        it = iter(self.loader)
+        yield next(it)
+        raise KeyboardInterrupt("simulated kill")
+
+
+def one_line_exit(capsys, call, *argv):
+    """``call(argv)`` must exit with code 2 and one line on stderr: that line."""
+    import pytest
+    with pytest.raises(SystemExit) as e:
+        call(list(argv))
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]

@@ -21,17 +21,9 @@ from helper.options import (parse_student_args, parse_teacher_args, student_pars
                             teacher_parser)
 from helper.resume import RESUME_FREE, check_same_args, plain
 from helper.run_folder import RunFolder, pid_alive
-from helpers import run_student, save_teacher
+from helpers import one_line_exit, run_student, save_teacher
 
 
-def _one_line_exit(capsys, call, *argv):
-    """``call(argv)`` must exit with code 2 and one line on stderr: that line."""
-    with pytest.raises(SystemExit) as e:
-        call(list(argv))
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    return err[0]
 
 
 # ---- 2. CIFAR pickles: data only ------------------------------------------------------------
@@ -145,14 +137,14 @@ def test_cifar_pickles_build_data_only(tmp_path, planted):
 def test_config_pointing_at_a_checkpoint_is_one_line(tmp_path, capsys):
     checkpoint = tmp_path / "best.pth"
     torch.save({"model": {"w": torch.randn(64, 64)}}, checkpoint)
-    line = _one_line_exit(capsys, parse_student_args, "--config", str(checkpoint))
+    line = one_line_exit(capsys, parse_student_args, "--config", str(checkpoint))
     assert f"--config {checkpoint}: not a text file (not UTF-8)" in line
 
 
 # ---- 4. teacher zoo: --url that is no URL --------------------------------------------------
 def test_fetch_with_a_url_that_is_none_is_one_line(tmp_path, capsys):
     save = tmp_path / "save"
-    line = _one_line_exit(capsys, teachers.main, "fetch", "resnet56", "--url", "notaurl",
+    line = one_line_exit(capsys, teachers.main, "fetch", "resnet56", "--url", "notaurl",
                           "--save_folder", str(save))
     assert "cannot download 'notaurl': not a URL" in line and "https://" in line
     assert not save.exists()
@@ -231,7 +223,7 @@ def test_b_naming_a_method_twice_or_an_unknown_one_is_one_line(capsys):
             ("fitnet+kd", "fitnet=1,hint=2", "-b names fitnet twice (as hint too)"),
             ("fitnet", "hint=1,fitnet=2", "-b names fitnet 2 times (hint, fitnet)"),
             ("dkd+rkd", "dkd=1,foo=2", "-b names foo, which is not in --distill dkd+rkd")):
-        line = _one_line_exit(capsys, parse_student_args, "--distill", distill, "-b", beta)
+        line = one_line_exit(capsys, parse_student_args, "--distill", distill, "-b", beta)
         assert says in line, line
 
 
@@ -253,11 +245,11 @@ def test_resume_compares_the_teacher_file_and_the_seed(tmp_path, capsys, cifar10
     other["model"] = {k: v + 1 if v.is_floating_point() else v for k, v in other["model"].items()}
     torch.save(other, teacher)
     capsys.readouterr()
-    line = _one_line_exit(capsys, lambda argv: run(*argv), "--epochs", "2", "--resume")
+    line = one_line_exit(capsys, lambda argv: run(*argv), "--epochs", "2", "--resume")
     assert f"the teacher file {teacher} is not the one the run started with" in line
     moved = tmp_path / "moved.pth"
     moved.write_bytes(original)
-    line = _one_line_exit(capsys, lambda argv: run(*argv, path_t=moved), "--epochs", "2",
+    line = one_line_exit(capsys, lambda argv: run(*argv, path_t=moved), "--epochs", "2",
                           "--resume", "--seed", "7")
     assert "it was trained with --seed 12345, this run has 7" in line
     assert last.read_bytes() == written

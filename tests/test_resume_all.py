@@ -2,11 +2,11 @@
 the same weights, method state and logged metrics as an uninterrupted run (--deterministic)."""
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import helper.trainer
 import train_student
 from conftest import write_cifar100
+from helpers import DiesAfterOneBatch, event_scalars
 from distillers import distiller_classes, get_distiller
 from models import create_model
 
@@ -42,27 +42,6 @@ def _argv(method, data, teacher, save):
             "--lr_decay_epochs", "1", *SMALL.get(method, [])]
 
 
-def _scalars(run):
-    acc = EventAccumulator(str(run))
-    acc.Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
-
-
-class _DiesAfterOneBatch:
-    """The training loader, killed (as by SIGKILL: nothing more is written) after one batch."""
-
-    def __init__(self, loader):
-        self.loader = loader
-
-    def __len__(self):
-        return len(self.loader)
-
-    def __iter__(self):
-        it = iter(self.loader)
-        yield next(it)
-        raise KeyboardInterrupt("simulated kill")
-
-
 @pytest.mark.parametrize("method", METHODS)
 def test_killed_and_resumed_run_matches_uninterrupted(method, setup, tmp_path, monkeypatch):
     data, teacher = setup
@@ -74,7 +53,7 @@ def test_killed_and_resumed_run_matches_uninterrupted(method, setup, tmp_path, m
     def killed_in_last_epoch(model, loader, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] == total_epochs:  # die after the first batch of the last epoch
-            return real(model, _DiesAfterOneBatch(loader), *args, **kwargs)
+            return real(model, DiesAfterOneBatch(loader), *args, **kwargs)
         return real(model, loader, *args, **kwargs)
 
     full_run = next((tmp_path / "full" / "students").iterdir())
@@ -93,7 +72,7 @@ def test_killed_and_resumed_run_matches_uninterrupted(method, setup, tmp_path, m
         assert a[part].keys() == b[part].keys()
         for key in a[part]:
             assert torch.equal(a[part][key], b[part][key]), (part, key)
-    sa, sb = _scalars(full_run), _scalars(cut_run)
+    sa, sb = event_scalars(full_run), event_scalars(cut_run)
     assert sa.keys() == sb.keys()
     assert [s for s, _ in sb["test/acc"]] == list(range(1, total_epochs + 1))
     for tag in sa:  # stage-specific terms are logged in their stage's epochs only

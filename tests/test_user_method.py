@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import helper.report
 import helper.trainer
 import train_student
 from conftest import write_cifar100
+from helpers import DiesAfterOneBatch, event_scalars, one_line_exit
 from distillers import registry, sources
 from distillers.combine import split_methods
 from distillers.sources import source_of, split_spec
@@ -108,27 +108,6 @@ def _same_weights(a, b):
     return a
 
 
-def _scalars(run):
-    acc = EventAccumulator(str(run))
-    acc.Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
-
-
-class _DiesAfterOneBatch:
-    """The training loader, killed (as by SIGKILL: nothing more is written) after one batch."""
-
-    def __init__(self, loader):
-        self.loader = loader
-
-    def __len__(self):
-        return len(self.loader)
-
-    def __iter__(self):
-        it = iter(self.loader)
-        yield next(it)
-        raise KeyboardInterrupt("simulated kill")
-
-
 def test_trains_resumes_exactly_reruns_from_its_config_and_evaluates(setup, tmp_path,
                                                                      monkeypatch):
     data, teacher, method = setup
@@ -142,7 +121,7 @@ def test_trains_resumes_exactly_reruns_from_its_config_and_evaluates(setup, tmp_
     assert summary["args"]["distill"] == spec and summary["args"]["pooled_scale"] == 0.5
     config = yaml.safe_load((full / "config.yaml").read_text())
     assert config["distill"] == spec and config["pooled_scale"] == 0.5
-    assert "train/loss_pooled_l2" in _scalars(full)
+    assert "train/loss_pooled_l2" in event_scalars(full)
     last = torch.load(full / "last.pth", weights_only=True)
     assert set(last["extras"]) == {"proj.weight", "proj.bias"}
 
@@ -153,7 +132,7 @@ def test_trains_resumes_exactly_reruns_from_its_config_and_evaluates(setup, tmp_
     def killed_in_last_epoch(model, loader, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 2:
-            return real(model, _DiesAfterOneBatch(loader), *args, **kwargs)
+            return real(model, DiesAfterOneBatch(loader), *args, **kwargs)
         return real(model, loader, *args, **kwargs)
     monkeypatch.setattr(helper.trainer, "train_one_epoch", killed_in_last_epoch)
     cut_argv = _argv(spec, data, teacher, tmp_path / "cut", "--pooled_scale", "0.5")
@@ -164,7 +143,7 @@ def test_trains_resumes_exactly_reruns_from_its_config_and_evaluates(setup, tmp_
     assert torch.load(cut / "last.pth", weights_only=True)["epoch"] == 1
     train_student.main([*cut_argv, "--resume"])
     _same_weights(full, cut)
-    assert _scalars(full) == _scalars(cut)
+    assert event_scalars(full) == event_scalars(cut)
 
     # its config.yaml reruns it (loading the file it names), to the same weights
     train_student.main(["--config", str(full / "config.yaml"), "--save_folder",
@@ -195,7 +174,7 @@ def test_combines_with_kd_and_shows_its_options(setup, tmp_path, capsys):
     assert "_kd+pooledl2_r:1_a:1_b:0,2_0" in run.name
     summary = json.loads((run / "summary.json").read_text())
     assert summary["distill"] == "kd+pooledl2" and summary["args"]["beta"] == "kd=0,pooledl2=2"
-    assert {"train/loss_kd", "train/loss_pooled_l2"} <= set(_scalars(run))
+    assert {"train/loss_kd", "train/loss_pooled_l2"} <= set(event_scalars(run))
     extras = torch.load(run / "last.pth", weights_only=True)["extras"]
     assert set(extras) == {"methods.pooledl2.proj.weight", "methods.pooledl2.proj.bias"}
 
@@ -298,15 +277,15 @@ def test_each_mistake_is_one_line(case, tmp_path, capsys):
     path = tmp_path / f"{case.replace(' ', '_')}.py"
     path.write_text(text)
     names = registry.distiller_names()
-    line = _one_line_exit(capsys, "--distill", f"kd+{path}:{cls}", "-d", "1")
+    line = one_line_exit(capsys, parse_student_args, "--distill", f"kd+{path}:{cls}", "-d", "1")
     assert says.format(path=path) in line, line
     assert registry.distiller_names() == names  # nothing of it is left registered
 
 
 def test_a_missing_file_a_failing_file_and_a_missing_module(tmp_path, capsys):
-    line = _one_line_exit(capsys, "--distill", f"{tmp_path}/nothing.py:Mine")
+    line = one_line_exit(capsys, parse_student_args, "--distill", f"{tmp_path}/nothing.py:Mine")
     assert f"no such file {tmp_path}/nothing.py for --distill" in line
-    line = _one_line_exit(capsys, "--distill", "no_such_package.methods:Mine")
+    line = one_line_exit(capsys, parse_student_args, "--distill", "no_such_package.methods:Mine")
     assert "no module named no_such_package.methods" in line
     failing = tmp_path / "failing.py"
     failing.write_text(textwrap.dedent("""
@@ -345,7 +324,7 @@ def test_a_method_named_by_a_run_file_is_never_imported(setup, tmp_path, capsys)
     summary["distill"] = summary["args"]["distill"] = spec
     (run / "summary.json").write_text(json.dumps(summary))
 
-    line = _one_line_exit(capsys, *argv, "--resume", call=train_student.main)
+    line = one_line_exit(capsys, train_student.main, *argv, "--resume")
     assert "cannot resume" in line and spec in line
     train_student.main(["--evaluate", str(run / "last.pth"), "--dataset", "cifar100",
                         "--data_folder", str(data), "--save_folder", str(tmp_path / "eval")])
@@ -356,11 +335,3 @@ def test_a_method_named_by_a_run_file_is_never_imported(setup, tmp_path, capsys)
     assert not marker.exists()
 
 
-def _one_line_exit(capsys, *argv, call=parse_student_args):
-    """``call(argv)`` must exit with code 2 and one line on stderr: that line."""
-    with pytest.raises(SystemExit) as e:
-        call(list(argv))
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    return err[0]
