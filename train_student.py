@@ -6,7 +6,7 @@ from pathlib import Path
 
 from helper.checkpoint import create_pretrained
 from helper.distributed import launch
-from helper.evaluate import score_checkpoint
+from helper.probe import score_checkpoint
 from helper.options import parse_student_args
 from helper.resume import refuse_overwrite
 from helper.run_folder import student_run_name

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from helper.checkpoint import create_pretrained
 from helper.distributed import launch
-from helper.evaluate import score_checkpoint
+from helper.probe import score_checkpoint
 from helper.options import parse_teacher_args
 from helper.run_folder import teacher_run_name
 from helper.trainer import build_data, train, user_errors

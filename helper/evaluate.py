@@ -140,18 +140,6 @@ def _synchronize(device):
         torch.cuda.synchronize(device)
 
 
-def score_checkpoint(config, ctx, flag, model_name=None):
-    """``--evaluate FILE``: its test top-1, or with ``--linear_probe`` its probe
-    (helper/probe.py); the architecture ``model_name`` (``--model_t``), else the file's, else
-    the run's model; errors name ``flag``."""
-    from helper.probe import linear_probe
-    if isinstance(model_name, (list, tuple)):
-        raise UserError(f"--evaluate scores one checkpoint; give one {flag}")
-    score = linear_probe if config.run.linear_probe else evaluate
-    return score(config, ctx, config.run.evaluate, model_name=model_name,
-                 fallback=config.model, flag=flag)
-
-
 def evaluate(config, ctx, path, model_name=None, fallback=None, flag="--model",
              registration=False):
     """Score ``path`` on the test split (``build_data``'s validation loader) and report it.

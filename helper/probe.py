@@ -46,7 +46,8 @@ import torch.nn.functional as F
 from dataset import AugmentConfig, build_loaders
 from helper.checkpoint import model_name_from_path
 from helper.errors import UserError
-from helper.evaluate import (architecture_to_load, input_normalization_record, load_for_evaluation,
+from helper.evaluate import (architecture_to_load, evaluate, input_normalization_record,
+                             load_for_evaluation,
                              save_folder_given, write_record)
 from helper.files import load_file, state_dict_of
 from helper.normalization import stored_normalization
@@ -273,3 +274,14 @@ def linear_probe(config, ctx, path, model_name=None, fallback=None, flag="--mode
                 f"train top-1 {train_acc:.2f}) in {extracted:.0f}s + {fitted:.0f}s; written to "
                 f"{out}" + (f" ({moved})" if moved else ""))
     return result
+
+
+def score_checkpoint(config, ctx, flag, model_name=None):
+    """``--evaluate FILE``: its test top-1, or with ``--linear_probe`` its probe
+    (helper/probe.py); the architecture ``model_name`` (``--model_t``), else the file's, else
+    the run's model; errors name ``flag``."""
+    if isinstance(model_name, (list, tuple)):
+        raise UserError(f"--evaluate scores one checkpoint; give one {flag}")
+    score = linear_probe if config.run.linear_probe else evaluate
+    return score(config, ctx, config.run.evaluate, model_name=model_name,
+                 fallback=config.model, flag=flag)

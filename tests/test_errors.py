@@ -61,11 +61,11 @@ def test_teacher_checkpoint_errors_create_no_run_folder(mnist_small, tmp_path, c
 
 
 def test_missing_data_while_offline_names_folder_and_layout(tmp_path, capsys, monkeypatch):
-    import dataset.mnist
+    import torchvision.datasets
 
     def offline(*args, **kwargs):
         raise urllib.error.URLError("no network")
-    monkeypatch.setattr(dataset.mnist, "_download", offline)
+    monkeypatch.setattr(torchvision.datasets, "MNIST", offline)  # what the download calls
     empty = tmp_path / "empty"
     err = _fails(train_teacher.main, ["--model", "mlp_800", *_mnist(empty, tmp_path / "save")],
                  capsys, str(empty), "train-images-idx3-ubyte")

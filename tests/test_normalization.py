@@ -5,7 +5,7 @@ own; bad records and channel counts are one-line errors."""
 import pytest
 import torch
 
-import train_student
+import helper.teacher_setup
 from helper.checkpoint import load_teacher
 from helper.errors import UserError
 from helper.normalization import Normalization, data_normalization, renormalize
@@ -82,7 +82,7 @@ def test_a_student_run_distils_from_the_teachers_own_normalisation(cifar100_tiny
         teacher, checkpoint = load_teacher(*args, **kwargs)
         loaded.append(teacher)
         return teacher, checkpoint
-    monkeypatch.setattr(train_student, "load_teacher", spy)
+    monkeypatch.setattr(helper.teacher_setup, "load_teacher", spy)  # the student run's loader
     run = run_student("kd", "resnet8", cifar100_tiny, tmp_path / "save", teacher=path)
     assert read_summary(run)["finished"]
     (teacher,) = loaded
