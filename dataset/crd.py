@@ -19,7 +19,6 @@ import torch
 
 from helper.errors import UserError
 
-from .batch_keys import register_batch_key
 from .loader_wrapper import LoaderWrapper
 
 _SALT = 0xC4D  # keeps CRD's stream apart from the loader's own (same seed and epoch)
@@ -86,6 +85,5 @@ class ContrastLoader(LoaderWrapper):
         return self.loader.unaugmented()
 
 
-@register_batch_key("contrast_index")
 def add_contrast_index(loader, nce_k: int, mode: str):
     return ContrastLoader(loader, nce_k, mode)

@@ -5,12 +5,16 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-import dataset.crd  # noqa: F401  (registers the 'contrast_index' batch key)
+from dataset.batch_keys import register_batch_key
+from dataset.crd import add_contrast_index
 from helper.errors import UserError
 
 from .base import Distiller, Reads, Weights
 from .options import MethodOptions, option, require
 from .registry import Reference, register_distiller
+
+# CRD's batch key: the contrast indices of each batch (dataset/crd.py), registered here
+register_batch_key("contrast_index")(add_contrast_index)
 
 EPS = 1e-7  # the reference's
 
