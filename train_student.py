@@ -4,15 +4,15 @@
 """
 from pathlib import Path
 
-from helper.checkpoint import create_pretrained
-from helper.distributed import launch
-from helper.probe import score_checkpoint
-from helper.options import parse_student_args
-from helper.resume import refuse_overwrite
-from helper.run_folder import student_run_name
-from helper.teacher_setup import (load_teachers, needed_teachers, score_teachers,
+from helper.run.checkpoint import create_pretrained
+from helper.run.distributed import launch
+from helper.run.probe import score_checkpoint
+from helper.run.options import parse_student_args
+from helper.run.resume import refuse_overwrite
+from helper.run.run_folder import student_run_name
+from helper.teachers.setup import (load_teachers, needed_teachers, score_teachers,
                                   teacher_record, training_loader)
-from helper.trainer import build_data, train, user_errors
+from helper.run.trainer import build_data, train, user_errors
 from models.base import fit_to_data
 from models.teachers import ensemble_of
 

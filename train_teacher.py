@@ -4,12 +4,12 @@
 """
 from pathlib import Path
 
-from helper.checkpoint import create_pretrained
-from helper.distributed import launch
-from helper.probe import score_checkpoint
-from helper.options import parse_teacher_args
-from helper.run_folder import teacher_run_name
-from helper.trainer import build_data, train, user_errors
+from helper.run.checkpoint import create_pretrained
+from helper.run.distributed import launch
+from helper.run.probe import score_checkpoint
+from helper.run.options import parse_teacher_args
+from helper.run.run_folder import teacher_run_name
+from helper.run.trainer import build_data, train, user_errors
 from models.base import fit_to_data
 
 

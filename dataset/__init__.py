@@ -11,7 +11,7 @@ See ``dataset/tensor_loader.py`` for how batches are made and why an epoch is re
 """
 from pathlib import Path
 
-from helper.errors import UserError
+from helper.core.errors import UserError
 
 from . import batch_keys, cifar, mnist
 from .augment import AugmentConfig, MixLoader, SampleAugment

@@ -56,9 +56,9 @@ from typing import Optional
 
 import torch
 
-from helper.argtypes import number
-from helper.errors import UserError
-from helper.option_groups import OptionGroup, option
+from helper.core.argtypes import number
+from helper.core.errors import UserError
+from helper.core.option_groups import OptionGroup, option
 
 from .cifar import NORMALIZATIONS
 from .loader_wrapper import LoaderWrapper

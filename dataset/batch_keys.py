@@ -2,7 +2,7 @@
 training loader. The loop and the entry scripts never know which method needs what."""
 from typing import Callable, Dict
 
-from helper.errors import UserError
+from helper.core.errors import UserError
 
 # Entries every loader already yields.
 BUILTIN_KEYS = ("images", "targets", "index")

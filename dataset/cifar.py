@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from helper.errors import UserError
+from helper.core.errors import UserError
 
 from .torchvision_download import download_missing, one_line
 

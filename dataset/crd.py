@@ -17,7 +17,7 @@ Differences from the reference:
 """
 import torch
 
-from helper.errors import UserError
+from helper.core.errors import UserError
 
 from .loader_wrapper import LoaderWrapper
 

@@ -64,7 +64,7 @@ runs distributed).
 """
 import torch
 
-from helper.errors import UserError
+from helper.core.errors import UserError
 
 from .imagenet_transforms import CROP, IMAGENET_MEAN, IMAGENET_STD, eval_resize
 from .loader import batches_per_epoch, shard

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import InterpolationMode, RandomResizedCrop
 from torchvision.transforms import functional as F
 
-from helper.errors import UserError
+from helper.core.errors import UserError
 
 from .folder import EpochSampler, FolderLoader
 from .loader import batches_per_epoch

@@ -50,7 +50,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from torchvision.datasets import ImageFolder
 
-from helper.errors import UserError
+from helper.core.errors import UserError
 
 from .dali import DaliLoader, check_dali
 from .imagenet_transforms import CROP, IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform

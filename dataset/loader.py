@@ -10,7 +10,7 @@ from typing import Dict, Iterable, Iterator, Protocol, Tuple, runtime_checkable
 
 import torch
 
-from helper.errors import UserError
+from helper.core.errors import UserError
 
 Batch = Dict[str, torch.Tensor]
 

@@ -2,8 +2,8 @@
 from dataclasses import dataclass
 from typing import Optional
 
-from helper.argtypes import non_negative, positive
-from helper.option_groups import OptionGroup, option, require
+from helper.core.argtypes import non_negative, positive
+from helper.core.option_groups import OptionGroup, option, require
 
 from .folder import FOLDER_DATASET_NAMES
 

@@ -31,7 +31,7 @@ threads on that busy 2-core machine, 0.5 s: such small tensors gain nothing from
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from helper.errors import UserError
+from helper.core.errors import UserError
 
 from .loader_wrapper import LoaderWrapper
 from .tensor_loader import normalize

@@ -3,7 +3,7 @@ layout (``dataset/cifar.py``, ``dataset/mnist.py``): one download, its failures 
 import shutil
 from pathlib import Path
 
-from helper.errors import UserError
+from helper.core.errors import UserError
 
 
 def one_line(exc: BaseException) -> str:

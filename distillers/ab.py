@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from helper.errors import UserError
+from helper.core.errors import UserError
 
 from .base import Reads, Weights
 from .common import InitStageDistiller, InitStageOptions, model_name, parameters_except, stage_maps

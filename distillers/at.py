@@ -6,7 +6,7 @@ from typing import Tuple
 import torch
 import torch.nn.functional as F
 
-from helper.errors import UserError
+from helper.core.errors import UserError
 
 from .base import Distiller, Weights
 from .common import channel_mean_square, conv_maps_or_error, model_name, pool_to_smaller

@@ -7,7 +7,7 @@ temperature). Nothing here reads a namespace after ``from_namespace``.
 import dataclasses
 from dataclasses import dataclass
 
-from helper.errors import UserError
+from helper.core.errors import UserError
 from .base import Distiller, RunInfo, WeightOptions, Weights
 from .kd import KDOptions, KDTerm
 from .options import MethodOptions, options_from

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from helper.errors import UserError
+from helper.core.errors import UserError
 from models.teachers import TeacherEnsemble
 from .base import Distiller, Weights
 from .common import reusable_classifier, stage_maps

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from helper.errors import UserError
+from helper.core.errors import UserError
 
 from .base import Distiller, Reads, Weights
 from .options import MethodOptions, option

@@ -18,7 +18,7 @@ from typing import Dict, Optional, Tuple
 
 import torch.nn as nn
 
-from helper.errors import UserError
+from helper.core.errors import UserError
 from .base import Distiller, RunInfo, WeightOptions, Weights
 from .build import MethodConfig, label_smoothing_from
 from .kd import KDOptions, KDTerm

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from helper.errors import UserError
+from helper.core.errors import UserError
 
 from .base import Distiller, Stage
 from .options import MethodOptions, option, require

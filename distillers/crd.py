@@ -7,7 +7,7 @@ import torch.nn as nn
 
 from dataset.batch_keys import register_batch_key
 from dataset.crd import add_contrast_index
-from helper.errors import UserError
+from helper.core.errors import UserError
 
 from .base import Distiller, Reads, Weights
 from .options import MethodOptions, option, require

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from helper.errors import UserError
+from helper.core.errors import UserError
 from models.base import dummy_input, evaluating
 
 from .base import Distiller, Stage, Weights

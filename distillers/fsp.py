@@ -4,7 +4,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from helper.errors import UserError
+from helper.core.errors import UserError
 
 from .base import Weights
 from .common import InitStageDistiller, InitStageOptions, model_name, stage_maps

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import torch
 
-from helper.errors import UserError
+from helper.core.errors import UserError
 
 from .base import Distiller, Weights
 from .common import conv_maps_or_error, model_name

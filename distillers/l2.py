@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from helper.errors import UserError
+from helper.core.errors import UserError
 
 from .base import Distiller, Reads, Stage, Weights
 from .options import MethodOptions, option, require

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from dataset.batch_keys import register_batch_key
 from dataset.strong_view import add_strong_images
-from helper.errors import UserError
+from helper.core.errors import UserError
 
 from .base import Distiller, Reads, Weights
 from .options import MethodOptions, option, require

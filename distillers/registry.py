@@ -2,7 +2,7 @@
 import dataclasses
 from typing import Dict, Iterable, List, Optional, Set, Tuple, Type
 
-from helper.errors import UserError
+from helper.core.errors import UserError
 
 _DISTILLERS: Dict[str, type] = {}
 _SWITCHES: List["Reference"] = []

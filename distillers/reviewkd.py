@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from helper.errors import UserError
+from helper.core.errors import UserError
 from .base import Distiller, Reads, Weights
 from .common import conv_maps_or_error
 from .options import MethodOptions, option

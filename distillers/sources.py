@@ -16,7 +16,7 @@ The class must be a ``Distiller`` subclass (distillers/base.py). Decorated with
 otherwise it is registered under its own ``name`` attribute, else its class name in lower case.
 The name must be plain (letters, digits, '_' and '-': it is part of the run folder's name) and
 no built-in method's. Its ``Options`` (a frozen ``MethodOptions`` dataclass of ``option``
-fields, as a built-in's) are flags like a built-in's: ``helper/options.py`` loads the class
+fields, as a built-in's) are flags like a built-in's: ``helper/run/options.py`` loads the class
 before it builds the parser, so they appear under ``--distill FILE.py:CLASS --help`` and go
 into config.yaml, whose ``distill`` (the file as an absolute path) reruns it with ``--config``.
 
@@ -33,8 +33,8 @@ import re
 from contextlib import contextmanager
 from typing import Dict, List, Optional, Tuple
 
-from helper.errors import UserError
-from helper.user_code import import_file, import_module, resolved
+from helper.core.errors import UserError
+from helper.core.user_code import import_file, import_module, resolved
 
 from .base import Distiller
 from .options import MethodOptions

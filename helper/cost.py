@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from helper.errors import UserError
-from helper.files import load_file
+from helper.core.errors import UserError
+from helper.core.files import load_file
 from models.base import dummy_pass
 
 LARGE_BATCH = 64
@@ -128,7 +128,7 @@ def machine_line(with_onnx):
 def data_input_size(dataset, args):
     """(C, H, W) of ``dataset``'s images as the run's pipeline feeds them."""
     from dataset.folder import CROP
-    from helper.normalization import data_normalization
+    from helper.teachers.normalization import data_normalization
     channels = len(data_normalization(dataset).mean)
     side = ARRAY_SIDES.get(dataset) or args.get("input_size") or CROP
     return (channels, side, side)

@@ -3,11 +3,11 @@
 Writes the deployable model of a checkpoint (a run folder means its ``best.pth``) as ONNX or
 TorchScript and checks it on the test split of the run's data set: the exported model's logits
 must equal PyTorch's within ``|exported - eager| <= ATOL + RTOL * |eager|`` for every logit, and
-its top-1 must be PyTorch's. The model is what ``--evaluate`` scores (``helper.evaluate``
+its top-1 must be PyTorch's. The model is what ``--evaluate`` scores (``helper.run.evaluate``
 ``load_for_evaluation``): a SimKD student is its ``'deploy'`` entry, the student with its
 projector and the teacher's classifier as one module (``forward_test``); a checkpoint trained on
 inputs normalised otherwise than its data set's pipeline carries the re-normalisation hook
-(``helper.normalization``), which the export records as part of the graph (the model is wrapped
+(``helper.teachers.normalization``), which the export records as part of the graph (the model is wrapped
 so that its forward pre-hooks run inside the traced call). Everything runs on the CPU, in
 float32.
 
@@ -40,9 +40,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from helper.argtypes import OneLineParser, positive
-from helper.errors import UserError
-from helper.files import atomic_write, load_file
+from helper.core.argtypes import OneLineParser, positive
+from helper.core.errors import UserError
+from helper.core.files import atomic_write, load_file
 from models.base import dummy_input, evaluating, fit_to_data
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
@@ -113,7 +113,7 @@ def num_classes_of(path, checkpoint):
 def load_deployable(path, checkpoint, dataset, num_classes, input_size=None):
     """The checkpoint's model as ``--evaluate`` loads it, in eval mode on the CPU, wrapped as a
     ``Deployable``; ``input_size`` (C, H, W): the data's, checked with one sample."""
-    from helper.evaluate import load_for_evaluation
+    from helper.run.evaluate import load_for_evaluation
     model, _ = load_for_evaluation(path, num_classes, checkpoint=checkpoint, dataset=dataset)
     model = model.cpu().float().eval()
     if input_size is not None:
@@ -127,10 +127,10 @@ def load_deployable(path, checkpoint, dataset, num_classes, input_size=None):
 def checking_loader(path, dataset, data_folder, batch_size):
     """``(loader, data info)``: the test split as ``--evaluate`` builds it (nothing is
     downloaded: missing data is refused)."""
-    from helper.distributed import Context
-    from helper.evaluate import data_missing
-    from helper.options import RunConfig
-    from helper.trainer import build_data
+    from helper.run.distributed import Context
+    from helper.run.evaluate import data_missing
+    from helper.run.options import RunConfig
+    from helper.run.trainer import build_data
     missing = data_missing(dataset, data_folder)
     if missing:
         raise UserError(f"cannot check the export: {missing} (or pass --no_check)")

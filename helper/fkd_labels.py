@@ -70,11 +70,11 @@ from dataset.fkd import FLIP_P, RATIO, SCALE, CropSet, FKDLoader
 from dataset.folder import FOLDER_DATASET_NAMES, canonical_folder_name, scan_folder_dataset
 from dataset.imagenet_transforms import IMAGENET_MEAN, IMAGENET_STD
 from dataset.tensor_loader import normalize
-from helper.argtypes import OneLineParser, non_negative, positive
-from helper import store as folder_store
-from helper.errors import UserError
-from helper.option_groups import OptionGroup, option, require
-from helper.teacher_cache import file_sha256
+from helper.core.argtypes import OneLineParser, non_negative, positive
+from helper.teachers import store as folder_store
+from helper.core.errors import UserError
+from helper.core.option_groups import OptionGroup, option, require
+from helper.teachers.cache import file_sha256
 
 FORMAT = 1
 DTYPES = ("float32", "float16")
@@ -394,8 +394,8 @@ def builder_parser():
 
 
 def main(argv=None, log=print):
-    from helper.checkpoint import load_teacher
-    from helper.trainer import user_errors
+    from helper.run.checkpoint import load_teacher
+    from helper.run.trainer import user_errors
     from models.base import fit_to_data
     args = builder_parser().parse_args(argv)
     with user_errors():

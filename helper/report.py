@@ -16,12 +16,12 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from helper.argtypes import OneLineParser
+from helper.core.argtypes import OneLineParser
 from distillers.combine import split_methods
 from distillers.registry import method_option_names
-from helper.errors import UserError
-from helper.published import TABLES
-from helper.run_folder import ForeignLock, pid_alive, read_lock
+from helper.core.errors import UserError
+from helper.teachers.published import TABLES
+from helper.run.run_folder import ForeignLock, pid_alive, read_lock
 
 # Which flags of summary.json's args make two runs one recipe. Every flag of the two entry
 # scripts is in one of the three sets below or is a method's option (recipe);

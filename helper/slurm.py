@@ -27,7 +27,7 @@ time limit coming, or ``scancel --signal=USR1 --batch ID`` by hand) and TERM (pr
 sends SIGINT to the run (SIGTERM to srun/torchrun), waits for it and calls
 ``scontrol requeue $SLURM_JOB_ID``. The requeued job keeps its id; the run folder's lock records
 ``SLURM_JOB_ID``, so the requeued job takes the folder over even on another node
-(helper/run_folder.py). Logs: ``SAVE/.table/logs/<row>[.<task>].log``, appended across requeues.
+(helper/run/run_folder.py). Logs: ``SAVE/.table/logs/<row>[.<task>].log``, appended across requeues.
 
 Environment: SLURM_PARTITION, SLURM_ACCOUNT, SLURM_TIME (``--time``), SLURM_GPUS_PER_JOB
 (GPUs of a one-process row, default 1; 0 for CPU jobs), SLURM_CPUS_PER_JOB (``--cpus-per-task``),

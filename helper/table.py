@@ -37,7 +37,7 @@ def _script_args(argv):
 def _teacher_names(teacher):
     """The teachers' architectures for the student folder name, without building them:
     --model_t, else the toolbox's folder convention, else the checkpoint's stored name."""
-    from helper.checkpoint import model_name_from_path
+    from helper.run.checkpoint import model_name_from_path
     from models.teachers import teacher_specs
     names = []
     for path, name in teacher_specs(teacher.path_t, teacher.model_t):
@@ -52,8 +52,8 @@ def _teacher_names(teacher):
 
 def run_folder(argv):
     """The run folder the training command ``argv`` writes (its --save_folder included)."""
-    from helper.options import parse_student_args, parse_teacher_args
-    from helper.run_folder import student_run_name, teacher_run_name
+    from helper.run.options import parse_student_args, parse_teacher_args
+    from helper.run.run_folder import student_run_name, teacher_run_name
     script, args = _script_args(argv)
     if script == "train_teacher.py":
         config = parse_teacher_args(args)
@@ -126,7 +126,7 @@ def _last_line(path):
 
 def _local_owner(folder):
     """The pid holding a folder's lock on this machine, while it lives; else None."""
-    from helper.run_folder import ForeignLock, pid_alive, read_lock
+    from helper.run.run_folder import ForeignLock, pid_alive, read_lock
     try:
         owner = read_lock(Path(folder) / ".lock")
     except ForeignLock:  # no run of this toolbox holds it

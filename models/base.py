@@ -5,7 +5,7 @@ from typing import List
 import torch
 import torch.nn as nn
 
-from helper.errors import UserError
+from helper.core.errors import UserError
 
 
 class FeatureModel(nn.Module):

@@ -80,8 +80,8 @@ from torchvision.models import mobilenetv2 as tv_mobilenetv2
 from torchvision.models import resnet as tv_resnet
 from torchvision.models import shufflenetv2 as tv_shufflenetv2
 
-from helper.errors import UserError
-from helper.files import load_file, load_weights, state_dict_of
+from helper.core.errors import UserError
+from helper.core.files import load_file, load_weights, state_dict_of
 
 from .base import FeatureModel
 from .registry import register_model

@@ -7,7 +7,7 @@ Reference: akamaster/pytorch_resnet_cifar10 ``resnet.py``; our own code with its
 so its state-dict keys (``conv1``, ``bn1``, ``layer1-3.<i>.conv1/bn1/conv2/bn2``, ``linear``)
 load with ``strict=True``. Its published ``.th`` files are ``{'state_dict': ..., 'best_prec1':
 ...}`` saved through ``DataParallel`` (every key prefixed ``module.``):
-``helper.files.state_dict_of`` takes the weights out of one.
+``helper.core.files.state_dict_of`` takes the weights out of one.
 
 Registered as ``resnet20_akamaster`` ... ``resnet1202_akamaster``: RepDistiller's ``resnet20``
 etc. are another design (1x1-convolution shortcuts, ``fc``), with other keys and counts.
@@ -17,7 +17,7 @@ mean and std (0.485, 0.456, 0.406) / (0.229, 0.224, 0.225) (``AKAMASTER_MEAN``/`
 where ``dataset/cifar.py`` uses (0.5071, 0.4867, 0.4408) / (0.2675, 0.2565, 0.2761). Its files,
 fetched (``python -m helper.teachers fetch --release akamaster``) or registered, record that
 normalisation, and as a teacher or under ``--evaluate`` they are fed inputs mapped to it
-(``helper/normalization.py``), so they score their published accuracy on our loaders. These
+(``helper/teachers/normalization.py``), so they score their published accuracy on our loaders. These
 models trained here use our normalisation, as every run does.
 
 Differences from the reference, none of which changes a key or a value at 32x32: pooling is

@@ -43,8 +43,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from helper.errors import UserError
-from helper.user_code import import_file, print_user_traceback, resolved
+from helper.core.errors import UserError
+from helper.core.user_code import import_file, print_user_traceback, resolved
 
 from .base import FeatureModel, dummy_input, evaluating
 

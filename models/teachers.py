@@ -12,7 +12,7 @@ from typing import List, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
-from helper.errors import UserError
+from helper.core.errors import UserError
 
 
 def as_list(value: Union[None, str, Sequence[str]]) -> List[str]:

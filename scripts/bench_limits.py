@@ -26,8 +26,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from helper.precision import make_sgd  # noqa: E402
-from helper.teacher_forward import wrap_teacher  # noqa: E402
+from helper.run.precision import make_sgd  # noqa: E402
+from helper.teachers.forward import wrap_teacher  # noqa: E402
 from models import create_model  # noqa: E402
 
 CL = torch.channels_last

@@ -20,7 +20,7 @@ iteration and the peak memory:
                graph (``torch.no_grad``), the student's forward pass, cross-entropy, backward
                and the optimizer step, on the same synthetic batches.
 
-What is timed is exactly what the toolbox does per iteration: ``helper.loop.train_one_epoch``
+What is timed is exactly what the toolbox does per iteration: ``helper.run.loop.train_one_epoch``
 itself runs over a loader of ``--warmup + --iters`` batches that takes a timestamp whenever
 the loop asks for the next batch (after ``torch.cuda.synchronize()`` on CUDA), so one
 iteration is forward_train through the distiller, the sum of the loss terms, zero_grad,
@@ -33,7 +33,7 @@ reported as ``n/a (reason)``.
 
 The teacher runs as ``train_student.py --teacher_forward`` runs it (``--teacher_forward``,
 default ``auto``: BatchNorms folded into the convolutions, channels-last on the CPU, inference
-mode; ``helper/teacher_forward.py``); the floor's teacher is always the eager one, so the ratio
+mode; ``helper/teachers/forward.py``); the floor's teacher is always the eager one, so the ratio
 to the floor compares with today's floor. Three more rows on request (``--methods``):
 
   floor_fast   the floor with the optimised teacher (``--teacher_forward``, ``auto`` unless
@@ -46,7 +46,7 @@ to the floor compares with today's floor. Three more rows on request (``--method
                the logits and the teacher's pooled feature, 162 x ``--train_size`` x D more;
                for resnet32x4, D = 256: 8.3 GB written to a temporary folder first).
   cache_build  the cache's build: ``--cache_views`` views of ``--cache_images`` images through
-               ``helper.teacher_cache.build`` with the optimised teacher, timed and
+               ``helper.teachers.cache.build`` with the optimised teacher, timed and
                extrapolated to 162 views of ``--train_size`` images. With kd and kd_cached in the
                same run, the notes estimate simkd_cifar100.sh's kd rows with and without the
                cache.
@@ -97,14 +97,14 @@ import torch.nn.functional as F  # noqa: E402
 from dataset import RandomCropFlip, TensorLoader, cifar  # noqa: E402
 from dataset.batch_keys import add_batch_keys  # noqa: E402
 from distillers import distiller_classes, get_distiller  # noqa: E402
-from helper import teacher_cache  # noqa: E402
-from helper.errors import UserError  # noqa: E402
-from helper.teacher_forward import MODES as TEACHER_FORWARD_MODES, prepare_teacher  # noqa: E402
-from helper.loop import NonFiniteLoss, train_one_epoch  # noqa: E402
-from helper.options import parse_student_args  # noqa: E402
-from helper.precision import (MEMORY_FORMATS, Precision, compile_models, make_sgd,  # noqa: E402
+from helper.teachers import cache as teacher_cache  # noqa: E402
+from helper.core.errors import UserError  # noqa: E402
+from helper.teachers.forward import MODES as TEACHER_FORWARD_MODES, prepare_teacher  # noqa: E402
+from helper.run.loop import NonFiniteLoss, train_one_epoch  # noqa: E402
+from helper.run.options import parse_student_args  # noqa: E402
+from helper.run.precision import (MEMORY_FORMATS, Precision, compile_models, make_sgd,  # noqa: E402
                               use_channels_last)
-from helper.trainer import count_parameters, stage_optimizer  # noqa: E402
+from helper.run.trainer import count_parameters, stage_optimizer  # noqa: E402
 from models import create_model, model_names  # noqa: E402
 from models.teachers import ensemble_of  # noqa: E402
 
@@ -266,7 +266,7 @@ def build(method, opts, device):
     model.on_epoch_start(max(1, stage.epochs // 2 + 1), None, stage)
     model.stage = stage.name
     channels_last = use_channels_last(config.precision, student, device)
-    if channels_last:  # as helper/trainer.py: every module of the distiller
+    if channels_last:  # as helper/run/trainer.py: every module of the distiller
         model.to(memory_format=torch.channels_last)
     if opts.compile:
         compile_models(model)

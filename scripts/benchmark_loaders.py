@@ -39,7 +39,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from dataset.folder import build_folder_loaders, extract_image_archive  # noqa: E402
-from helper.errors import UserError  # noqa: E402
+from helper.core.errors import UserError  # noqa: E402
 
 
 def generate_jpegs(root, n, size=(500, 375), classes=10, seed=0, quality=90):

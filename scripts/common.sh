@@ -244,7 +244,7 @@ _at_exit() {
 trap '_at_exit $?' EXIT
 
 # student_path STUDENT TEACHER DATASET METHOD CLS DIV BETA TRIAL [best|last]: a checkpoint
-# train_student.py writes (helper/run_folder.py's student_run_name; the weights as Python's
+# train_student.py writes (helper/run/run_folder.py's student_run_name; the weights as Python's
 # '{:g}' prints them, e.g. 15, 0.5, 0).
 student_path() {
   echo "$SAVE/students/S:$1_T:$2_$3_$4_r:$5_a:$6_b:$7_$8/${9:-best}.pth"

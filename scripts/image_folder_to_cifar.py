@@ -27,8 +27,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from helper.argtypes import OneLineParser, non_negative  # noqa: E402
-from helper.errors import UserError  # noqa: E402
+from helper.core.argtypes import OneLineParser, non_negative  # noqa: E402
+from helper.core.errors import UserError  # noqa: E402
 
 SPLITS = ("train", "test")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff"}
@@ -124,7 +124,7 @@ def write_cifar(found, dest, seed=0) -> Path:
     rng = np.random.default_rng(seed)
     suffixes = sorted({Path(name).suffix.lower() or "no suffix" for split in found.values()
                        for images in split.values() for name, _ in images})
-    # read by helper.evaluate.check_published: a lossy source (JPEG) scores below the original
+    # read by helper.run.evaluate.check_published: a lossy source (JPEG) scores below the original
     converted = f"image files ({', '.join(suffixes)}) by scripts/image_folder_to_cifar.py"
     train_x, train_y = _arrays(found["train"], classes, rng)
     test_x, test_y = _arrays(found["test"], classes, rng)

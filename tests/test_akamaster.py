@@ -6,9 +6,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from helper.checkpoint import load_teacher
-from helper.errors import UserError
-from helper.files import state_dict_of
+from helper.run.checkpoint import load_teacher
+from helper.core.errors import UserError
+from helper.core.files import state_dict_of
 from models import create_model
 
 
@@ -156,13 +156,13 @@ def test_parameter_counts_match_the_readme(depth, millions):
 
 
 def test_folder_name_picks_the_akamaster_model():
-    from helper.checkpoint import model_name_from_path
+    from helper.run.checkpoint import model_name_from_path
     path = "save/teachers/resnet56_akamaster_vanilla_cifar10_trial_0/best.pth"
     assert model_name_from_path(path) == "resnet56_akamaster"
 
 
 def test_register_converts_an_akamaster_file(tmp_path, capsys):
-    from helper import teachers
+    from helper.teachers import zoo as teachers
     reference = _reference(3)
     path = _write_akamaster_file(reference, tmp_path / "resnet20-12fca82f.th")
     save = tmp_path / "save"
@@ -196,7 +196,7 @@ def _normalised(pixels, mean, std):
 
 
 def _register(path, save, *extra):
-    from helper import teachers
+    from helper.teachers import zoo as teachers
     teachers.main(["register", str(path), "--model", "resnet20_akamaster", "--dataset", "cifar10",
                    "--save_folder", str(save), "--no_check", *extra])
     return save / "teachers" / "resnet20_akamaster_vanilla_cifar10_trial_0" / "best.pth"

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from distillers import distiller_classes
-from helper.loop import train_one_epoch
-from helper.precision import Precision, native_cpu_bf16
-from helper.trainer import stage_optimizer
+from helper.run.loop import train_one_epoch
+from helper.run.precision import Precision, native_cpu_bf16
+from helper.run.trainer import stage_optimizer
 
 
 # --amp is refused on CPUs without native bf16 (emulated, ~20x slower): nothing to run there

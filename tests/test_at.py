@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from distillers import get_distiller
 from distillers.at import at_loss
-from helper.errors import UserError
+from helper.core.errors import UserError
 from helpers import PAIRS, build, assert_gradients, assert_no_extras, make_distiller, one_epoch
 from models import create_model
 

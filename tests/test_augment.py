@@ -18,7 +18,7 @@ from dataset.augment import MixLoader, SampleAugment, dominant_targets, mean_fil
 from dataset.folder import build_folder_loaders, extract_image_archive
 from dataset.tensor_loader import normalize
 from distillers import MethodConfig, RunInfo
-from helper.errors import UserError
+from helper.core.errors import UserError
 from helpers import one_epoch, read_summary
 from models import create_model
 from test_recipes import _fails

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from distillers.catkd import cat_loss, class_activation_maps
-from helper.errors import UserError
+from helper.core.errors import UserError
 from helpers import (PAIRS, assert_gradients, build, make_distiller, one_epoch,
                      one_line_user_error)
 from models import create_model
@@ -128,7 +128,7 @@ def test_one_epoch(pair_data, tmp_path, teacher, student, teacher_ckpt):
 
 def test_the_folded_teacher_gives_the_eager_teachers_cams():
     """``--teacher_forward`` runs a folded copy of the teacher: its map is seen too."""
-    from helper.teacher_forward import wrap_teacher
+    from helper.teachers.forward import wrap_teacher
     torch.manual_seed(0)
     x = torch.randn(3, 3, 32, 32)
     losses = []

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from helper.checkpoint import load_teacher, model_name_from_path
-from helper.files import atomic_save, load_file
-from helper.errors import UserError
+from helper.run.checkpoint import load_teacher, model_name_from_path
+from helper.core.files import atomic_save, load_file
+from helper.core.errors import UserError
 from models import create_model
 
 

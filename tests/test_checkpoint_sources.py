@@ -13,9 +13,9 @@ import torch.nn as nn
 
 import train_student
 import train_teacher
-from helper.checkpoint import create_pretrained, load_teacher
-from helper.errors import UserError
-from helper.files import load_file, load_weights, state_dict_of
+from helper.run.checkpoint import create_pretrained, load_teacher
+from helper.core.errors import UserError
+from helper.core.files import load_file, load_weights, state_dict_of
 from models import create_model
 
 ARCH = "resnet8"

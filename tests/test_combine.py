@@ -11,7 +11,7 @@ import yaml
 from distillers import MethodConfig, RunInfo, Weights
 from distillers.combine import Combined, configure
 from distillers.crd import CRD
-from helper.options import parse_student_args
+from helper.run.options import parse_student_args
 from helpers import assert_gradients, assert_resume_is_exact, one_epoch, read_summary
 from models import create_model
 

@@ -10,7 +10,7 @@ import torch
 import distillers.crd  # noqa: F401  (registers crd until distillers/__init__ imports it)
 from dataset.crd import ContrastLoader, ContrastSampler
 from distillers.crd import ContrastMemory, bank_scores, contrast_loss
-from helper.errors import UserError
+from helper.core.errors import UserError
 from helpers import (PAIRS, assert_extras_round_trip, assert_extras_trainable, assert_gradients,
                      assert_resume_is_exact, make_distiller, one_epoch, run_student)
 

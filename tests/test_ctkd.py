@@ -109,14 +109,14 @@ def test_one_epoch(teacher, student, pair_data, tmp_path, teacher_ckpt):
 
 
 def test_ctkd_without_a_kd_term_is_refused():
-    from helper.errors import UserError
+    from helper.core.errors import UserError
     args = SimpleNamespace(cls=1.0, div=0.0, beta=1000.0, kd_T=4.0, ctkd=True)
     with pytest.raises(UserError, match="--ctkd learns the KD temperature"):
         build("at", create_model("resnet8", 10), create_model("resnet14", 10), args)
 
 
 def test_ctkd_with_vanilla_is_refused_even_with_a_div_weight():
-    from helper.errors import UserError
+    from helper.core.errors import UserError
     args = SimpleNamespace(cls=1.0, div=1.0, beta=0.0, kd_T=4.0, ctkd=True)
     with pytest.raises(UserError, match="--distill vanilla has no KD term"):
         build("vanilla", create_model("resnet8", 10), None, args)

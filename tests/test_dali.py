@@ -13,7 +13,7 @@ if str(REPO) not in sys.path:
 
 from dataset.folder import (build_folder_loaders, extract_image_archive,  # noqa: E402
                             scan_folder_dataset)
-from helper.errors import UserError  # noqa: E402
+from helper.core.errors import UserError  # noqa: E402
 
 torch.set_num_threads(1)
 ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"

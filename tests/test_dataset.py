@@ -16,7 +16,7 @@ if str(REPO) not in sys.path:
 import dataset  # noqa: E402
 from dataset import cifar, mnist  # noqa: E402
 from dataset.tensor_loader import RandomCropFlip, TensorLoader, crop_flip, normalize  # noqa: E402
-from helper.errors import UserError  # noqa: E402
+from helper.core.errors import UserError  # noqa: E402
 
 torch.set_num_threads(1)
 

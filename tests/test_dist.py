@@ -64,7 +64,7 @@ def test_one_epoch(teacher, student, pair_data, tmp_path, teacher_ckpt):
 
 
 def test_defaults_are_dist_cifar_yaml_and_imagenet_flags_parse():
-    from helper.options import parse_student_args
+    from helper.run.options import parse_student_args
     m = parse_student_args(["--distill", "dist"]).method
     assert (m.weights.cls, m.weights.div, m.weights.beta) == (1.0, 0.0, 2.0)
     assert (m.options.dist_beta, m.options.dist_gamma, m.options.dist_tau) == (1.0, 1.0, 4.0)

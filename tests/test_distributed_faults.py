@@ -200,7 +200,7 @@ def _make_mnist(root):
 
 def test_unreadable_mnist_folder_is_one_line_naming_it(tmp_path, deny):
     from dataset import mnist
-    from helper.errors import UserError
+    from helper.core.errors import UserError
     raw = _make_mnist(tmp_path)
     deny(raw)
     with pytest.raises(UserError) as e:
@@ -213,7 +213,7 @@ def test_unreadable_mnist_folder_is_one_line_naming_it(tmp_path, deny):
 
 def test_unreadable_mnist_file_is_not_called_corrupt(tmp_path, deny):
     from dataset import mnist
-    from helper.errors import UserError
+    from helper.core.errors import UserError
     raw = _make_mnist(tmp_path)
     deny(raw / "train-labels-idx1-ubyte")
     with pytest.raises(UserError) as e:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import train_student
 from distillers.dml import mutual_loss
-from helper.checkpoint import load_teacher
+from helper.run.checkpoint import load_teacher
 from helpers import (assert_extras_round_trip, assert_extras_trainable, assert_resume_is_exact,
                      build, one_epoch, one_line_user_error, read_summary, run_student)
 from models import create_model

@@ -7,7 +7,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import train_student
 import train_teacher
-from helper.precision import native_cpu_bf16
+from helper.run.precision import native_cpu_bf16
 
 EPOCH_TAGS = {"train/loss", "train/acc", "test/acc", "test/acc_top5", "test/loss", "lr"}
 

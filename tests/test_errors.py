@@ -84,7 +84,7 @@ def test_existing_run_and_nothing_to_resume(mnist_small, tmp_path, capsys):
 
 
 def test_full_disk_while_saving_keeps_the_previous_checkpoints(mnist_small, tmp_path, capsys, monkeypatch):
-    import helper.checkpoint
+    import helper.run.checkpoint
     args = ["--model", "mlp_800", *_mnist(mnist_small, tmp_path), "--epochs", "3", "--print_freq", "1000"]
     real_save = torch.save
     saves = {"n": 0}
@@ -95,7 +95,7 @@ def test_full_disk_while_saving_keeps_the_previous_checkpoints(mnist_small, tmp_
             f.write(b"partial")
             raise OSError(28, "No space left on device")
         real_save(obj, f)
-    monkeypatch.setattr(helper.checkpoint.torch, "save", disk_fills_up)
+    monkeypatch.setattr(helper.run.checkpoint.torch, "save", disk_fills_up)
     _fails(train_teacher.main, args, capsys, "cannot write", "No space left on device", "--resume")
     monkeypatch.undo()
     run = tmp_path / "teachers" / "mlp_800_vanilla_mnist_trial_0"

@@ -10,8 +10,8 @@ import torch
 
 import train_student
 import train_teacher
-from helper.checkpoint import load_teacher
-from helper.evaluate import check_published, record_in
+from helper.run.checkpoint import load_teacher
+from helper.run.evaluate import check_published, record_in
 from helpers import read_summary, run_student, save_teacher
 
 MNIST = ["--dataset", "mnist", "--batch_size", "128", "--print_freq", "1000"]
@@ -92,14 +92,14 @@ def test_repdistiller_file_with_model_flag(mnist_teacher, mnist_small, tmp_path,
 
 def test_unwritable_folder_writes_into_save_folder(mnist_teacher, mnist_small, tmp_path, capsys,
                                                    monkeypatch):
-    import helper.evaluate
+    import helper.run.evaluate
     folder = tmp_path / "readonly"
     folder.mkdir()
     path = folder / "best.pth"
     path.write_bytes((mnist_teacher / "best.pth").read_bytes())
     access = os.access
     # as if the folder were read-only (a chmod does not stop root, who may run the tests)
-    monkeypatch.setattr(helper.evaluate.os, "access",
+    monkeypatch.setattr(helper.run.evaluate.os, "access",
                         lambda p, mode: False if Path(p) == folder else access(p, mode))
     monkeypatch.chdir(tmp_path)  # no --save_folder: its default, ./save, is here
     line = _evaluate(train_teacher, capsys, path, *MNIST, "--data_folder", mnist_small)

@@ -11,7 +11,7 @@ import torch
 import train_student
 import train_teacher
 from helper import export
-from helper.checkpoint import load_teacher
+from helper.run.checkpoint import load_teacher
 from helpers import run_student
 
 pytest.importorskip("onnx")

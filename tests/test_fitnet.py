@@ -7,7 +7,7 @@ import torch
 
 from distillers import Stage
 from distillers.fitnet import ConvReg, hint_loss
-from helper.errors import UserError
+from helper.core.errors import UserError
 from helpers import (PAIRS, assert_extras_round_trip, assert_extras_trainable, assert_gradients,
                      make_distiller, one_epoch)
 

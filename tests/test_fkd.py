@@ -16,7 +16,7 @@ from dataset.folder import build_folder_loaders, extract_image_archive
 from dataset.imagenet_transforms import IMAGENET_MEAN, IMAGENET_STD, train_transform
 from distillers import base
 from helper import fkd_labels as fl
-from helper.errors import UserError
+from helper.core.errors import UserError
 from helpers import assert_resume_is_exact, kd_by_hand, save_teacher
 from models import create_model
 

@@ -16,7 +16,7 @@ if str(REPO) not in sys.path:
 
 from dataset.folder import (IMAGENET_MEAN, IMAGENET_STD, build_folder_loaders,  # noqa: E402
                             extract_image_archive, scan_folder_dataset)
-from helper.errors import UserError  # noqa: E402
+from helper.core.errors import UserError  # noqa: E402
 
 torch.set_num_threads(1)
 ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"

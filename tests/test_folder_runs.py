@@ -9,7 +9,7 @@ import train_student
 import train_teacher
 from conftest import SHARED_DATA
 from dataset.folder import extract_image_archive
-from helper.checkpoint import create_pretrained
+from helper.run.checkpoint import create_pretrained
 from models import create_model
 
 ARCHIVE = SHARED_DATA / "cifar10-jpeg.tar.gz"
@@ -52,7 +52,7 @@ def test_pretrained_file_keeps_features_and_refreshes_another_classifier(tmp_pat
 
 
 def test_pretrained_errors(tmp_path, capsys):
-    from helper.errors import UserError
+    from helper.core.errors import UserError
     with pytest.raises(UserError, match="no such file"):
         create_pretrained("resnet8", 10, str(tmp_path / "missing.pth"))
     torch.save({"model": create_model("resnet14", 10).state_dict()}, tmp_path / "r14.pth")

@@ -10,7 +10,7 @@ import distillers.ab  # noqa: F401  (registers ab, which adds the shared --init_
 import distillers.fsp  # noqa: F401
 from distillers import Stage
 from distillers.fsp import fsp_loss, fsp_matrices
-from helper.errors import UserError
+from helper.core.errors import UserError
 from helpers import (PAIRS, build, assert_gradients, assert_no_extras, make_distiller, one_epoch,
                      one_line_user_error)
 from models import create_model

@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from helper.errors import UserError  # noqa: E402
+from helper.core.errors import UserError  # noqa: E402
 from models import create_model, model_names  # noqa: E402
 from models import imagenet  # noqa: E402
 

@@ -1,8 +1,11 @@
-"""The package's import graph: no cycles, and layers that point one way.
+"""The package's import graph: no cycles, and layers that point one way, top-down:
 
-    train_teacher.py, train_student.py  ->  helper/  ->  distillers/  ->  models/, dataset/
+    train_teacher.py, train_student.py
+        ->  helper/ (the command-line programs; helper/run/, helper/teachers/)
+        ->  distillers/  ->  models/, dataset/  ->  helper/core/
 
-with a few leaf modules of helper/ that everyone may import (``LEAVES``). The graph is read
+helper/core/ holds the leaves every layer may import (``LEAVES``); they import nothing of the
+package but each other, so no arrow runs up and none closes a cycle. The graph is read
 from the source with ``ast`` (every import, also those inside functions), nothing is executed.
 
 Edges: ``import a.b`` and ``from a.b import c`` import ``a.b`` (or ``a.b.c`` when ``c`` is a
@@ -19,16 +22,17 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("models", "dataset", "distillers", "helper")
 ENTRY_SCRIPTS = ("train_teacher", "train_student")
 
-# Modules of helper/ that models/, dataset/ and distillers/ may import: they import nothing
-# from the package but each other, so they can never close a cycle or pull a layer upwards.
+# What models/, dataset/ and distillers/ may import of helper/: helper/core/ (and the package
+# __init__ files its import runs, both empty of imports).
 LEAVES = {
-    "helper": "empty __init__.py, run by every import of helper.<leaf>",
-    "helper.errors": "UserError, raised wherever a user's input is wrong",
-    "helper.files": "reading and writing weight files: models/ loads pretrained weights",
-    "helper.argtypes": "argparse number types: dataset/augment.py declares its flags",
-    "helper.option_groups": "options as frozen dataclasses: every layer declares its flags",
-    "helper.user_code": "importing the user's own files: models/ (--model FILE.py:FUNCTION) "
-                        "and distillers/ (--distill FILE.py:CLASS)",
+    "helper": "empty __init__.py, run by every import of helper.<module>",
+    "helper.core": "the leaves' package: only a docstring",
+    "helper.core.errors": "UserError, raised wherever a user's input is wrong",
+    "helper.core.files": "reading and writing weight files: models/ loads pretrained weights",
+    "helper.core.argtypes": "argparse number types: dataset/augment.py declares its flags",
+    "helper.core.option_groups": "options as frozen dataclasses: every layer declares its flags",
+    "helper.core.user_code": "importing the user's own files: models/ (--model FILE.py:FUNCTION) "
+                             "and distillers/ (--distill FILE.py:CLASS)",
 }
 
 
@@ -162,19 +166,19 @@ def test_edges_are_resolved_like_python(tmp_path):
 
 
 def test_layer_rules_catch_upward_imports():
-    graph = {"models.resnet": {"helper.errors", "helper"}, "dataset.folder": {"helper.checkpoint"},
-             "distillers.kd": {"helper.trainer", "models"}, "helper.trainer": {"train_student"},
-             "helper.errors": {"models"}}
+    graph = {"models.resnet": {"helper.core.errors", "helper"}, "dataset.folder": {"helper.run.checkpoint"},
+             "distillers.kd": {"helper.run.trainer", "models"}, "helper.run.trainer": {"train_student"},
+             "helper.core.errors": {"models"}}
     assert sorted(layer_violations(graph)) == [
-        ("dataset.folder", "helper.checkpoint"), ("distillers.kd", "helper.trainer"),
-        ("helper.errors", "models"), ("helper.trainer", "train_student")]
+        ("dataset.folder", "helper.run.checkpoint"), ("distillers.kd", "helper.run.trainer"),
+        ("helper.core.errors", "models"), ("helper.run.trainer", "train_student")]
 
 
 def test_the_package_has_no_import_cycle():
     graph = import_graph()
-    assert {"models", "models.imagenet", "dataset.dali", "distillers.mgd", "helper.checkpoint",
+    assert {"models", "models.imagenet", "dataset.dali", "distillers.mgd", "helper.run.checkpoint",
             "train_student"} <= set(graph)
-    assert "helper.errors" in graph["models.base"]  # the walk sees imports at all
+    assert "helper.core.errors" in graph["models.base"]  # the walk sees imports at all
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 

@@ -4,7 +4,7 @@ from types import SimpleNamespace
 import torch
 
 from distillers import kd_loss
-from helper.loop import step_lr
+from helper.run.loop import step_lr
 from helpers import build, assert_gradients, kd_by_hand, make_distiller
 from models import create_model
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from distillers.kdsvd import align, kdsvd_loss
-from helper.errors import UserError
+from helper.core.errors import UserError
 from helpers import (PAIRS, assert_gradients, assert_no_extras, make_distiller, one_epoch,
                      one_line_user_error)
 

@@ -147,7 +147,7 @@ def test_pad_l2_stage_options_give_the_published_recipe():
 
 
 def test_pad_l2_stage_flags_parse_and_check():
-    from helper.options import parse_student_args
+    from helper.run.options import parse_student_args
     config = parse_student_args(["--distill", "pad_l2", "--pad_l2_l2_epochs", "0",
                                  "--pad_l2_l2_lr_decay_epochs", "30,60", "--pad_l2_l2_lr", "0.2",
                                  "--pad_l2_l2_beta", "15"])
@@ -215,7 +215,7 @@ def test_pad_l2_one_epoch_with_a_last_batch_of_one(cifar100_tiny, tmp_path, teac
 def test_pad_l2_two_runs_one_epoch_from_the_l2_run(cifar100_tiny, tmp_path, teacher_ckpt):
     """The published recipe: an l2 run, then pad_l2 without an L2 stage from its best.pth;
     the l2 run's last.pth also loads as a teacher (the table scripts use last.pth)."""
-    from helper.checkpoint import create_pretrained, load_teacher
+    from helper.run.checkpoint import create_pretrained, load_teacher
     teacher = teacher_ckpt("resnet14x4")
     l2_run, _ = one_epoch("l2", teacher, "resnet8x4", cifar100_tiny, tmp_path / "l2", "-b", "15")
     best = l2_run / "best.pth"

@@ -80,7 +80,7 @@ def test_batch_size_and_rank_are_checked_alike(tmp_path, build, batch_size, rank
     """The in-memory and the folder data sets refuse a bad batch size or rank in the same
     words (dataset.loader.check_batch_and_rank), before any data is read."""
     import dataset
-    from helper.errors import UserError
+    from helper.core.errors import UserError
     name = "cifar100" if build == "build_loaders" else "folder"
     with pytest.raises(UserError) as e:
         getattr(dataset, build)(name, tmp_path / "nothing", batch_size, "cpu", rank=rank,

@@ -1,4 +1,4 @@
-"""Logs where researchers look (helper/loggers.py): train.log in every run folder, TensorBoard's
+"""Logs where researchers look (helper/run/loggers.py): train.log in every run folder, TensorBoard's
 HParams tab over a folder of runs (read back with TensorBoard's own backend), and --logger
 mlflow (MLflow's local file store) and wandb (a stand-in module: the package is not installed
 here)."""
@@ -182,7 +182,7 @@ def test_a_missing_logger_package_is_one_line(monkeypatch, capsys):
 
 
 def test_logger_packages_are_imported_only_when_asked():
-    code = ("import sys, train_student, train_teacher, helper.loggers, helper.trainer; "
+    code = ("import sys, train_student, train_teacher, helper.run.loggers, helper.run.trainer; "
             "sys.exit(sorted(m for m in ('mlflow', 'wandb') if m in sys.modules) or 0)")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr + done.stdout

@@ -13,9 +13,9 @@ import distillers.mgd  # noqa: F401  (registers --distill mgd)
 from dataset import RandomCropFlip, TensorLoader, normalize
 from distillers.mgd import matching_cost, reduce_teacher, solve_matching
 from distillers.ofd import bn_margin, partial_l2  # OFD's, which MGD uses
-from helper.errors import UserError
-from helper.options import parse_student_args
-from helper.run_folder import SEP, student_run_name
+from helper.core.errors import UserError
+from helper.run.options import parse_student_args
+from helper.run.run_folder import SEP, student_run_name
 from helpers import (PAIRS, build, assert_extras_round_trip, assert_extras_trainable, assert_gradients,
                      assert_resume_is_exact, make_distiller, one_epoch, one_line_user_error,
                      run_student)

@@ -12,7 +12,7 @@ from PIL import Image, ImageEnhance, ImageOps
 import dataset.strong_view as sv
 from dataset.tensor_loader import RandomCropFlip, TensorLoader
 from distillers.mlkd import confidence_masks, mlkd_terms
-from helper.errors import UserError
+from helper.core.errors import UserError
 from helpers import (PAIRS, assert_gradients, assert_no_extras, assert_resume_is_exact,
                      make_distiller, one_epoch, one_line_user_error, run_student)
 

@@ -9,8 +9,8 @@ import torch
 
 pytest.importorskip("timm")
 
-from helper.checkpoint import load_teacher  # noqa: E402
-from helper.errors import UserError  # noqa: E402
+from helper.run.checkpoint import load_teacher  # noqa: E402
+from helper.core.errors import UserError  # noqa: E402
 from helpers import one_epoch, one_line_user_error, save_teacher  # noqa: E402
 from models import create_model  # noqa: E402
 from models.base import fit_to_data  # noqa: E402
@@ -184,7 +184,7 @@ def test_one_epoch_feature_methods_with_extras(method, tv_teacher, cifar100_tiny
 def test_pretrained_weight_file_of_a_prefixed_name(tmp_path):
     """--pretrained FILE: a torchvision weight file (its own keys) loads into torchvision:NAME;
     a classifier of another class count starts fresh."""
-    from helper.checkpoint import create_pretrained
+    from helper.run.checkpoint import create_pretrained
     import torchvision
     torch.manual_seed(1)
     source = torchvision.models.resnet18(num_classes=1000)

@@ -9,8 +9,8 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from distillers.camkd import confidence_weights, weighted_feature_loss, weighted_kd
-from helper.errors import UserError
-from helper.options import parse_student_args
+from helper.core.errors import UserError
+from helper.run.options import parse_student_args
 from helpers import (assert_extras_round_trip, assert_extras_trainable, assert_resume_is_exact,
                      build, kd_by_hand, one_epoch, one_line_user_error, run_student)
 from models import create_model

@@ -1,14 +1,14 @@
-"""helper/normalization.py: a teacher trained on inputs normalised otherwise than the run's data
+"""helper/teachers/normalization.py: a teacher trained on inputs normalised otherwise than the run's data
 sees its own normalisation (a per-channel affine map before its forward, checked by hand in
 float64), in a real train_student.py run too; the data sets' normalisations are the loaders'
 own; bad records and channel counts are one-line errors."""
 import pytest
 import torch
 
-import helper.teacher_setup
-from helper.checkpoint import load_teacher
-from helper.errors import UserError
-from helper.normalization import Normalization, data_normalization, renormalize
+import helper.teachers.setup
+from helper.run.checkpoint import load_teacher
+from helper.core.errors import UserError
+from helper.teachers.normalization import Normalization, data_normalization, renormalize
 from helpers import read_summary, run_student, save_teacher
 from models import create_model
 
@@ -82,7 +82,7 @@ def test_a_student_run_distils_from_the_teachers_own_normalisation(cifar100_tiny
         teacher, checkpoint = load_teacher(*args, **kwargs)
         loaded.append(teacher)
         return teacher, checkpoint
-    monkeypatch.setattr(helper.teacher_setup, "load_teacher", spy)  # the student run's loader
+    monkeypatch.setattr(helper.teachers.setup, "load_teacher", spy)  # the student run's loader
     run = run_student("kd", "resnet8", cifar100_tiny, tmp_path / "save", teacher=path)
     assert read_summary(run)["finished"]
     (teacher,) = loaded

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from distillers.nst import nst_loss
-from helper.errors import UserError
+from helper.core.errors import UserError
 from helpers import PAIRS, build, assert_gradients, assert_no_extras, make_distiller, one_epoch
 from models import create_model
 

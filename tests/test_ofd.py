@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy.stats import norm
 
-from helper.errors import UserError
+from helper.core.errors import UserError
 from helpers import (PAIRS, assert_extras_round_trip, assert_extras_trainable, assert_gradients,
                      assert_resume_is_exact, build, one_epoch, one_line_user_error, run_student)
 from models import create_model

@@ -15,8 +15,8 @@ import torch
 from distillers import (KDOptions, KDTerm, RunInfo, WeightOptions, Weights, distiller_classes,
                         get_distiller, option_owners)
 from distillers.options import declaring_classes, flag_names
-from helper.errors import UserError
-from helper.options import parse_student_args, parse_teacher_args, student_parser
+from helper.core.errors import UserError
+from helper.run.options import parse_student_args, parse_teacher_args, student_parser
 from models import create_model
 from models.teachers import TeacherEnsemble
 
@@ -164,7 +164,7 @@ def test_semckd_attention_is_sized_for_the_batch_of_one_process(cifar100_tiny, t
 # ---- the run's own option groups -------------------------------------------------------------
 
 def test_every_run_flag_lives_in_one_typed_group():
-    from helper.options import RUN_GROUPS, TeacherOptions
+    from helper.run.options import RUN_GROUPS, TeacherOptions
     config = parse_student_args(["--distill", "kd", "--path_t", "t.pth", "--epochs", "12",
                                  "--lr_decay_epochs", "5,9", "--nesterov", "--batch_size", "32",
                                  "--amp_dtype", "bf16", "--amp", "--trial", "x", "--aug",
@@ -188,7 +188,7 @@ def test_every_run_flag_lives_in_one_typed_group():
 
 
 def test_a_run_configuration_is_built_in_code_without_argv():
-    from helper.options import RunConfig
+    from helper.run.options import RunConfig
     config = RunConfig.create("ShuffleV2", data={"dataset": "cifar10", "batch_size": 32},
                               optim={"epochs": 3, "lr_decay_epochs": [2]})
     assert config.learning_rate == 0.01  # the default by model, as parsing derives it

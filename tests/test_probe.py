@@ -1,4 +1,4 @@
-"""``--evaluate FILE --linear_probe DATASET`` (helper/probe.py): a linear classifier on a frozen
+"""``--evaluate FILE --linear_probe DATASET`` (helper/run/probe.py): a linear classifier on a frozen
 model's pooled features, on the real CIFAR-10 JPEGs of ../shared/data and on an in-memory data
 set; models of another input shape are refused in one line."""
 import json
@@ -11,7 +11,7 @@ import torch
 import train_student
 import train_teacher
 from dataset.folder import extract_image_archive
-from helper.probe import RECIPE, own_classes, train_linear
+from helper.run.probe import RECIPE, own_classes, train_linear
 from models import create_model
 
 REPO = Path(__file__).resolve().parents[1]

@@ -20,7 +20,7 @@ import torch
 import train_student
 import train_teacher
 from dataset.folder import extract_image_archive
-from helper import teachers
+from helper.teachers import zoo as teachers
 from test_akamaster import _reference
 
 REPO = Path(__file__).resolve().parents[1]

@@ -16,7 +16,7 @@ from dataset.tensor_loader import RandomCropFlip, crop_flip
 from distillers import MethodConfig, RunInfo
 from distillers.fsp import fsp_loss
 from distillers.kdsvd import kdsvd_loss
-from helper.options import parse_student_args, parse_teacher_args
+from helper.run.options import parse_student_args, parse_teacher_args
 from helpers import make_distiller, run_student
 from models import create_model
 

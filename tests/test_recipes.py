@@ -10,16 +10,16 @@ import torch.nn.functional as F
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import helper.trainer
+import helper.run.trainer
 import train_teacher
 from distillers import MethodConfig, RunInfo, Stage, distiller_names
 from distillers.combine import configure
-from helper import config_file
-from helper.loop import step_lr
-from helper.options import parse_student_args, parse_teacher_args
-from helper.run_folder import student_run_name
-from helper.schedule import current_lr, make_optimizer, make_scheduler
-from helper.trainer import stage_optimizer, stage_scheduler
+from helper.run import config_file
+from helper.run.loop import step_lr
+from helper.run.options import parse_student_args, parse_teacher_args
+from helper.run.run_folder import student_run_name
+from helper.run.schedule import current_lr, make_optimizer, make_scheduler
+from helper.run.trainer import stage_optimizer, stage_scheduler
 from models import create_model
 
 
@@ -307,7 +307,7 @@ def _lr_scalars(run):
 
 def _killed_in_third_epoch(monkeypatch, argv):
     """``train_teacher.main(argv)`` interrupted at the start of its third epoch."""
-    real = helper.trainer.train_one_epoch
+    real = helper.run.trainer.train_one_epoch
     calls = {"n": 0}
 
     def killed_in_third(model, loader, *args, **kwargs):
@@ -316,10 +316,10 @@ def _killed_in_third_epoch(monkeypatch, argv):
             raise KeyboardInterrupt("simulated kill")
         return real(model, loader, *args, **kwargs)
 
-    monkeypatch.setattr(helper.trainer, "train_one_epoch", killed_in_third)
+    monkeypatch.setattr(helper.run.trainer, "train_one_epoch", killed_in_third)
     with pytest.raises(KeyboardInterrupt):
         train_teacher.main(argv)
-    monkeypatch.setattr(helper.trainer, "train_one_epoch", real)
+    monkeypatch.setattr(helper.run.trainer, "train_one_epoch", real)
 
 
 def test_resume_mid_cosine_with_warmup_matches_uninterrupted(mnist_small, tmp_path, monkeypatch):

@@ -15,12 +15,12 @@ import torch
 import train_teacher
 from dataset.cifar import load_cifar
 from distillers import distiller_names
-from helper import teachers
-from helper.errors import UserError
-from helper.options import (parse_student_args, parse_teacher_args, student_parser,
+from helper.teachers import zoo as teachers
+from helper.core.errors import UserError
+from helper.run.options import (parse_student_args, parse_teacher_args, student_parser,
                             teacher_parser)
-from helper.resume import RESUME_FREE, check_same_args, plain
-from helper.run_folder import RunFolder, pid_alive
+from helper.run.resume import RESUME_FREE, check_same_args, plain
+from helper.run.run_folder import RunFolder, pid_alive
 from helpers import one_line_exit, run_student, save_teacher
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import helper.trainer
+import helper.run.trainer
 import train_student
 import train_teacher
 from helper.report import (NOT_RECIPE, PRESENCE_ONLY, RECIPE, accuracy_curve, load_runs, main,
@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = ("--batch_size", "16", "--deterministic")
 
 # A process that dies as by SIGKILL in its first epoch: its config.yaml and lock stay.
-KILLED_IN_FIRST_EPOCH = ("import os, signal, sys; import helper.trainer as t; "
+KILLED_IN_FIRST_EPOCH = ("import os, signal, sys; import helper.run.trainer as t; "
                          "t.train_one_epoch = lambda *a, **k: "
                          "os.kill(os.getpid(), signal.SIGKILL); "
                          "import train_student; train_student.main(sys.argv[1:])")
@@ -46,7 +46,7 @@ def _method_flags():
 
 def _run_flags():
     """The flags of the two entry scripts that are not a method's options."""
-    from helper.options import student_parser, teacher_parser
+    from helper.run.options import student_parser, teacher_parser
     return (_dests(student_parser()) | _dests(teacher_parser())) - _method_flags()
 
 
@@ -64,7 +64,7 @@ def test_every_flag_is_recipe_or_not():
 def _interrupted_in_second_epoch(seen, *argv):
     """``train_student.main(argv)`` (two epochs) interrupted by Ctrl-C in its second epoch; at
     the start of each epoch ``seen`` gets the report's warnings and table over its folder."""
-    real = helper.trainer.train_one_epoch
+    real = helper.run.trainer.train_one_epoch
     save = Path(argv[argv.index("--save_folder") + 1])
 
     def watched(model, loader, optimizer, epoch, *args, **kwargs):
@@ -76,7 +76,7 @@ def _interrupted_in_second_epoch(seen, *argv):
         return real(model, loader, optimizer, epoch, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as monkeypatch:
-        monkeypatch.setattr(helper.trainer, "train_one_epoch", watched)
+        monkeypatch.setattr(helper.run.trainer, "train_one_epoch", watched)
         with pytest.raises(KeyboardInterrupt):
             train_student.main(list(argv))
 

@@ -3,7 +3,7 @@ the same weights, method state and logged metrics as an uninterrupted run (--det
 import pytest
 import torch
 
-import helper.trainer
+import helper.run.trainer
 import train_student
 from conftest import write_cifar100
 from helpers import DiesAfterOneBatch, event_scalars
@@ -47,7 +47,7 @@ def test_killed_and_resumed_run_matches_uninterrupted(method, setup, tmp_path, m
     data, teacher = setup
     train_student.main(_argv(method, data, teacher, tmp_path / "full"))
 
-    real = helper.trainer.train_one_epoch
+    real = helper.run.trainer.train_one_epoch
     calls = {"n": 0}
 
     def killed_in_last_epoch(model, loader, *args, **kwargs):
@@ -58,10 +58,10 @@ def test_killed_and_resumed_run_matches_uninterrupted(method, setup, tmp_path, m
 
     full_run = next((tmp_path / "full" / "students").iterdir())
     total_epochs = torch.load(full_run / "last.pth", weights_only=True)["epoch"]
-    monkeypatch.setattr(helper.trainer, "train_one_epoch", killed_in_last_epoch)
+    monkeypatch.setattr(helper.run.trainer, "train_one_epoch", killed_in_last_epoch)
     with pytest.raises(KeyboardInterrupt):
         train_student.main(_argv(method, data, teacher, tmp_path / "cut"))
-    monkeypatch.setattr(helper.trainer, "train_one_epoch", real)
+    monkeypatch.setattr(helper.run.trainer, "train_one_epoch", real)
     cut_run = tmp_path / "cut" / "students" / full_run.name
     assert torch.load(cut_run / "last.pth", weights_only=True)["epoch"] == total_epochs - 1
     train_student.main([*_argv(method, data, teacher, tmp_path / "cut"), "--resume"])

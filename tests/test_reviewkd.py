@@ -9,7 +9,7 @@ import torch
 import distillers.reviewkd  # noqa: F401  (registers --distill reviewkd)
 from distillers import get_distiller
 from distillers.reviewkd import ABF, hcl_loss
-from helper.errors import UserError
+from helper.core.errors import UserError
 from helpers import (PAIRS, build, assert_extras_round_trip, assert_extras_trainable, assert_gradients,
                      make_distiller, one_epoch)
 from models import create_model
@@ -198,7 +198,7 @@ def test_student_preact_features_as_torchdistill():
 
 
 def test_switches_parse():
-    from helper.options import parse_student_args
+    from helper.run.options import parse_student_args
     config = parse_student_args(["--distill", "reviewkd", "--reviewkd_teacher_train",
                                  "--reviewkd-student-preact"])
     assert config.args.teacher_train and config.method.options.reviewkd_student_preact

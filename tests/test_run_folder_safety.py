@@ -13,13 +13,13 @@ import time
 import pytest
 import torch
 
-import helper.files
-import helper.trainer
+import helper.core.files
+import helper.run.trainer
 import train_student
 import train_teacher
 from conftest import REPO
-from helper.errors import UserError
-from helper.files import atomic_save
+from helper.core.errors import UserError
+from helper.core.files import atomic_save
 from models import create_model
 
 RUN = ("teachers", "mlp_800_vanilla_mnist_trial_0")
@@ -55,14 +55,14 @@ def _leftovers(folder):
 
 def _during_first_epoch(monkeypatch, action):
     """Call ``action()`` once, at the start of the first epoch trained from now on."""
-    real, calls = helper.trainer.train_one_epoch, []
+    real, calls = helper.run.trainer.train_one_epoch, []
 
     def wrapped(*args, **kwargs):
         if not calls:
             calls.append(1)
             action()
         return real(*args, **kwargs)
-    monkeypatch.setattr(helper.trainer, "train_one_epoch", wrapped)
+    monkeypatch.setattr(helper.run.trainer, "train_one_epoch", wrapped)
 
 
 def test_second_run_in_a_held_folder_is_refused(mnist_small, tmp_path, capsys, monkeypatch):
@@ -191,7 +191,7 @@ def _disk_full_for(monkeypatch, name):
     def fake_open(path, mode="r", *args, **kwargs):
         f = open(path, mode, *args, **kwargs)
         return _FullDisk(f) if f"{name}.tmp" in str(path) else f
-    monkeypatch.setattr(helper.files, "open", fake_open, raising=False)
+    monkeypatch.setattr(helper.core.files, "open", fake_open, raising=False)
 
 
 def test_torch_save_on_a_full_disk_is_an_os_error(tmp_path, monkeypatch):
@@ -300,7 +300,7 @@ def test_ctrl_c_is_one_line_and_keeps_the_last_epoch(mnist_small, tmp_path):
 def test_ctrl_c_during_an_epochs_files_takes_effect_after_them():
     """A KeyboardInterrupt raised inside TensorBoard's writer can leave its queue's lock held
     (the run then hangs at exit): Ctrl-C while the epoch's files are written waits for them."""
-    from helper.run_folder import deferred_interrupt
+    from helper.run.run_folder import deferred_interrupt
     done = []
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:

@@ -19,7 +19,7 @@ from distillers import distiller_classes, distiller_names, get_distiller
 from distillers.__main__ import listing, markdown_table, option_defaults
 from distillers.combine import split_methods
 from distillers.registry import method_option_names, switches
-from helper.options import parse_student_args, student_parser
+from helper.run.options import parse_student_args, student_parser
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

@@ -16,9 +16,9 @@ from unittest import mock
 
 import pytest
 
-from helper.options import parse_student_args, parse_teacher_args
-from helper.published import TABLES
-from helper.run_folder import SEP, student_run_name, teacher_run_name
+from helper.run.options import parse_student_args, parse_teacher_args
+from helper.teachers.published import TABLES
+from helper.run.run_folder import SEP, student_run_name, teacher_run_name
 
 SCRIPT_DIR = Path(__file__).resolve().parents[1] / "scripts"
 # The table scripts (common.sh is their library; gpu_check.sh a check, not a table)
@@ -74,7 +74,7 @@ def _parsed_facts(argv):
 
 
 def _teacher_model(path_t):
-    from helper.checkpoint import model_name_from_path
+    from helper.run.checkpoint import model_name_from_path
     return model_name_from_path(path_t) or "teacher"
 
 
@@ -325,7 +325,7 @@ RECIPES = {"simkd_cifar100.sh": SIMKD, "repdistiller_cifar100.sh": REPDISTILLER,
            "torchdistill_imagenet.sh": TORCHDISTILL, "mgd.sh": MGD, "hinton_mnist.sh": HINTON,
            "cifar10_jpeg.sh": CIFAR10_JPEG}
 
-# The teacher checkpoint and metric each script prints, as helper/published.py's TABLES.
+# The teacher checkpoint and metric each script prints, as helper/teachers/published.py's TABLES.
 NOTES = {"simkd_cifar100.sh": ["simkd_cifar100"],
          "repdistiller_cifar100.sh": ["repdistiller_cifar100"],
          "dkd_cifar100.sh": ["dkd_cifar100"], "kd_zoo_cifar.sh": ["kd_zoo_cifar10/100"],

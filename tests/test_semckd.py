@@ -8,7 +8,7 @@ import torch
 
 import distillers.semckd  # noqa: F401  (registers --distill semckd)
 from distillers.semckd import CrossLayerAttention, semckd_loss
-from helper.errors import UserError
+from helper.core.errors import UserError
 from helpers import (PAIRS, build, assert_extras_round_trip, assert_extras_trainable, assert_gradients,
                      make_distiller, one_epoch)
 from models import create_model

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 
 import distillers.simkd  # noqa: F401  (registers simkd until distillers/__init__ imports it)
 from distillers.simkd import SimKDStudent, simkd_loss
-from helper.checkpoint import load_teacher
-from helper.errors import UserError
+from helper.run.checkpoint import load_teacher
+from helper.core.errors import UserError
 from helpers import (PAIRS, build, NoClassifierTeacher, assert_extras_round_trip, make_distiller,
                      one_epoch, read_summary, run_student)
 from models import create_deployed, create_model

@@ -7,8 +7,8 @@ import torch
 
 import train_student
 import train_teacher
-from helper import precision
-from helper.precision import has_cpu_compiler, make_sgd
+from helper.run import precision
+from helper.run.precision import has_cpu_compiler, make_sgd
 from models import create_model
 
 

@@ -9,7 +9,7 @@ import torch.nn as nn
 
 import distillers.srrl  # noqa: F401  (registers srrl until distillers/__init__ imports it)
 from distillers.srrl import srrl_losses
-from helper.errors import UserError
+from helper.core.errors import UserError
 from helpers import PAIRS, build, NoClassifierTeacher, assert_gradients, make_distiller, one_epoch
 from models import create_model
 

@@ -11,7 +11,7 @@ import distillers.sskd  # noqa: F401  (registers sskd)
 from conftest import write_cifar100
 from distillers import Stage
 from distillers.sskd import keep_mask, masked_kd, rotations, similarity
-from helper.errors import UserError
+from helper.core.errors import UserError
 from helpers import (PAIRS, build, assert_extras_round_trip, assert_extras_trainable, assert_gradients,
                      make_distiller, one_epoch)
 from models import create_model

@@ -5,8 +5,8 @@ import torch.nn.functional as F
 
 from dataset import build_loaders
 from distillers import Distiller, RunInfo, Stage, Weights
-from helper.options import parse_teacher_args
-from helper.trainer import fit
+from helper.run.options import parse_teacher_args
+from helper.run.trainer import fit
 from models import create_model
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from helper import slurm, table
-from helper.errors import UserError
-from helper.run_folder import RunFolder
+from helper.core.errors import UserError
+from helper.run.run_folder import RunFolder
 
 REPO = Path(__file__).resolve().parents[1]
 

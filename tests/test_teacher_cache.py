@@ -1,4 +1,4 @@
-"""helper/teacher_cache.py: the views, the cached logits (and pooled features) against the
+"""helper/teachers/cache.py: the views, the cached logits (and pooled features) against the
 teacher on crops made by hand, cached batches and losses against on-the-fly ones, an
 interrupted build resumed, ranks sharing the build, float16's error, real runs (kd; crd, rkd
 and pkt on a pooled cache, whose teacher never runs), the kinds of cache and which serves
@@ -12,9 +12,9 @@ import torch
 
 from dataset import RandomCropFlip, TensorLoader, cifar
 from distillers import RunInfo
-from helper import teacher_cache as tc
-from helper.errors import UserError
-from helper.teacher_forward import wrap_teacher
+from helper.teachers import cache as tc
+from helper.core.errors import UserError
+from helper.teachers.forward import wrap_teacher
 from helpers import (assert_resume_is_exact, build, one_line_user_error, read_summary,
                      run_student, save_teacher)
 from models import create_model
@@ -157,10 +157,10 @@ def test_interrupted_build_continues_where_it_stopped(tmp_path, data, teacher_fi
 
 
 def test_build_progress_every_ten_seconds_and_one_line_on_ctrl_c(monkeypatch):
-    """helper.store.building, the clock of both builds (this cache's and FKD's soft labels'):
+    """helper.teachers.store.building, the clock of both builds (this cache's and FKD's soft labels'):
     a progress line when ten seconds have passed since the last one and at the last piece;
     Ctrl-C becomes the build's own message, without the traceback of where it struck."""
-    from helper import store
+    from helper.teachers import store
     now = [100.0]
     monkeypatch.setattr(store, "time", SimpleNamespace(perf_counter=lambda: now[0]))
     lines = []
@@ -228,7 +228,7 @@ def test_refusals(tmp_path, data, teacher_file):
 
 def _run_config(dataset, num_classes, augment=None, **teacher):
     """A student run's configuration built in code, with the data's sizes."""
-    from helper.options import RunConfig
+    from helper.run.options import RunConfig
     return RunConfig.create("resnet8", teacher=teacher, data={"dataset": dataset},
                             augment=augment or {}).with_data({"num_classes": num_classes})
 
@@ -484,11 +484,11 @@ def test_float16_pooled_storage_error(tmp_path, data, teacher_file):
 
 
 def _forbid_the_teacher_when_cached(monkeypatch):
-    """The student run's cache attach (helper/teacher_setup.py), after which the teacher of a
+    """The student run's cache attach (helper/teachers/setup.py), after which the teacher of a
     cached run fails when called but for its start-up score on the test split (the cache's
     build comes before); the loaders attached, listed."""
     import train_student
-    from helper import teacher_setup
+    from helper.teachers import setup as teacher_setup
     attached = []
     score = teacher_setup.score_teachers
 

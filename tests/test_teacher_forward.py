@@ -1,4 +1,4 @@
-"""helper/teacher_forward.py: BN folding by hand, exactness on every teacher family (logits and
+"""helper/teachers/forward.py: BN folding by hand, exactness on every teacher family (logits and
 features), the frozen-teacher contract through a distiller, training mode, real runs, errors."""
 from types import SimpleNamespace
 
@@ -7,10 +7,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from helper.errors import UserError
-from helper.teacher_forward import (TOLERANCE, FastTeacher, conv_bn_pairs, fold_conv_bn,
+from helper.core.errors import UserError
+from helper.teachers.forward import (TOLERANCE, FastTeacher, conv_bn_pairs, fold_conv_bn,
                                     max_relative_error, prepare_teacher, wrap_teacher)
-from helper.precision import has_cpu_compiler
+from helper.run.precision import has_cpu_compiler
 from helpers import assert_gradients, build, run_student
 from models import create_model
 
@@ -151,7 +151,7 @@ def test_a_conv_output_read_only_by_its_bn_folds():
 def test_a_pair_the_pass_missed_is_caught_by_the_check(monkeypatch):
     """The start-up check is the last guard: a pair wrongly reported foldable (here forced)
     fails it, and only the pairs exact on their own are folded."""
-    import helper.teacher_forward as tf
+    import helper.teachers.forward as tf
     monkeypatch.setattr(tf, "conv_bn_pairs", lambda *a: {"bn": "conv"})
     model, x = RawUse("shortcut"), torch.randn(2, 3, 8, 8)
     fast = FastTeacher(model, channels_last=False, example=x)

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from helper import download, teachers
-from helper.checkpoint import FORMAT, load_teacher
+from helper.teachers import download, zoo as teachers
+from helper.run.checkpoint import FORMAT, load_teacher
 from models import create_model
 
 MODEL = "resnet56"  # the release's smallest teacher

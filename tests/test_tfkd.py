@@ -9,7 +9,7 @@ import torch
 
 from distillers import get_distiller
 from distillers.tfkd import tfkd_self_loss, tfkd_virtual_loss, virtual_teacher
-from helper.errors import UserError
+from helper.core.errors import UserError
 from helpers import PAIRS, build, assert_gradients, assert_no_extras, one_epoch
 from models import create_model
 
@@ -116,7 +116,7 @@ def test_documented_reference_recipe_parses_to_the_reference_values():
     after 60/120/160, weight decay 5e-4, alpha 0.95, T 20 (mobilenet_self_teacher/params.json)."""
     import shlex
     from distillers.tfkd import TfKD
-    from helper.options import parse_student_args
+    from helper.run.options import parse_student_args
     doc = TfKD.__doc__
     start = doc.index("python train_student.py")
     command = doc[start:doc.index("\n\n", start)]

@@ -15,15 +15,15 @@ import torch
 import yaml
 
 import helper.report
-import helper.trainer
+import helper.run.trainer
 import train_student
 from conftest import write_cifar100
 from helpers import DiesAfterOneBatch, event_scalars, one_line_exit
 from distillers import registry, sources
 from distillers.combine import split_methods
 from distillers.sources import source_of, split_spec
-from helper.errors import UserError
-from helper.options import parse_student_args
+from helper.core.errors import UserError
+from helper.run.options import parse_student_args
 from models import create_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -126,7 +126,7 @@ def test_trains_resumes_exactly_reruns_from_its_config_and_evaluates(setup, tmp_
     assert set(last["extras"]) == {"proj.weight", "proj.bias"}
 
     # killed in its last epoch, then --resume: the same weights, extras and logs
-    real = helper.trainer.train_one_epoch
+    real = helper.run.trainer.train_one_epoch
     calls = {"n": 0}
 
     def killed_in_last_epoch(model, loader, *args, **kwargs):
@@ -134,11 +134,11 @@ def test_trains_resumes_exactly_reruns_from_its_config_and_evaluates(setup, tmp_
         if calls["n"] == 2:
             return real(model, DiesAfterOneBatch(loader), *args, **kwargs)
         return real(model, loader, *args, **kwargs)
-    monkeypatch.setattr(helper.trainer, "train_one_epoch", killed_in_last_epoch)
+    monkeypatch.setattr(helper.run.trainer, "train_one_epoch", killed_in_last_epoch)
     cut_argv = _argv(spec, data, teacher, tmp_path / "cut", "--pooled_scale", "0.5")
     with pytest.raises(KeyboardInterrupt):
         train_student.main(cut_argv)
-    monkeypatch.setattr(helper.trainer, "train_one_epoch", real)
+    monkeypatch.setattr(helper.run.trainer, "train_one_epoch", real)
     cut = tmp_path / "cut" / "students" / full.name
     assert torch.load(cut / "last.pth", weights_only=True)["epoch"] == 1
     train_student.main([*cut_argv, "--resume"])

@@ -10,12 +10,12 @@ import torch
 import train_student
 import train_teacher
 from distillers import MethodConfig, WeightOptions
-from helper.checkpoint import create_pretrained, load_teacher
-from helper.errors import UserError
-from helper.files import load_file
-from helper.loop import train_one_epoch
-from helper.options import MAX_SEED, parse_student_args, parse_teacher_args
-from helper.precision import make_sgd
+from helper.run.checkpoint import create_pretrained, load_teacher
+from helper.core.errors import UserError
+from helper.core.files import load_file
+from helper.run.loop import train_one_epoch
+from helper.run.options import MAX_SEED, parse_student_args, parse_teacher_args
+from helper.run.precision import make_sgd
 from helpers import make_distiller
 from models import create_model
 
@@ -192,12 +192,12 @@ def test_an_unreadable_file_is_named(tmp_path):
 
 def test_a_read_error_is_one_line(tmp_path, monkeypatch):
     """What the test above checks, for root too: a read that fails with EACCES."""
-    import helper.files
+    import helper.core.files
     path = _mnist_teacher(tmp_path / "teacher.pth")
 
     def denied(file, *args, **kwargs):
         raise PermissionError(13, "Permission denied", str(file))
-    monkeypatch.setattr(helper.files, "open", denied, raising=False)
+    monkeypatch.setattr(helper.core.files, "open", denied, raising=False)
     with pytest.raises(UserError, match=r"cannot read teacher checkpoint .* \(Permission denied\)"):
         load_file(path, "teacher checkpoint")
 

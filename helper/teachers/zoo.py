@@ -12,7 +12,7 @@ teachers RepDistiller trained, ``cifar_teachers/<model>_vanilla/ckpt_epoch_240.p
 connection where the server allows it (else restarting), then verifies it (the archive reads,
 it holds each teacher asked for, each loads strict into our model of that name) and writes
 each teacher as ``<save_folder>/teachers/<model>_vanilla_cifar100_trial_0/best.pth`` in the
-toolbox's format (``helper.trainer.Fit.save``'s fields), which ``--path_t`` and ``--evaluate``
+toolbox's format (``helper.run.trainer.Fit.save``'s fields), which ``--path_t`` and ``--evaluate``
 read. ``register`` does the same offline from a local copy of the archive (any tar
 compression) or its extracted folder. Nothing is written unless every teacher asked for
 verifies; the temporary file is removed whatever happens; every failure is one line and exit
@@ -27,7 +27,7 @@ file per teacher). Every teacher written records the input normalisation it was 
 (``'normalization'``: the release's, e.g. akamaster's ImageNet mean and std; a registered
 file's from ``--mean/--std``, its own record, akamaster's for its trainer's files, else the
 toolbox pipeline's of ``--dataset``), so that ``--path_t`` and ``--evaluate`` feed it inputs
-normalised as it expects (``helper/normalization.py``).
+normalised as it expects (``helper/teachers/normalization.py``).
 
 When the teacher's data set is in ``--data_folder`` (nothing is downloaded for this), each
 teacher written is scored once on its test split (``--evaluate``'s line and ``best.pth.eval.json``)
@@ -52,12 +52,12 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from helper.checkpoint import FORMAT
-from helper.download import check_url, download, why
-from helper.errors import UserError
-from helper.evaluate import check_published, data_missing
-from helper.files import atomic_save, load_bytes, load_file, load_weights, state_dict_of
-from helper.normalization import Normalization, data_normalization, stored_normalization
+from helper.run.checkpoint import FORMAT
+from helper.teachers.download import check_url, download, why
+from helper.core.errors import UserError
+from helper.run.evaluate import check_published, data_missing
+from helper.core.files import atomic_save, load_bytes, load_file, load_weights, state_dict_of
+from helper.teachers.normalization import Normalization, data_normalization, stored_normalization
 from models import create_model, model_names
 from models.registry import accepts
 from models.resnet_akamaster import AKAMASTER_MEAN, AKAMASTER_STD
@@ -317,7 +317,7 @@ def _report(written, release, log):
 
 def score(written, dataset, args, log=print):
     """Each teacher just written, scored once on the test split of ``dataset`` when it is in
-    ``--data_folder`` and compared with its published accuracy (helper.evaluate.check_published);
+    ``--data_folder`` and compared with its published accuracy (helper.run.evaluate.check_published);
     ``--no_check`` skips this."""
     if not written or args.no_check:
         return
@@ -456,7 +456,7 @@ NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "mnist": 10, "fashion_mnist": 10,
 
 def file_normalization(checkpoint, path, dataset, given=None):
     """The normalisation a registered file was trained with: ``given`` (--mean/--std), else
-    the file's own (``helper.normalization.stored_normalization``: its record, its data set,
+    the file's own (``helper.teachers.normalization.stored_normalization``: its record, its data set,
     akamaster's for a file of akamaster's trainer), else the toolbox pipeline's of ``dataset``."""
     if given is not None:
         return given

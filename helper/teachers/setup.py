@@ -5,11 +5,11 @@ their cached outputs (``--teacher_cache``); their score before training."""
 from dataset.batch_keys import add_batch_keys
 from distillers import distiller_classes
 from helper import fkd_labels
-from helper.checkpoint import load_teacher
-from helper.errors import UserError
-from helper.loop import validate
-from helper.teacher_cache import attach as attach_teacher_cache, file_sha256
-from helper.teacher_forward import prepare_teacher
+from helper.run.checkpoint import load_teacher
+from helper.core.errors import UserError
+from helper.run.loop import validate
+from helper.teachers.cache import attach as attach_teacher_cache, file_sha256
+from helper.teachers.forward import prepare_teacher
 from models.teachers import ensemble_of, teacher_specs
 
 

@@ -8,12 +8,12 @@ the model or the method filled in, and paths as the user gave them. Reading it c
 key against the parser's options and converts every value with the flag's own type and
 choices, so a wrong key or value is refused in one line, as the same flag on the command line
 would be. A file written before the options were scoped holds every method's options:
-``helper/options.py`` drops those of methods the run does not use before the check.
+``helper/run/options.py`` drops those of methods the run does not use before the check.
 """
 import argparse
 import json
 
-from helper.errors import UserError
+from helper.core.errors import UserError
 
 FILE_NAME = "config.yaml"
 # Options that say how this process starts or where it logs, not what the run is: never written.
@@ -39,7 +39,7 @@ def to_text(values, command=None):
 
 
 def write(path, values, command=None):
-    from helper.files import atomic_write
+    from helper.core.files import atomic_write
     text = to_text(values, command).encode()
     atomic_write(path, lambda f: f.write(text))
 

@@ -6,17 +6,17 @@ architecture and class count are stored; a SimKD student's deploy state loads as
 deployed model), RepDistiller/SimKD's ``{'model': state_dict}`` (the architecture from their
 folder-name convention, else ``--model`` / ``--model_t``), bare state dicts. A checkpoint
 trained on inputs normalised otherwise than ``--dataset``'s pipeline (e.g. akamaster's, with
-ImageNet's mean and std) sees its own normalisation (``helper.normalization``). One line is
+ImageNet's mean and std) sees its own normalisation (``helper.teachers.normalization``). One line is
 printed (top-1, top-5, loss, images/s) and the result is written as JSON: into
 ``--save_folder`` when it is given (``<folder>_<file>.eval.json``), else beside the checkpoint
 (``<file>.eval.json``), unless that folder is not writable or holds a record to keep (a
 teacher's registration record, or one over more test images), which then also go into
 ``--save_folder``.
-Distributed runs score each process's shard and sum the counts (``helper.loop.validate``).
-With ``--linear_probe DATASET`` the entry scripts call ``helper.probe.linear_probe`` instead:
+Distributed runs score each process's shard and sum the counts (``helper.run.loop.validate``).
+With ``--linear_probe DATASET`` the entry scripts call ``helper.run.probe.linear_probe`` instead:
 a linear classifier on the checkpoint's frozen features of DATASET.
 
-``check_published`` scores a teacher the zoo just wrote (``helper/teachers.py``) the same way
+``check_published`` scores a teacher the zoo just wrote (``helper/teachers/zoo.py``) the same way
 and compares it with its published top-1 (more than 0.5 points off: a warning line); its
 record, beside the checkpoint, is the registration record (``"registration": true``).
 """
@@ -30,16 +30,16 @@ import torch
 
 from dataset import load_arrays
 from dataset.folder import FOLDER_DATASET_NAMES, find_split_folders
-from helper.checkpoint import load_teacher, model_name_from_path
-from helper.distributed import Context
-from helper.errors import UserError
+from helper.run.checkpoint import load_teacher, model_name_from_path
+from helper.run.distributed import Context
+from helper.core.errors import UserError
 from dataset.cifar import converted_from
-from helper.files import atomic_write, load_file
-from helper.loop import validate
-from helper.normalization import data_normalization
-from helper.options import RunConfig, RunOptions
-from helper.precision import Precision, use_channels_last
-from helper.trainer import build_data
+from helper.core.files import atomic_write, load_file
+from helper.run.loop import validate
+from helper.teachers.normalization import data_normalization
+from helper.run.options import RunConfig, RunOptions
+from helper.run.precision import Precision, use_channels_last
+from helper.run.trainer import build_data
 from models.base import fit_to_data
 
 

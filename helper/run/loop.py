@@ -5,8 +5,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from helper.errors import UserError
-from helper.precision import Precision
+from helper.core.errors import UserError
+from helper.run.precision import Precision
 
 
 class NonFiniteLoss(UserError):
@@ -16,7 +16,7 @@ class NonFiniteLoss(UserError):
 def step_lr(epoch, base_lr, decay_epochs, decay_rate):
     """SimKD/RepDistiller's step schedule: multiply by ``decay_rate`` once per milestone
     passed, where epochs count from 1 and the decay applies from epoch ``milestone + 1``.
-    The reference of ``--lr_scheduler multistep`` (helper/schedule.py), which gives exactly
+    The reference of ``--lr_scheduler multistep`` (helper/run/schedule.py), which gives exactly
     these values."""
     return base_lr * decay_rate ** sum(epoch > m for m in decay_epochs)
 

@@ -1,8 +1,8 @@
 """Weight files: atomic writes, and reading weights with one clear error for each way a file
 can be unusable.
 
-A leaf module: it imports nothing from the package but ``helper.errors``, so ``models/``
-(pretrained weights) and ``helper/checkpoint.py`` (teachers, resume) can both use it.
+A leaf module: it imports nothing from the package but ``helper.core.errors``, so ``models/``
+(pretrained weights) and ``helper/run/checkpoint.py`` (teachers, resume) can both use it.
 """
 import argparse
 import io
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from helper.errors import UserError
+from helper.core.errors import UserError
 
 
 def atomic_save(obj, path):

@@ -1,5 +1,5 @@
 """Checkpoints: RNG state, and loading teachers and pretrained weights from our own or foreign
-files (reading and writing the files themselves: ``helper/files.py``)."""
+files (reading and writing the files themselves: ``helper/core/files.py``)."""
 import random
 import re
 from pathlib import Path
@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from helper.errors import UserError
-from helper.files import load_file, load_weights, state_dict_of
-from helper.normalization import data_normalization, renormalize, stored_normalization
+from helper.core.errors import UserError
+from helper.core.files import load_file, load_weights, state_dict_of
+from helper.teachers.normalization import data_normalization, renormalize, stored_normalization
 from models import create_deployed, create_model, model_names
 from models.registry import accepts, unknown_model
 from models.sources import is_file_model
@@ -73,7 +73,7 @@ def load_teacher(path, num_classes, model_name=None, checkpoint=None, dataset=No
     A toolbox checkpoint with a ``deploy`` entry (a SimKD student: the student, its projector
     and the reused classifier) loads as that whole model. ``checkpoint``: the file's contents
     when already read. ``dataset``: the run's data set; a teacher trained on inputs normalised
-    otherwise takes this data set's (``helper.normalization``). Returns ``(model, checkpoint)``.
+    otherwise takes this data set's (``helper.teachers.normalization``). Returns ``(model, checkpoint)``.
     Every failure is a one-line UserError.
     """
     if checkpoint is None:

@@ -59,9 +59,9 @@ import torch
 
 from dataset.loader_wrapper import LoaderWrapper
 from dataset.tensor_loader import RandomCropFlip, TensorLoader, crop_flip, normalize
-from helper import store
-from helper.errors import UserError
-from helper.option_groups import OptionGroup, option, require
+from helper.teachers import store
+from helper.core.errors import UserError
+from helper.core.option_groups import OptionGroup, option, require
 from models.base import evaluating
 
 FORMAT = 2  # 2: "outputs" and "pooled_dim"; 1 (logits only) is read as outputs ["logits"]

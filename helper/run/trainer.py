@@ -13,16 +13,16 @@ from typing import Optional
 import numpy as np
 import torch
 
-from helper.checkpoint import FORMAT, rng_state, set_rng_state
-from helper.distributed import Context, sync_buffers, wrap
-from helper import config_file
-from helper.precision import Precision, compile_models, use_channels_last
-from helper.errors import UserError
-from helper.loggers import RunLoggers, train_log
-from helper.loop import train_one_epoch, validate
-from helper.resume import plain, resume_checkpoint
-from helper.run_folder import RunFolder, deferred_interrupt
-from helper.schedule import current_lr, make_optimizer, make_scheduler
+from helper.run.checkpoint import FORMAT, rng_state, set_rng_state
+from helper.run.distributed import Context, sync_buffers, wrap
+from helper.run import config_file
+from helper.run.precision import Precision, compile_models, use_channels_last
+from helper.core.errors import UserError
+from helper.run.loggers import RunLoggers, train_log
+from helper.run.loop import train_one_epoch, validate
+from helper.run.resume import plain, resume_checkpoint
+from helper.run.run_folder import RunFolder, deferred_interrupt
+from helper.run.schedule import current_lr, make_optimizer, make_scheduler
 
 
 class Interrupted(SystemExit, KeyboardInterrupt):
@@ -128,7 +128,7 @@ def stage_optimizer(config, distiller, stage):
 
 
 def stage_scheduler(config, optimizer, stage):
-    """The per-epoch lr scheduler of a stage (``--lr_scheduler``, helper/schedule.py), over
+    """The per-epoch lr scheduler of a stage (``--lr_scheduler``, helper/run/schedule.py), over
     its epochs, with its own decay epochs when it has them; created with its optimizer."""
     optim = config.optim
     decay = optim.lr_decay_epochs if stage.lr_decay_epochs is None else stage.lr_decay_epochs
@@ -327,7 +327,7 @@ class Fit:
         self.progress.summary = self.first_summary()
         self.write_config(run)
         epoch = self.progress.start_epoch
-        try:  # HParams session and --logger (helper/loggers.py)
+        try:  # HParams session and --logger (helper/run/loggers.py)
             with RunLoggers(run, self.config, self.meta, self.log) as self.loggers:
                 for epoch in range(self.progress.start_epoch, self.total + 1):
                     index, stage, stage_epoch = stage_at(self.stages, epoch)
@@ -350,7 +350,7 @@ def fit(config, distiller, train_loader, val_loader, run_path, meta, *, ctx=None
     ``RunFolder``, or one opened here on ``run_path``). Returns the summary.
 
     Epochs are counted over all stages (TensorBoard steps, checkpoints); each stage gets a
-    fresh optimizer and its own scheduler (helper/schedule.py).
+    fresh optimizer and its own scheduler (helper/run/schedule.py).
     """
     ctx = ctx or Context()
     if run is not None:

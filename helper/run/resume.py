@@ -9,9 +9,9 @@ from pathlib import Path
 
 from distillers import option_owners
 from distillers.base import WeightOptions
-from helper.checkpoint import FORMAT
-from helper.errors import UserError
-from helper.files import load_file
+from helper.run.checkpoint import FORMAT
+from helper.core.errors import UserError
+from helper.core.files import load_file
 
 
 # The options a resumed run may change: where and how it runs, not what it trains. --resume

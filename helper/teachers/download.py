@@ -1,5 +1,5 @@
 """Downloads that show progress, resume a dropped connection with a Range request (or restart
-when the server cannot), and fail in one line: the teacher zoo's (helper/teachers.py)."""
+when the server cannot), and fail in one line: the teacher zoo's (helper/teachers/zoo.py)."""
 import http.client
 import sys
 import time
@@ -7,7 +7,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from helper.errors import UserError
+from helper.core.errors import UserError
 
 CHUNK = 1 << 16
 

@@ -17,7 +17,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from helper.errors import UserError
+from helper.core.errors import UserError
 
 
 def resolved(path) -> Path:

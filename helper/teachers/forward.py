@@ -45,8 +45,8 @@ import torch
 import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
-from helper.errors import UserError
-from helper.option_groups import OptionGroup, option
+from helper.core.errors import UserError
+from helper.core.option_groups import OptionGroup, option
 from models.base import fit_to_data
 
 MODES = ("auto", "eager", "fold", "fold_cl")
@@ -311,7 +311,7 @@ def wrap_teacher(teacher: nn.Module, mode: str, input_size, device, compile: boo
     if mode not in MODES:
         raise UserError(f"--teacher_forward {mode!r} is not one of {', '.join(MODES)}")
     if compile and torch.device(device).type == "cpu":
-        from helper.precision import has_cpu_compiler
+        from helper.run.precision import has_cpu_compiler
         if not has_cpu_compiler():
             raise UserError("--teacher_compile on the CPU needs a C++ compiler (g++ or clang++ "
                             "not found); install one, set CXX, or drop --teacher_compile")

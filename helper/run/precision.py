@@ -10,8 +10,8 @@ from typing import Optional
 
 import torch
 
-from helper.errors import UserError
-from helper.option_groups import OptionGroup, option, require
+from helper.core.errors import UserError
+from helper.core.option_groups import OptionGroup, option, require
 
 
 @functools.lru_cache(maxsize=None)

@@ -44,15 +44,15 @@ import torch
 import torch.nn.functional as F
 
 from dataset import AugmentConfig, build_loaders
-from helper.checkpoint import model_name_from_path
-from helper.errors import UserError
-from helper.evaluate import (architecture_to_load, evaluate, input_normalization_record,
+from helper.run.checkpoint import model_name_from_path
+from helper.core.errors import UserError
+from helper.run.evaluate import (architecture_to_load, evaluate, input_normalization_record,
                              load_for_evaluation,
                              save_folder_given, write_record)
-from helper.files import load_file, state_dict_of
-from helper.normalization import stored_normalization
-from helper.precision import Precision, use_channels_last
-from helper.trainer import trial_seed
+from helper.core.files import load_file, state_dict_of
+from helper.teachers.normalization import stored_normalization
+from helper.run.precision import Precision, use_channels_last
+from helper.run.trainer import trial_seed
 from models import create_model
 from models.base import fit_to_data
 
@@ -91,7 +91,7 @@ def own_classes(checkpoint, path, name, flag="--model"):
 
 def check_shape(checkpoint, path, model_name, dataset, shape):
     """Refuse a probe whose images are not of the shape the checkpoint was trained on, where
-    the file tells: its channels by its normalisation (``helper.normalization``), its image
+    the file tells: its channels by its normalisation (``helper.teachers.normalization``), its image
     size by its data set when that is held in memory (CIFAR, MNIST)."""
     info = checkpoint if isinstance(checkpoint, dict) else {}
     trained = TRAINED_SHAPES.get(info.get("dataset"))
@@ -278,7 +278,7 @@ def linear_probe(config, ctx, path, model_name=None, fallback=None, flag="--mode
 
 def score_checkpoint(config, ctx, flag, model_name=None):
     """``--evaluate FILE``: its test top-1, or with ``--linear_probe`` its probe
-    (helper/probe.py); the architecture ``model_name`` (``--model_t``), else the file's, else
+    (helper/run/probe.py); the architecture ``model_name`` (``--model_t``), else the file's, else
     the run's model; errors name ``flag``."""
     if isinstance(model_name, (list, tuple)):
         raise UserError(f"--evaluate scores one checkpoint; give one {flag}")

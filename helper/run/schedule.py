@@ -8,7 +8,7 @@ its own decay epochs (counted from the stage's start).
 - ``multistep`` (the default; RepDistiller/SimKD): ``MultiStepLR`` over ``--lr_decay_epochs``
   with ``--lr_decay_rate``: the lr is multiplied by the rate from the epoch after each listed
   one (``lr_decay_epochs 150`` trains epoch 150 at the full lr, epoch 151 decayed), exactly
-  ``helper.loop.step_lr``.
+  ``helper.run.loop.step_lr``.
 - ``step``: ``StepLR``: multiplied by ``--lr_decay_rate`` every ``--lr_decay_step`` epochs
   (counted after the warm-up: epoch ``W + n * step + 1`` starts the n-th decay).
 - ``cosine``: ``CosineAnnealingLR`` from the lr to 0 (``eta_min`` 0) over the stage's epochs
@@ -27,8 +27,8 @@ from typing import Optional, Tuple
 
 import torch
 
-from helper.argtypes import non_negative, number, positive
-from helper.option_groups import OptionGroup, option, require
+from helper.core.argtypes import non_negative, number, positive
+from helper.core.option_groups import OptionGroup, option, require
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("multistep", "step", "cosine", "linear")
@@ -99,7 +99,7 @@ class OptimOptions(OptionGroup):
 def make_optimizer(params, *, name="sgd", lr, momentum=0.9, weight_decay=0.0, nesterov=False):
     """``--optimizer``: SGD with momentum (fused where PyTorch has a kernel for the device), or
     AdamW (its default betas and eps; torch picks its fused/foreach implementation)."""
-    from helper.precision import make_sgd
+    from helper.run.precision import make_sgd
     if name == "sgd":
         return make_sgd(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
                         nesterov=nesterov)
@@ -144,7 +144,7 @@ def make_scheduler(optimizer, *, name="multistep", epochs, decay_epochs=(), deca
 
 class MultiStepLR(torch.optim.lr_scheduler.MultiStepLR):
     """torch's MultiStepLR, its lr computed in closed form, ``base_lr * gamma ** passed``, as
-    ``helper.loop.step_lr`` (and SimKD) compute it: torch's running product drifts by an ulp
+    ``helper.run.loop.step_lr`` (and SimKD) compute it: torch's running product drifts by an ulp
     after two decays (0.01 * 0.1 * 0.1 != 0.01 * 0.1 ** 2), which would change reruns."""
 
     def get_lr(self):

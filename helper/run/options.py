@@ -2,10 +2,10 @@
 read-only run configuration derived from it.
 
 Every flag is a field of a frozen dataclass declared beside the code that uses it
-(helper/option_groups.py), a method's (``distillers/``) as the run's: ``DataOptions``
+(helper/core/option_groups.py), a method's (``distillers/``) as the run's: ``DataOptions``
 (dataset/options.py), ``AugmentConfig`` (dataset/augment.py), ``OptimOptions``
-(helper/schedule.py), ``PrecisionOptions`` (helper/precision.py), ``DistributedOptions``
-(helper/distributed.py), the teacher's (``TeacherOptions``: its files, forward, mode, cache and
+(helper/run/schedule.py), ``PrecisionOptions`` (helper/run/precision.py), ``DistributedOptions``
+(helper/run/distributed.py), the teacher's (``TeacherOptions``: its files, forward, mode, cache and
 FKD labels) and ``RunOptions`` (seed, trial, run folder, logging, --evaluate). Parsing returns a
 ``RunConfig`` holding the groups and what the run derives from them, computed once (the
 method's options and effective weights, the learning rate's default; per process, the batch
@@ -32,18 +32,18 @@ from typing import List, Optional, Union
 import torch
 
 from dataset import DATASET_NAMES, AugmentConfig, DataOptions
-from helper import config_file, loggers
-from helper.argtypes import OneLineParser as _Parser
-from helper.argtypes import number as _number, positive as _positive
-from helper.distributed import DistributedOptions
-from helper.errors import UserError
+from helper.run import config_file, loggers
+from helper.core.argtypes import OneLineParser as _Parser
+from helper.core.argtypes import number as _number, positive as _positive
+from helper.run.distributed import DistributedOptions
+from helper.core.errors import UserError
 from helper.fkd_labels import FkdOptions
-from helper.option_groups import (OptionGroup, add_fields, add_options, group_titles, option,
+from helper.core.option_groups import (OptionGroup, add_fields, add_options, group_titles, option,
                                   options_from, require)
-from helper.precision import PrecisionOptions
-from helper.schedule import OptimOptions, epochs_list as _epochs_list  # noqa: F401
-from helper.teacher_cache import CacheOptions
-from helper.teacher_forward import ForwardOptions, TeacherModeOptions
+from helper.run.precision import PrecisionOptions
+from helper.run.schedule import OptimOptions, epochs_list as _epochs_list  # noqa: F401
+from helper.teachers.cache import CacheOptions
+from helper.teachers.forward import ForwardOptions, TeacherModeOptions
 from distillers import (KDOptions, MethodConfig, RunInfo, get_distiller,
                         option_owners)
 from distillers.combine import configure, split_methods

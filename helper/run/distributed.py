@@ -20,9 +20,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from helper.argtypes import non_negative
-from helper.errors import UserError
-from helper.option_groups import OptionGroup, option, require
+from helper.core.argtypes import non_negative
+from helper.core.errors import UserError
+from helper.core.option_groups import OptionGroup, option, require
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-from helper.errors import UserError
+from helper.core.errors import UserError
 
 LOGGERS = ("wandb", "mlflow")
 LOG_FILE = "train.log"
@@ -118,10 +118,10 @@ def train_log(run, ctx):
 def hparams(config, meta):
     """The run's hyper-parameters as TensorBoard's HParams plugin takes them (int, float, str
     or bool): who (method, student, teacher, data set, trial) and the recipe: every option of
-    the run that changes what is trained (those ``--resume`` keeps fixed, ``helper.resume``:
+    the run that changes what is trained (those ``--resume`` keeps fixed, ``helper.run.resume``:
     the method's options and weights, the schedule, the data and augmentation, precision, the
     seed) and ``--epochs``; lists joined by commas, None as ``none``."""
-    from helper.resume import RESUME_FREE
+    from helper.run.resume import RESUME_FREE
     args = config.effective_args()
     teacher = meta.get("teacher")
     values = {"method": meta.get("distill") or config.method.name, "student": config.model,

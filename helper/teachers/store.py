@@ -1,5 +1,5 @@
 """A folder of memory-mapped arrays built once and reused by later runs: the teacher cache
-(helper/teacher_cache.py) and FKD's soft labels (helper/fkd_labels.py).
+(helper/teachers/cache.py) and FKD's soft labels (helper/fkd_labels.py).
 
 ``manifest.json`` says what the folder holds and is written last, so a manifest means the
 arrays exist; ``progress.bin`` holds one byte per piece of the build (a view, an epoch's chunk),
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from helper.errors import UserError
-from helper.files import atomic_write
+from helper.core.errors import UserError
+from helper.core.files import atomic_write
 
 MANIFEST = "manifest.json"
 PROGRESS = "progress.bin"

@@ -12,8 +12,8 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
-from helper.files import atomic_save, atomic_write
-from helper.errors import UserError
+from helper.core.files import atomic_save, atomic_write
+from helper.core.errors import UserError
 from models.registry import folder_name
 
 SEP = "~" if sys.platform.startswith("win") else ":"

@@ -19,7 +19,7 @@ import argparse
 import dataclasses
 from typing import Any, Iterable, List, Optional, Sequence, Tuple
 
-from helper.errors import UserError
+from helper.core.errors import UserError
 
 
 def option(default: Any, help: Optional[str], *aliases: str, type=None,

@@ -18,7 +18,7 @@ applied to the input before the model's own forward (a forward pre-hook, so the 
 class, feature API, state-dict keys and every method a distiller asks of it). The map is exact
 up to float rounding (one multiply and one add per value, constants computed in float64). It
 serves the teacher of a ``train_student.py`` run and ``--evaluate``
-(``helper.checkpoint.load_teacher``); ``helper/teacher_forward.py``'s folded copy keeps it.
+(``helper.run.checkpoint.load_teacher``); ``helper/teachers/forward.py``'s folded copy keeps it.
 
 A student started from such a file (``--pretrained FILE``) is not re-normalised: it is
 fine-tuned on the run's inputs, its first layer and BatchNorm statistics adapt to them, and its
@@ -38,7 +38,7 @@ import torch.nn as nn
 
 from dataset import DATASET_NAMES, cifar, mnist
 from dataset.imagenet_transforms import IMAGENET_MEAN, IMAGENET_STD
-from helper.errors import UserError
+from helper.core.errors import UserError
 
 # What akamaster's pytorch_resnet_cifar10 trainer.py saves ({'state_dict', 'best_prec1'}, as
 # PyTorch's ImageNet example it derives from); it normalises CIFAR-10 with ImageNet's mean/std.
