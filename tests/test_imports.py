@@ -25,7 +25,7 @@ ENTRY_SCRIPTS = ("train_teacher", "train_student")
 # What models/, dataset/ and distillers/ may import of helper/: helper/core/ (and the package
 # __init__ files its import runs, both empty of imports).
 LEAVES = {
-    "helper": "empty __init__.py, run by every import of helper.<module>",
+    "helper": "its __init__.py: only a docstring, run by every import of helper.<module>",
     "helper.core": "the leaves' package: only a docstring",
     "helper.core.errors": "UserError, raised wherever a user's input is wrong",
     "helper.core.files": "reading and writing weight files: models/ loads pretrained weights",
