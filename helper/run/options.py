@@ -157,9 +157,8 @@ class TeacherFiles(OptionGroup):
     """The teachers' checkpoints and architectures (one value, or a list of several)."""
     title = "distillation"
     path_t: Optional[Union[str, List[str]]] = option(
-        None, "teacher checkpoint; several (space- or comma-separated) for the methods whose "
-        "python -m distillers entry says 'several --path_t' (their mean logit, or weighed by the "
-        "method)", "--path-t", nargs="+", type=_each(str),
+        None, "teacher checkpoint; several (space- or comma-separated) for the methods "
+        "python -m distillers marks 'several --path_t'", "--path-t", nargs="+", type=_each(str),
         action=_OneOrSeveral, metavar="CHECKPOINT")
     model_t: Optional[Union[str, List[str]]] = option(
         None, "teacher architecture, when the checkpoint does not name it (several: one per "
