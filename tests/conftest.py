@@ -38,16 +38,22 @@ def _write_idx(path, array):
 @pytest.fixture(scope="session")
 def mnist_small(tmp_path_factory):
     """A data folder with the first 2,000 training and 500 test images of the real MNIST."""
+    return mnist_subset(tmp_path_factory, "mnist_small", 2000, 500)
+
+
+def mnist_subset(tmp_path_factory, name, n_train, n_test):
+    """A data folder with the first ``n_train`` training and ``n_test`` test images of the real
+    MNIST (skipped where ../shared has none)."""
     src = SHARED_DATA / "MNIST" / "raw"
     if not src.is_dir():
         pytest.skip(f"real MNIST not found in {src}")
-    root = tmp_path_factory.mktemp("mnist_small")
+    root = tmp_path_factory.mktemp(name)
     raw = root / "MNIST" / "raw"
     raw.mkdir(parents=True)
-    for prefix, n in (("train", 2000), ("t10k", 500)):
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
         for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"):
-            name = f"{prefix}-{kind}"
-            _write_idx(raw / name, _read_idx(src / name)[:n])
+            file = f"{prefix}-{kind}"
+            _write_idx(raw / file, _read_idx(src / file)[:n])
     return root
 
 

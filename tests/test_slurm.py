@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import SHARED_DATA, _read_idx, _write_idx
+from conftest import mnist_subset
 
 REPO = Path(__file__).resolve().parents[1]
 TOOLS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "scancel")
@@ -163,16 +163,7 @@ def cluster(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def mnist_30k(tmp_path_factory):
-    src = SHARED_DATA / "MNIST" / "raw"
-    if not src.is_dir():
-        pytest.skip(f"real MNIST not found in {src}")
-    root = tmp_path_factory.mktemp("mnist_30k")
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    for prefix, n in (("train", 30000), ("t10k", 1000)):
-        for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"):
-            _write_idx(raw / f"{prefix}-{kind}", _read_idx(src / f"{prefix}-{kind}")[:n])
-    return root
+    return mnist_subset(tmp_path_factory, "mnist_30k", 30000, 1000)
 
 
 def _manifest(save):

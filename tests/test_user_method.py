@@ -18,13 +18,12 @@ import helper.report
 import helper.run.trainer
 import train_student
 from conftest import write_cifar100
-from helpers import DiesAfterOneBatch, event_scalars, one_line_exit
+from helpers import DiesAfterOneBatch, event_scalars, one_line_exit, save_teacher
 from distillers import registry, sources
 from distillers.combine import split_methods
 from distillers.sources import source_of, split_spec
 from helper.core.errors import UserError
 from helper.run.options import parse_student_args
-from models import create_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,14 +72,8 @@ def setup(tmp_path_factory):
     """The data, a teacher, and the method's file in a folder whose name holds '+' and ':'."""
     root = tmp_path_factory.mktemp("user_method")
     data = write_cifar100(root / "data", n_train=64, n_test=32)
-    teacher = root / "teacher.pth"
-    torch.manual_seed(0)
-    model = create_model("resnet14", 100)
-    model.train()
-    with torch.no_grad():  # calibrate BN statistics so that the feature loss stays finite
-        for _ in range(3):
-            model(torch.randn(32, 3, 32, 32))
-    torch.save({"model": model.state_dict(), "model_name": "resnet14"}, teacher)
+    # BN statistics calibrated, so that the feature loss stays finite
+    teacher = save_teacher("resnet14", root / "teacher.pth", batches=3)
     folder = root / "c++:methods"
     folder.mkdir()
     (folder / "pooled_l2.py").write_text(METHOD)
